@@ -1,0 +1,1 @@
+"""RegionContrast benchmarking harness."""

@@ -1,0 +1,283 @@
+"""Recipe schema, YAML loading, `--set` overrides and sweep expansion.
+
+A recipe file is validated into typed pydantic objects. Every error names the
+file and the dotted key it concerns, so `run.py` can print it and exit 2
+before anything is written under results/. This module imports nothing else
+from the harness.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe problem, located by file and dotted key."""
+
+    def __init__(self, key: str, message: str, source: str | Path | None = None) -> None:
+        self.key, self.message, self.source = key, message, source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source is not None else ""
+        return f"{where}{self.key}: {self.message}"
+
+    def located(self, source: str | Path) -> "RecipeError":
+        """The same error, attributed to `source`."""
+        return RecipeError(self.key, self.message, source)
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys and lossy coercions are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class RunConfig(Strict):
+    name: str = "recipe"
+    seed: int = 0
+    output_dir: Path = Path("results")
+    deterministic: bool = False
+    log_interval: int = Field(10, ge=1)
+
+
+class AugmentConfig(Strict):
+    scale: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AugmentConfig":
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError("scale must be (low, high) with 0 < low <= high")
+        return self
+
+
+class DigitScenesConfig(Strict):
+    """Geometry of the embedded dataset built from scikit-learn's digits."""
+
+    train_images: int = Field(1000, ge=1)
+    val_images: int = Field(200, ge=1)
+    image_size: int = Field(64, ge=16)
+    digits_per_image: tuple[int, int] = (2, 4)
+
+
+class DataConfig(Strict):
+    dataset: Literal["digit_scenes", "cityscapes", "ade20k", "coco_stuff"] = "digit_scenes"
+    root: Path | None = None
+    crop_size: int = Field(64, ge=8)
+    batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    digit_scenes: DigitScenesConfig = DigitScenesConfig()
+
+
+class ModelConfig(Strict):
+    backbone: str = "resnet50"
+    pretrained: bool = False
+    weights: Path | None = None
+    output_stride: Literal[8, 16, 32] = 8
+    head: Literal["deeplabv3", "fcn", "hrnetv2"] = "deeplabv3"
+    head_channels: int = Field(256, ge=1)
+    aux_head: bool = True
+    aux_channels: int = Field(256, ge=1)
+    sync_bn: bool = False
+
+
+class PixelBankConfig(Strict):
+    """ContrastiveSeg's pixel/segment queues and anchor sampling (Cityscapes config)."""
+
+    memory_size: int = Field(5000, ge=1)
+    pixel_update_freq: int = Field(10, ge=1)
+    max_samples: int = Field(1024, ge=1)
+    max_views: int = Field(100, ge=1)
+
+
+class ContrastConfig(Strict):
+    kind: Literal["none", "region", "pixel", "all_pixel"] = "none"
+    weight: float = Field(0.1, ge=0)
+    tau: float = Field(0.1, gt=0)
+    variant: Literal["average", "ep_hp", "weighted"] = "weighted"
+    # None: one slot per training image, as in the paper; 0: in-batch contrast only.
+    bank_size: int | None = Field(None, ge=0)
+    feature: Literal["head", "backbone"] = "head"
+    pixel: PixelBankConfig = PixelBankConfig()
+
+
+class LossConfig(Strict):
+    kind: Literal["ce", "ohem"] = "ce"
+    aux_weight: float = Field(0.4, ge=0)
+    ohem_thresh: float = Field(0.7, gt=0, le=1)
+    ohem_min_kept: int = Field(100_000, ge=1)
+    contrast: ContrastConfig = ContrastConfig()
+
+
+class OptimConfig(Strict):
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    iterations: int = Field(1000, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+
+
+class EvalConfig(Strict):
+    interval: int = Field(0, ge=0)  # 0: evaluate once, at the end
+    mode: Literal["whole", "slide"] = "whole"
+    slide_crop: int | None = Field(None, ge=8)
+    slide_stride: int | None = Field(None, ge=1)
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    max_images: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _slide_needs_geometry(self) -> "EvalConfig":
+        if self.mode == "slide" and (self.slide_crop is None or self.slide_stride is None):
+            raise ValueError("mode 'slide' needs slide_crop and slide_stride")
+        return self
+
+
+class PaperRow(Strict):
+    """The paper's number that a variant reproduces, shown beside ours in reports."""
+
+    table: str
+    row: str
+    miou: float
+
+
+class Recipe(Strict):
+    """One fully resolved training configuration (a single sweep variant)."""
+
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    paper: PaperRow | None = None
+
+
+class SweepSpec(Strict):
+    """How one recipe file expands into variants: a grid plus named extra points."""
+
+    grid: dict[str, list[Any]] = {}
+    variants: dict[str, dict[str, Any]] = {}
+    paper: dict[str, PaperRow] = {}
+
+
+class Variant(BaseModel):
+    """A named point of a sweep and its resolved recipe."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    recipe: Recipe
+    overrides: dict[str, Any]
+
+
+def set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """Set `tree[a][b][c] = value` for `dotted_key` 'a.b.c', creating sections."""
+    *parents, leaf = dotted_key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(dotted_key, f"'{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split a `--set a.b=value` argument; the value is read as YAML (so 8 is an int)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise RecipeError(text, "an override must look like dotted.key=value")
+    return key, yaml.safe_load(raw)
+
+
+def _dotted_location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def validate(tree: dict[str, Any]) -> Recipe:
+    """Validate a raw mapping into a Recipe; the first error becomes a RecipeError."""
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise RecipeError(_dotted_location(first["loc"]), first["msg"]) from None
+
+
+def _variant_name(overrides: dict[str, Any]) -> str:
+    """A filesystem-safe name such as 'kind-region_bank_size-1000'."""
+    parts = [f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in overrides.items()]
+    return re.sub(r"[^\w.\-]+", "_", "_".join(parts)) or "default"
+
+
+def _grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise RecipeError(f"sweep.grid.{key}", "must be a non-empty list of values")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())]
+
+
+def _named_points(spec: SweepSpec) -> dict[str, dict[str, Any]]:
+    """Every sweep point by name: the grid first, then the explicit variants."""
+    points = {_variant_name(point): point for point in _grid_points(spec.grid)} if spec.grid else {}
+    for name, overrides in spec.variants.items():
+        if name in points:
+            raise RecipeError(f"sweep.variants.{name}", "duplicates a grid variant's name")
+        points[name] = overrides
+    return points or {"default": {}}
+
+
+def expand(tree: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> list[Variant]:
+    """Expand a raw recipe mapping into validated variants; `overrides` apply to all."""
+    base = copy.deepcopy(tree)
+    try:
+        spec = SweepSpec.model_validate(base.pop("sweep", None) or {})
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise RecipeError("sweep." + _dotted_location(first["loc"]), first["msg"]) from None
+    for key, value in overrides:
+        set_dotted(base, key, value)
+    variants = []
+    for name, point in _named_points(spec).items():
+        resolved = copy.deepcopy(base)
+        for key, value in point.items():
+            set_dotted(resolved, key, value)
+        if name in spec.paper:
+            resolved["paper"] = spec.paper[name].model_dump()
+        try:
+            recipe = validate(resolved)
+        except RecipeError as error:
+            raise RecipeError(error.key, f"{error.message} (sweep variant '{name}')") from None
+        variants.append(Variant(name=name, recipe=recipe, overrides=point))
+    unknown_paper = set(spec.paper) - {variant.name for variant in variants}
+    if unknown_paper:
+        raise RecipeError(f"sweep.paper.{sorted(unknown_paper)[0]}", "names no variant")
+    return variants
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> list[Variant]:
+    """Read a recipe file, apply `--set` overrides and expand its sweep."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise RecipeError("<file>", "recipe file not found", path) from None
+    except yaml.YAMLError as error:
+        raise RecipeError("<file>", f"not valid YAML: {error}", path) from None
+    if not isinstance(tree, dict):
+        raise RecipeError("<root>", "a recipe must be a mapping of sections", path)
+    tree.setdefault("run", {}).setdefault("name", path.stem)
+    try:
+        return expand(tree, [parse_override(text) for text in overrides])
+    except RecipeError as error:
+        raise error.located(path) from None
