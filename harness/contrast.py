@@ -1,0 +1,406 @@
+"""Region centers, memory banks and contrastive losses: pure tensor code.
+
+Nothing here talks to torch.distributed. The engine gathers region centers (or
+features) across ranks and hands this module the gathered tensors, so every
+rank pushes the same entries in the same order and holds bitwise-identical
+banks.
+
+Paper: Hu, Cui, Wang, "Region-aware Contrastive Learning for Semantic
+Segmentation", ICCV 2021, Section 3 (Eq. 2-4). The pixel-level banks follow
+ContrastiveSeg's design with its pointer bugs fixed, for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+QuerySelection = slice | Tensor | None
+
+
+def _full_precision(device: torch.device) -> torch.autocast:
+    """A context that switches autocast off, so sums and exponentials run in fp32."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+# ---------------------------------------------------------------------------
+# Region centers (Eq. 2 and Eq. 3)
+# ---------------------------------------------------------------------------
+
+
+def _members(index: Tensor, keep: Tensor, num_classes: int) -> Tensor:
+    """Indicator [B,N,P] of pixel p having class n in `index` [B,P] (kept pixels only)."""
+    classes = torch.arange(num_classes, device=index.device)
+    return ((index[:, None, :] == classes[None, :, None]) & keep[:, None, :]).float()
+
+
+def _direct_average(truth: Tensor, predicted: Tensor, confidence: Tensor) -> tuple[Tensor, Tensor]:
+    """Eq. 2: every pixel predicted as class i, weight 1."""
+    return predicted, predicted.sum(2)
+
+
+def _ground_truth_average(truth: Tensor, predicted: Tensor, confidence: Tensor) -> tuple[Tensor, Tensor]:
+    """EP + HP without weights: every ground-truth pixel of class i, weight 1."""
+    return truth, truth.sum(2)
+
+
+def _dynamic_sampling(truth: Tensor, predicted: Tensor, confidence: Tensor) -> tuple[Tensor, Tensor]:
+    """Eq. 3: easy positives weigh 1 - c, hard positives 1; normalised by the ground-truth count."""
+    easy = truth * predicted
+    return truth - easy * confidence[:, None, :], truth.sum(2)
+
+
+# Each maps (ground-truth members, predicted members [B,N,P], confidence [B,P]) to
+# (pixel weights [B,N,P], denominators [B,N]).
+CENTER_VARIANTS: dict[str, Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]] = {
+    "average": _direct_average,
+    "ep_hp": _ground_truth_average,
+    "weighted": _dynamic_sampling,
+}
+
+
+def _weighted_centers(features: Tensor, weights: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image class centers [B,N,C] = sum_p w[n,p] F[:,p] / counts[n], and counts > 0."""
+    flat = features.float().flatten(2)  # [B,C,H,W] -> [B,C,P]
+    sums = torch.einsum("bnp,bcp->bnc", weights, flat)
+    return sums / counts.clamp_min(1)[..., None], counts > 0
+
+
+def region_centers(
+    features: Tensor,
+    logits: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    variant: str,
+    ignore_index: int = 255,
+) -> tuple[Tensor, Tensor]:
+    """Region centers [B,N,C] (fp32, not normalised) and valid [B,N], one per image and class."""
+    if variant not in CENTER_VARIANTS:
+        raise KeyError(f"unknown region-center variant {variant!r}; choose from {sorted(CENTER_VARIANTS)}")
+    with _full_precision(features.device):
+        truth_labels = labels.flatten(1)  # [B,H,W] -> [B,P]
+        keep = truth_labels != ignore_index
+        # The prediction and its confidence only choose and weigh pixels, like a sampler;
+        # the paper gives them no gradient path, so the logits are detached.
+        probs = logits.detach().float().flatten(2).softmax(1)  # [B,N,H,W] -> [B,N,P]
+        confidence, predicted_labels = probs.max(1)
+        truth = _members(truth_labels, keep, num_classes)
+        predicted = _members(predicted_labels, keep, num_classes)
+        weights, counts = CENTER_VARIANTS[variant](truth, predicted, confidence)
+        return _weighted_centers(features, weights, counts)
+
+
+def flatten_regions(centers: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """The valid centers [M,C] and their class labels [M], image-major then class order."""
+    return centers[valid], valid.nonzero()[:, 1]
+
+
+# ---------------------------------------------------------------------------
+# The contrastive core (Eq. 4), shared by region, in-batch and pixel losses
+# ---------------------------------------------------------------------------
+
+
+def _info_nce(
+    queries: Tensor, query_labels: Tensor, keys: Tensor, key_labels: Tensor, usable: Tensor, tau: float
+) -> Tensor:
+    """Eq. 4 averaged over queries with a positive; `usable` [M,K] (or [1,K]) masks key slots."""
+    with _full_precision(queries.device):
+        q = F.normalize(queries.float(), dim=1)
+        k = F.normalize(keys.float(), dim=1)
+        logits = q @ k.T / tau  # [M,K]
+        same = query_labels[:, None] == key_labels[None, :]  # [M,K]
+        positive = same & usable
+        negatives = logits.masked_fill(same | ~usable, float("-inf")).logsumexp(1, keepdim=True)  # [M,1]
+        # -log(e^s / (e^s + sum e^n)) = softplus(lse(n) - s): no exp overflow at small tau,
+        # and exactly 0 when a query has no negatives (lse = -inf).
+        per_pair = torch.where(positive, F.softplus(negatives - logits), 0.0)
+        num_positives = positive.sum(1)
+        per_query = per_pair.sum(1) / num_positives.clamp_min(1)
+        has_positive = num_positives > 0
+        # Without any positive this is a zero that still belongs to the graph.
+        return (per_query * has_positive).sum() / has_positive.sum().clamp_min(1)
+
+
+def region_contrast_loss(
+    queries: Tensor, query_labels: Tensor, bank_keys: Tensor, bank_valid: Tensor, tau: float
+) -> Tensor:
+    """Eq. 4 for queries [M,C] of classes [M] against a per-class bank [N,K,C] with valid [N,K]."""
+    num_classes, size, dim = bank_keys.shape
+    keys = bank_keys.reshape(num_classes * size, dim)  # [N,K,C] -> [NK,C]
+    key_labels = torch.arange(num_classes, device=bank_keys.device).repeat_interleave(size)
+    usable = bank_valid.reshape(1, num_classes * size)  # [N,K] -> [1,NK]
+    return _info_nce(queries, query_labels, keys, key_labels, usable, tau)
+
+
+def in_batch_contrast_loss(
+    centers: Tensor, valid: Tensor, tau: float, query_images: QuerySelection = None
+) -> Tensor:
+    """Eq. 4 with the batch's own centers [B,N,C] as keys (bank size 0), each query excluded.
+
+    `centers` is the gathered global batch; `query_images` (slice, index or bool
+    tensor; None = all) picks the images whose centers are this rank's queries.
+    Gradients flow through every entry of `centers` that carries a graph, both as
+    a query and as a key; the engine decides which by detaching the rest.
+    """
+    batch, num_classes, dim = centers.shape
+    keys = centers.reshape(batch * num_classes, dim)  # [B,N,C] -> [BN,C]
+    key_labels = torch.arange(num_classes, device=centers.device).repeat(batch)
+    chosen = torch.zeros(batch, dtype=torch.bool, device=centers.device)
+    chosen[slice(None) if query_images is None else query_images] = True
+    query_index = (valid & chosen[:, None]).flatten().nonzero()[:, 0]  # [B,N] -> [BN] -> [M]
+    slots = torch.arange(batch * num_classes, device=centers.device)
+    usable = valid.reshape(1, -1) & (slots[None, :] != query_index[:, None])  # [B,N] -> [1,BN]; [M,BN]
+    return _info_nce(keys[query_index], key_labels[query_index], keys, key_labels, usable, tau)
+
+
+# ---------------------------------------------------------------------------
+# Cost model: the one definition of what a bank holds in memory
+# ---------------------------------------------------------------------------
+
+POINTER_BYTES = torch.int64.itemsize
+EMPTY_LABEL = 255  # AllPixelBank's uint8 label of a slot holding no usable pixel
+
+
+def region_bank_bytes(num_classes: int, size: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
+    """Keys [N,K,C] plus two int64 counters per class (write pointer, fill level).
+
+    Slots fill in order, so the fill level replaces a per-slot valid mask.
+    """
+    return num_classes * size * dim * dtype.itemsize + 2 * num_classes * POINTER_BYTES
+
+
+def pixel_bank_bytes(num_classes: int, memory_size: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
+    """A pixel queue and a segment queue, each laid out like a region bank."""
+    return 2 * region_bank_bytes(num_classes, memory_size, dim, dtype)
+
+
+def all_pixel_bank_bytes(
+    num_images: int, height: int, width: int, dim: int, dtype: torch.dtype = torch.float32
+) -> int:
+    """One key and one uint8 label (EMPTY_LABEL when unused) per feature pixel of every image."""
+    return num_images * height * width * (dim * dtype.itemsize + torch.uint8.itemsize)
+
+
+def _buffer_bytes(module: nn.Module) -> int:
+    """Bytes held by a module's buffers (banks have no parameters)."""
+    return sum(buffer.numel() * buffer.element_size() for buffer in module.buffers())
+
+
+# ---------------------------------------------------------------------------
+# Banks
+# ---------------------------------------------------------------------------
+
+
+class ClassQueues(nn.Module):
+    """One FIFO queue of L2-normalised keys per class, stored as buffers [N,K,C]."""
+
+    def __init__(self, num_classes: int, size: int, dim: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.num_classes, self.size, self.dim = num_classes, size, dim
+        self.register_buffer("keys", torch.zeros(num_classes, size, dim, dtype=dtype))
+        self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("filled", torch.zeros(num_classes, dtype=torch.long))
+
+    @property
+    def valid(self) -> Tensor:
+        """Which slots hold a key [N,K]: a queue fills slots 0..K-1 before it wraps."""
+        slots = torch.arange(self.size, device=self.filled.device)
+        return slots[None, :] < self.filled[:, None]
+
+    @torch.no_grad()
+    def push(self, entries: Tensor, labels: Tensor) -> None:
+        """Enqueue entries [M,C] of classes [M], in order, as if pushed one at a time."""
+        if self.size == 0:
+            return
+        labels = labels.to(self.ptr.device)
+        classes = torch.arange(self.num_classes, device=labels.device)
+        one_hot = (labels[:, None] == classes[None, :]).long()  # [M,N]
+        rank = one_hot.cumsum(0).gather(1, labels[:, None]).squeeze(1) - 1  # order within its class
+        counts = one_hot.sum(0)
+        # Only a class's last K entries survive; their slots continue from its pointer.
+        kept = rank >= counts[labels] - self.size
+        slots = (self.ptr[labels] + rank) % self.size
+        normalised = F.normalize(entries.detach().float(), dim=1).to(self.keys)
+        self.keys[labels[kept], slots[kept]] = normalised[kept]
+        self.ptr.add_(counts).remainder_(self.size)
+        self.filled.add_(counts).clamp_(max=self.size)
+
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """All slots as keys [NK,C], class labels [NK] and valid [NK]."""
+        keys = self.keys.reshape(self.num_classes * self.size, self.dim)  # [N,K,C] -> [NK,C]
+        labels = torch.arange(self.num_classes, device=keys.device).repeat_interleave(self.size)
+        return keys, labels, self.valid.flatten()  # [N,K] -> [NK]
+
+    def nbytes(self) -> int:
+        """Bytes of storage; equals region_bank_bytes for the same geometry."""
+        return _buffer_bytes(self)
+
+
+class RegionBank(ClassQueues):
+    """The paper's memory bank: a FIFO of region centers per class (size 0: in-batch contrast)."""
+
+
+class PixelBank(nn.Module):
+    """ContrastiveSeg's pixel queue and segment queue per class, with correct pointers."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        memory_size: int = 5000,
+        dim: int = 256,
+        pixel_update_freq: int = 10,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.pixel_update_freq = num_classes, pixel_update_freq
+        self.pixels = ClassQueues(num_classes, memory_size, dim, dtype)
+        self.segments = ClassQueues(num_classes, memory_size, dim, dtype)
+
+    @torch.no_grad()
+    def push(
+        self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None, ignore_index: int = 255
+    ) -> None:
+        """Enqueue each image's class means and up to pixel_update_freq random pixels per class."""
+        keep = labels.flatten(1) != ignore_index  # [B,H,W] -> [B,P]
+        truth = _members(labels.flatten(1), keep, self.num_classes)  # [B,H,W] -> [B,P]
+        means, present = _weighted_centers(features, truth, truth.sum(2))
+        self.segments.push(*flatten_regions(means, present))
+        flat_features, flat_labels, images = _flat_pixels(features, labels)
+        groups = images * self.num_classes + flat_labels
+        order, rank = _shuffle_within_groups(groups[keep.flatten()], generator)
+        chosen = keep.flatten().nonzero()[:, 0][order[rank < self.pixel_update_freq]]  # [B,P] -> [BP] -> [S]
+        self.pixels.push(flat_features[chosen], flat_labels[chosen])
+
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Pixel then segment slots as keys [2NK,C], labels [2NK] and valid [2NK]."""
+        parts = zip(self.pixels.entries(), self.segments.entries())
+        keys, labels, valid = (torch.cat(pair) for pair in parts)
+        return keys, labels, valid
+
+    def nbytes(self) -> int:
+        """Bytes of storage; equals pixel_bank_bytes for the same geometry."""
+        return _buffer_bytes(self)
+
+
+class AllPixelBank(nn.Module):
+    """Every feature pixel of the training set, one slot per image overwritten on revisit.
+
+    Only for tiny datasets: at Cityscapes scale it needs all_pixel_bank_bytes = 28.7 GB.
+    Labels are stored as uint8, so classes must be numbered below EMPTY_LABEL.
+    """
+
+    def __init__(
+        self, num_images: int, height: int, width: int, dim: int, dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__()
+        self.register_buffer("keys", torch.zeros(num_images, height * width, dim, dtype=dtype))
+        self.register_buffer("labels", torch.full((num_images, height * width), EMPTY_LABEL, dtype=torch.uint8))
+
+    @torch.no_grad()
+    def push(self, features: Tensor, labels: Tensor, image_ids: Tensor, ignore_index: int = 255) -> None:
+        """Store features [B,C,H,W] and labels [B,H,W] in the slots of dataset images `image_ids` [B]."""
+        pixels = features.detach().float().flatten(2).transpose(1, 2)  # [B,C,H,W] -> [B,P,C]
+        self.keys[image_ids] = F.normalize(pixels, dim=2).to(self.keys)
+        flat_labels = labels.flatten(1).masked_fill(labels.flatten(1) == ignore_index, EMPTY_LABEL)  # [B,H,W] -> [B,P]
+        self.labels[image_ids] = flat_labels.to(self.labels)
+
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every slot as keys [DP,C], labels [DP] and valid [DP]."""
+        keys = self.keys.flatten(0, 1)  # [D,P,C] -> [DP,C]
+        labels = self.labels.flatten().long()  # [D,P] -> [DP]
+        return keys, labels, labels != EMPTY_LABEL
+
+    def nbytes(self) -> int:
+        """Bytes of storage; equals all_pixel_bank_bytes for the same geometry."""
+        return _buffer_bytes(self)
+
+
+# ---------------------------------------------------------------------------
+# Pixel-level contrast (ContrastiveSeg's anchors against a pixel bank)
+# ---------------------------------------------------------------------------
+
+
+def _flat_pixels(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pixel features [BP,C], labels [BP] and image indices [BP]."""
+    batch, dim = features.shape[:2]
+    flat_features = features.flatten(2).transpose(1, 2).reshape(-1, dim)  # [B,C,H,W] -> [B,P,C] -> [BP,C]
+    flat_labels = labels.flatten().long()  # [B,H,W] -> [BP]
+    images = torch.arange(batch, device=labels.device).repeat_interleave(labels[0].numel())
+    return flat_features, flat_labels, images
+
+
+def _shuffle_within_groups(groups: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """A group-major order of the items, random inside each group, and each item's rank in it."""
+    device = generator.device if generator is not None else groups.device
+    noise = torch.rand(groups.shape, generator=generator, device=device).to(groups.device)
+    order = noise.argsort()
+    order = order[groups[order].argsort(stable=True)]  # stable sort keeps the random order inside a group
+    sorted_groups = groups[order]
+    first = torch.searchsorted(sorted_groups, sorted_groups)  # where each item's group starts
+    return order, torch.arange(groups.numel(), device=groups.device) - first
+
+
+def _anchor_quotas(counts: Tensor, views: int) -> Tensor:
+    """Per (image, class) pair with [easy, hard] counts [U,2]: how many of each to sample [U,2].
+
+    Half hard, half easy; when one kind runs short the other fills up (ContrastiveSeg).
+    """
+    easy, hard = counts.unbind(1)
+    take_hard = torch.minimum(hard, torch.clamp(views - easy, min=views // 2))
+    take_easy = torch.minimum(easy, views - take_hard)
+    return torch.stack([take_easy, take_hard], 1)
+
+
+def sample_anchors(
+    features: Tensor,
+    labels: Tensor,
+    predictions: Tensor,
+    max_samples: int = 1024,
+    max_views: int = 100,
+    generator: torch.Generator | None = None,
+    ignore_index: int = 255,
+) -> tuple[Tensor, Tensor]:
+    """ContrastiveSeg's hard-anchor sampling: anchor features [A,C] and labels [A].
+
+    Per image and ground-truth class, up to min(max_views, max_samples // pairs)
+    pixels, half hard (prediction != label) and half easy. Unlike ContrastiveSeg,
+    a class with fewer pixels than that still gives all it has instead of being
+    dropped, which at stride 8 on small crops would drop every class.
+    """
+    flat_features, flat_labels, images = _flat_pixels(features, labels)
+    kept = (flat_labels != ignore_index).nonzero()[:, 0]
+    pairs, pair_of = torch.unique(torch.stack([images[kept], flat_labels[kept]], 1), dim=0, return_inverse=True)
+    views = min(max_views, max_samples // max(len(pairs), 1))
+    hard = (predictions.flatten()[kept] != flat_labels[kept]).long()  # [B,H,W] -> [BP] -> [S]
+    groups = pair_of * 2 + hard
+    counts = torch.bincount(groups, minlength=2 * len(pairs)).reshape(-1, 2)  # [2U] -> [U,2]
+    quotas = _anchor_quotas(counts, views).flatten()  # [U,2] -> [2U]
+    order, rank = _shuffle_within_groups(groups, generator)
+    chosen = kept[order[rank < quotas[groups[order]]]]
+    return flat_features[chosen], flat_labels[chosen]
+
+
+def pixel_contrast_loss(
+    features: Tensor,
+    labels: Tensor,
+    predictions: Tensor,
+    bank: PixelBank | AllPixelBank,
+    tau: float,
+    max_samples: int = 1024,
+    max_views: int = 100,
+    generator: torch.Generator | None = None,
+    ignore_index: int = 255,
+) -> Tensor:
+    """Supervised contrast of sampled anchors against a pixel bank's entries (Eq. 4's core).
+
+    Positives are the bank's entries of the anchor's class, negatives all others.
+    ContrastiveSeg's extra factor tau / base_tau is left to the loss weight.
+    """
+    anchors, anchor_labels = sample_anchors(
+        features, labels, predictions, max_samples, max_views, generator, ignore_index
+    )
+    keys, key_labels, valid = bank.entries()
+    return _info_nce(anchors, anchor_labels, keys, key_labels, valid[None, :], tau)
