@@ -1,0 +1,212 @@
+"""Tests for harness.models: head shapes, strides, validation, pretrained and local weights."""
+
+import time
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+from harness.models import ASPP, ASPP_RATES, build_model, head_factory, validate_model_config
+from harness.recipe import ModelConfig, RecipeError
+
+NUM_CLASSES = 5
+SIZE = 64
+
+
+def tiny(**overrides) -> ModelConfig:
+    """A small resnet10t config; tests override what they exercise."""
+    fields = dict(backbone="resnet10t", head_channels=16, aux_channels=8) | overrides
+    return ModelConfig(**fields)
+
+
+def run(cfg: ModelConfig):
+    """Build cfg's model and run a 2-image batch through it in eval mode."""
+    torch.manual_seed(0)
+    model = build_model(cfg, NUM_CLASSES).eval()
+    with torch.no_grad():
+        return model, model(torch.randn(2, 3, SIZE, SIZE))
+
+
+def backbone_state(model) -> dict[str, torch.Tensor]:
+    """The model's backbone parameters and buffers."""
+    return model.backbone.state_dict()
+
+
+def assert_same_state(actual: dict, expected: dict) -> None:
+    """Both state dicts hold the same keys and equal tensors."""
+    assert actual.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(actual[key], tensor), key
+
+
+@pytest.mark.parametrize("head", ["deeplabv3", "fcn"])
+@pytest.mark.parametrize("stride", [8, 16])
+def test_resnet_heads_predict_at_the_output_stride(head, stride):
+    model, out = run(tiny(head=head, output_stride=stride))
+    side = SIZE // stride
+    assert model.feature_stride == stride and model.feature_dim == 16
+    assert out.logits.shape == (2, NUM_CLASSES, side, side)
+    assert out.features.shape == (2, 16, side, side)
+    # resnet10t's layer4 has 512 channels; layer3 (the aux input) is dilated too, so same stride.
+    assert out.backbone_features.shape == (2, 512, side, side)
+    assert out.aux_logits.shape == (2, NUM_CLASSES, side, side)
+
+
+def test_aux_head_reads_stage_3():
+    model, _ = run(tiny())
+    assert model.aux_head.conv[0].in_channels == model.backbone.layer3[-1].conv2.out_channels
+
+
+def test_aux_head_can_be_disabled():
+    model, out = run(tiny(aux_head=False))
+    assert model.aux_head is None and out.aux_logits is None
+
+
+def test_hrnetv2_head_predicts_at_stride_4_from_four_branches():
+    model, out = run(ModelConfig(backbone="hrnet_w18_small", output_stride=32, head="hrnetv2",
+                                 head_channels=16, aux_channels=8))
+    assert model.feature_stride == 4 and model.feature_dim == 16
+    assert model.backbone.feature_info.reduction() == [4, 8, 16, 32]
+    assert out.logits.shape == (2, NUM_CLASSES, SIZE // 4, SIZE // 4)
+    assert out.features.shape == (2, 16, SIZE // 4, SIZE // 4)
+    assert out.aux_logits.shape == (2, NUM_CLASSES, SIZE // 16, SIZE // 16)
+    assert out.backbone_features.shape[-1] == SIZE // 32
+    # The head fuses the raw branches, not timm's 'incre' classification expansion.
+    assert model.head.fuse[0].in_channels == sum(model.backbone.feature_info.channels())
+
+
+@pytest.mark.parametrize("stride, rates", [(8, (12, 24, 36)), (16, (6, 12, 18)), (32, (3, 6, 9))])
+def test_aspp_rates_follow_the_stride(stride, rates):
+    assert ASPP_RATES[stride] == rates
+    model = build_model(tiny(output_stride=stride, aux_head=False), NUM_CLASSES)
+    atrous = model.head.aspp.branches[1:]
+    assert tuple(branch[0].dilation[0] for branch in atrous) == rates
+
+
+def test_aspp_keeps_the_resolution_and_sets_channels():
+    aspp = ASPP(in_channels=8, out_channels=12, atrous_rates=(1, 2, 3)).eval()
+    assert aspp(torch.randn(2, 8, 7, 9)).shape == (2, 12, 7, 9)
+
+
+def test_gradients_reach_backbone_and_heads():
+    model = build_model(tiny(output_stride=16), NUM_CLASSES)
+    out = model(torch.randn(2, 3, SIZE, SIZE))
+    (out.logits.sum() + out.aux_logits.sum() + out.features.sum()).backward()
+    for module in (model.backbone.conv1[0], model.head.classifier, model.aux_head.classifier):
+        assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
+
+
+def test_unknown_head_lists_valid_names():
+    with pytest.raises(KeyError, match="deeplabv3, fcn, hrnetv2"):
+        head_factory("pspnet")
+
+
+def error_for(cfg: ModelConfig) -> RecipeError:
+    """The RecipeError that validation raises for cfg."""
+    with pytest.raises(RecipeError) as caught:
+        validate_model_config(cfg)
+    return caught.value
+
+
+def test_unknown_backbone_names_the_key_and_suggests():
+    error = error_for(tiny(backbone="resnet5O"))
+    assert error.key == "model.backbone" and "resnet50" in error.message
+
+
+def test_hrnet_at_stride_8_names_output_stride():
+    error = error_for(ModelConfig(backbone="hrnet_w18_small", output_stride=8, head="hrnetv2"))
+    assert error.key == "model.output_stride" and "only 32" in error.message
+
+
+def test_hrnetv2_head_needs_hrnet_backbone():
+    assert error_for(tiny(head="hrnetv2")).key == "model.head"
+
+
+def test_missing_weights_file_names_weights(tmp_path):
+    error = error_for(tiny(weights=tmp_path / "absent.pth"))
+    assert error.key == "model.weights" and "absent.pth" in error.message
+
+
+def test_validation_is_fast_for_resnet50():
+    start = time.perf_counter()
+    validate_model_config(ModelConfig(backbone="resnet50", output_stride=8))
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch) -> Path:
+    """A Hugging Face cache with nothing in it, whatever this machine has cached."""
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_pretrained_offline_fails_fast_with_a_fix(empty_hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(RecipeError) as caught:
+        build_model(tiny(pretrained=True), NUM_CLASSES)
+    assert time.perf_counter() - start < 5.0
+    error = caught.value
+    assert error.key == "model.pretrained"
+    for part in ("resnet10t", "could not be downloaded", "HF_HUB_OFFLINE", "model.weights", "pretrained: false"):
+        assert part in error.message
+
+
+def test_pretrained_with_unreachable_hub_fails_fast(empty_hub_cache, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # Nothing listens on port 1, so the connection is refused at once.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:1")
+    start = time.perf_counter()
+    with pytest.raises(RecipeError, match="unreachable"):
+        build_model(tiny(pretrained=True), NUM_CLASSES)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_pretrained_loads_from_the_hub_cache_offline(empty_hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    classifier = timm.create_model("resnet10t")
+    repo = timm.models.get_pretrained_cfg("resnet10t").hf_hub_id
+    snapshot = empty_hub_cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    safetensors.torch.save_file(classifier.state_dict(), snapshot / "model.safetensors")
+    model = build_model(tiny(pretrained=True), NUM_CLASSES)
+    assert torch.equal(model.backbone.conv1[0].weight, classifier.conv1[0].weight)
+    assert torch.equal(model.backbone.layer4[0].bn1.running_var, classifier.layer4[0].bn1.running_var)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_weights_load_into_the_backbone(tmp_path, suffix):
+    source = build_model(tiny(), NUM_CLASSES)
+    path = tmp_path / f"backbone{suffix}"
+    if suffix == ".safetensors":
+        safetensors.torch.save_file(backbone_state(source), path)
+    else:
+        torch.save(backbone_state(source), path)
+    loaded = build_model(tiny(weights=path), NUM_CLASSES)
+    assert_same_state(backbone_state(loaded), backbone_state(source))
+
+
+def test_local_weights_ignore_classifier_keys(tmp_path):
+    classifier = timm.create_model("resnet10t")
+    path = tmp_path / "imagenet.pth"
+    torch.save({"state_dict": classifier.state_dict()}, path)
+    loaded = build_model(tiny(weights=path), NUM_CLASSES)
+    expected = {key: value for key, value in classifier.state_dict().items() if not key.startswith("fc.")}
+    assert_same_state(backbone_state(loaded), expected)
+
+
+def test_local_weights_report_missing_and_unexpected_keys(tmp_path):
+    state = backbone_state(build_model(tiny(), NUM_CLASSES))
+    state["stray.weight"] = state.pop("layer4.0.conv1.weight")
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(RecipeError) as caught:
+        build_model(tiny(weights=path), NUM_CLASSES)
+    assert caught.value.key == "model.weights"
+    assert "layer4.0.conv1.weight" in caught.value.message and "stray.weight" in caught.value.message
