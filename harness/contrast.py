@@ -261,18 +261,30 @@ class PixelBank(nn.Module):
 
     @torch.no_grad()
     def push(
-        self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None, ignore_index: int = 255
+        self,
+        features: Tensor,
+        labels: Tensor,
+        generator: torch.Generator | None = None,
+        ignore_index: int = 255,
     ) -> None:
         """Enqueue each image's class means and up to pixel_update_freq random pixels per class."""
-        keep = labels.flatten(1) != ignore_index  # [B,H,W] -> [B,P]
-        truth = _members(labels.flatten(1), keep, self.num_classes)  # [B,H,W] -> [B,P]
-        means, present = _weighted_centers(features, truth, truth.sum(2))
+        flat_labels = labels.flatten(1)  # [B,H,W] -> [B,P]
+        keep = flat_labels != ignore_index
+        with _full_precision(features.device):
+            truth = _members(flat_labels, keep, self.num_classes)
+            means, present = _weighted_centers(features, truth, truth.sum(2))
         self.segments.push(*flatten_regions(means, present))
+        self.pixels.push(*self._sample_pixels(features, labels, keep.flatten(), generator))  # [B,P] -> [BP]
+
+    def _sample_pixels(
+        self, features: Tensor, labels: Tensor, keep: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Up to pixel_update_freq random kept pixels per image and class, image-major: [S,C], [S]."""
         flat_features, flat_labels, images = _flat_pixels(features, labels)
-        groups = images * self.num_classes + flat_labels
-        order, rank = _shuffle_within_groups(groups[keep.flatten()], generator)
-        chosen = keep.flatten().nonzero()[:, 0][order[rank < self.pixel_update_freq]]  # [B,P] -> [BP] -> [S]
-        self.pixels.push(flat_features[chosen], flat_labels[chosen])
+        kept = keep.nonzero()[:, 0]
+        order, rank = _shuffle_within_groups(images[kept] * self.num_classes + flat_labels[kept], generator)
+        chosen = kept[order[rank < self.pixel_update_freq]]
+        return flat_features[chosen], flat_labels[chosen]
 
     def entries(self) -> tuple[Tensor, Tensor, Tensor]:
         """Pixel then segment slots as keys [2NK,C], labels [2NK] and valid [2NK]."""
@@ -297,15 +309,17 @@ class AllPixelBank(nn.Module):
     ) -> None:
         super().__init__()
         self.register_buffer("keys", torch.zeros(num_images, height * width, dim, dtype=dtype))
-        self.register_buffer("labels", torch.full((num_images, height * width), EMPTY_LABEL, dtype=torch.uint8))
+        empty = torch.full((num_images, height * width), EMPTY_LABEL, dtype=torch.uint8)
+        self.register_buffer("labels", empty)
 
     @torch.no_grad()
     def push(self, features: Tensor, labels: Tensor, image_ids: Tensor, ignore_index: int = 255) -> None:
         """Store features [B,C,H,W] and labels [B,H,W] in the slots of dataset images `image_ids` [B]."""
         pixels = features.detach().float().flatten(2).transpose(1, 2)  # [B,C,H,W] -> [B,P,C]
         self.keys[image_ids] = F.normalize(pixels, dim=2).to(self.keys)
-        flat_labels = labels.flatten(1).masked_fill(labels.flatten(1) == ignore_index, EMPTY_LABEL)  # [B,H,W] -> [B,P]
-        self.labels[image_ids] = flat_labels.to(self.labels)
+        flat_labels = labels.flatten(1)  # [B,H,W] -> [B,P]
+        stored = flat_labels.masked_fill(flat_labels == ignore_index, EMPTY_LABEL)
+        self.labels[image_ids] = stored.to(self.labels)
 
     def entries(self) -> tuple[Tensor, Tensor, Tensor]:
         """Every slot as keys [DP,C], labels [DP] and valid [DP]."""
@@ -372,7 +386,8 @@ def sample_anchors(
     """
     flat_features, flat_labels, images = _flat_pixels(features, labels)
     kept = (flat_labels != ignore_index).nonzero()[:, 0]
-    pairs, pair_of = torch.unique(torch.stack([images[kept], flat_labels[kept]], 1), dim=0, return_inverse=True)
+    image_class = torch.stack([images[kept], flat_labels[kept]], 1)  # [S,2]
+    pairs, pair_of = torch.unique(image_class, dim=0, return_inverse=True)
     views = min(max_views, max_samples // max(len(pairs), 1))
     hard = (predictions.flatten()[kept] != flat_labels[kept]).long()  # [B,H,W] -> [BP] -> [S]
     groups = pair_of * 2 + hard

@@ -27,6 +27,16 @@ IGNORE = 255
 VARIANTS = ["average", "ep_hp", "weighted"]
 
 
+def seeded(seed):
+    """A CPU generator with a fixed seed."""
+    return torch.Generator().manual_seed(seed)
+
+
+def all_valid(*shape):
+    """A bool mask of the given shape, all True."""
+    return torch.ones(*shape, dtype=torch.bool)
+
+
 # ---------------------------------------------------------------------------
 # Brute-force references, one pixel / one key at a time, in float64
 # ---------------------------------------------------------------------------
@@ -98,7 +108,7 @@ def brute_in_batch(centers, valid, tau, query_images):
 
 def random_segmentation(seed, batch, dim, height, width, num_classes, present):
     """Features, logits and labels using only `present` classes, about 20% ignored pixels."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded(seed)
     features = torch.randn(batch, dim, height, width, generator=generator)
     logits = 2 * torch.randn(batch, num_classes, height, width, generator=generator)
     logits[:, present:] -= 20  # classes never predicted
@@ -109,7 +119,7 @@ def random_segmentation(seed, batch, dim, height, width, num_classes, present):
 
 def random_bank(seed, num_classes, size, dim, fill=0.6):
     """Bank keys [N,K,C] full of unnormalised noise, with a random valid mask."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded(seed)
     keys = 3 * torch.randn(num_classes, size, dim, generator=generator)
     return keys, torch.rand(num_classes, size, generator=generator) < fill
 
@@ -123,7 +133,7 @@ def random_bank(seed, num_classes, size, dim, fill=0.6):
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5, 4, 3), (3, 5, 3, 3, 6, 4), (1, 2, 2, 7, 3, 1)])
 def test_region_centers_match_brute_force(variant, shape):
     batch, dim, height, width, num_classes, present = shape
-    features, logits, labels = random_segmentation(sum(shape), batch, dim, height, width, num_classes, present)
+    features, logits, labels = random_segmentation(sum(shape), *shape)
     features.requires_grad_(True)
     centers, valid = region_centers(features, logits, labels, num_classes, variant)
     expected, expected_valid = brute_centers(features, logits, labels, num_classes, variant)
@@ -206,7 +216,7 @@ def test_flatten_regions_is_image_major():
 def test_region_loss_and_gradient_match_brute_force(tau, geometry):
     queries_count, num_classes, size, dim = geometry
     bank_keys, bank_valid = random_bank(queries_count + size, num_classes, size, dim)
-    queries = torch.randn(queries_count, dim, generator=torch.Generator().manual_seed(dim)).requires_grad_(True)
+    queries = torch.randn(queries_count, dim, generator=seeded(dim), requires_grad=True)
     query_labels = torch.arange(queries_count) % num_classes
     loss = region_contrast_loss(queries, query_labels, bank_keys, bank_valid, tau)
     reference_queries = queries.detach().double().requires_grad_(True)
@@ -221,14 +231,15 @@ def test_region_loss_and_gradient_match_brute_force(tau, geometry):
 def test_region_loss_by_hand():
     # q=(1,0) with positive (2,0) and negative (0,3), tau=1: -log(e / (e + 1)) = log(1 + 1/e)
     bank_keys = torch.tensor([[[2.0, 0.0]], [[0.0, 3.0]]])
-    loss = region_contrast_loss(torch.tensor([[5.0, 0.0]]), torch.tensor([0]), bank_keys, torch.ones(2, 1, dtype=torch.bool), 1.0)
+    query = torch.tensor([[5.0, 0.0]])
+    loss = region_contrast_loss(query, torch.tensor([0]), bank_keys, all_valid(2, 1), 1.0)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
 
 
 def test_queries_without_positives_are_left_out_of_the_mean():
     bank_keys, bank_valid = random_bank(0, 3, 4, 5, fill=1.0)
     bank_valid[2] = False
-    queries = torch.randn(4, 5, generator=torch.Generator().manual_seed(1))
+    queries = torch.randn(4, 5, generator=seeded(1))
     labels = torch.tensor([0, 1, 2, 2])
     both = region_contrast_loss(queries, labels, bank_keys, bank_valid, 0.2)
     first_two = region_contrast_loss(queries[:2], labels[:2], bank_keys, bank_valid, 0.2)
@@ -237,7 +248,7 @@ def test_queries_without_positives_are_left_out_of_the_mean():
 
 def test_no_positive_anywhere_gives_a_zero_with_a_graph():
     queries = torch.randn(3, 4, requires_grad=True)
-    for bank_keys, bank_valid in [random_bank(0, 3, 0, 4), (torch.randn(3, 2, 4), torch.zeros(3, 2, dtype=torch.bool))]:
+    for bank_keys, bank_valid in [random_bank(0, 3, 0, 4), (torch.randn(3, 2, 4), ~all_valid(3, 2))]:
         loss = region_contrast_loss(queries, torch.tensor([0, 1, 2]), bank_keys, bank_valid, 0.1)
         assert loss.item() == 0.0 and loss.requires_grad
         loss.backward()
@@ -258,7 +269,7 @@ def test_tiny_tau_is_stable_at_the_extremes():
     # A query opposite to its positive and on top of a negative: loss = (1 - (-1)) / tau = 200.
     bank_keys = torch.tensor([[[-1.0, 0.0]], [[1.0, 0.0]]])
     queries = torch.tensor([[1.0, 0.0]], requires_grad=True)
-    loss = region_contrast_loss(queries, torch.tensor([0]), bank_keys, torch.ones(2, 1, dtype=torch.bool), 0.01)
+    loss = region_contrast_loss(queries, torch.tensor([0]), bank_keys, all_valid(2, 1), 0.01)
     loss.backward()
     assert loss.item() == pytest.approx(200.0, rel=1e-6)
     assert torch.isfinite(queries.grad).all()
@@ -267,7 +278,7 @@ def test_tiny_tau_is_stable_at_the_extremes():
 def test_loss_under_bf16_autocast_is_fp32_and_matches():
     bank_keys, bank_valid = random_bank(3, 4, 5, 16, fill=0.8)
     projection = torch.nn.Linear(8, 16)
-    inputs = torch.randn(6, 8, generator=torch.Generator().manual_seed(4))
+    inputs = torch.randn(6, 8, generator=seeded(4))
     labels = torch.arange(6) % 4
     with torch.autocast("cpu", dtype=torch.bfloat16):
         queries = projection(inputs)
@@ -283,7 +294,8 @@ def test_region_centers_under_bf16_autocast_are_fp32():
     features, logits, labels = random_segmentation(0, 2, 3, 4, 4, 3, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         centers, valid = region_centers(features.bfloat16(), logits.bfloat16(), labels, 3, "weighted")
-    expected, _ = region_centers(features.bfloat16().float(), logits.bfloat16().float(), labels, 3, "weighted")
+    rounded = features.bfloat16().float(), logits.bfloat16().float()
+    expected, _ = region_centers(*rounded, labels, 3, "weighted")
     assert centers.dtype == torch.float32
     torch.testing.assert_close(centers, expected)
 
@@ -295,7 +307,12 @@ def test_region_centers_under_bf16_autocast_are_fp32():
 
 @pytest.mark.parametrize(
     ("query_images", "images"),
-    [(None, [0, 1, 2, 3]), (slice(1, 3), [1, 2]), (torch.tensor([3, 0]), [0, 3]), (torch.tensor([False, True, False, False]), [1])],
+    [
+        (None, [0, 1, 2, 3]),
+        (slice(1, 3), [1, 2]),
+        (torch.tensor([3, 0]), [0, 3]),
+        (torch.tensor([False, True, False, False]), [1]),
+    ],
 )
 def test_in_batch_loss_matches_brute_force(query_images, images):
     features, logits, labels = random_segmentation(7, 4, 6, 4, 4, 5, 4)
@@ -313,16 +330,17 @@ def test_in_batch_loss_matches_brute_force(query_images, images):
 def test_in_batch_query_is_not_its_own_positive():
     # One center per class and image 0 only: no other center of its class, so nothing to pull.
     centers = torch.randn(1, 3, 4, requires_grad=True)
-    loss = in_batch_contrast_loss(centers, torch.ones(1, 3, dtype=torch.bool), 0.1)
+    loss = in_batch_contrast_loss(centers, all_valid(1, 3), 0.1)
     assert loss.item() == 0.0 and loss.requires_grad
 
 
 def test_size_zero_bank_is_empty_and_the_engine_falls_back_to_in_batch():
     bank = RegionBank(3, 0, 4)
     bank.push(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))
-    assert bank.keys.shape == (3, 0, 4) and bank.valid.shape == (3, 0) and bank.nbytes() == region_bank_bytes(3, 0, 4)
+    assert bank.keys.shape == (3, 0, 4) and bank.valid.shape == (3, 0)
+    assert bank.nbytes() == region_bank_bytes(3, 0, 4)
     centers = torch.randn(2, 3, 4)
-    valid = torch.ones(2, 3, dtype=torch.bool)
+    valid = all_valid(2, 3)
     queries, labels = flatten_regions(centers, valid)
     assert region_contrast_loss(queries, labels, bank.keys, bank.valid, 0.1).item() == 0.0
     expected = brute_in_batch(centers, valid, 0.1, [0, 1])
@@ -352,7 +370,7 @@ def test_bank_fifo_wraps_and_keeps_the_last_entries():
 
 
 def test_one_push_equals_pushing_one_at_a_time():
-    generator = torch.Generator().manual_seed(0)
+    generator = seeded(0)
     entries = torch.randn(23, 4, generator=generator)
     labels = torch.randint(0, 3, (23,), generator=generator)
     together, one_by_one = RegionBank(3, 4, 4), RegionBank(3, 4, 4)
@@ -404,7 +422,7 @@ def test_bank_state_dict_round_trip_resumes_identically():
 
 def constant_image(vector, label, size=6):
     """One image whose every pixel has feature `vector` and class `label`."""
-    features = torch.tensor(vector).reshape(1, -1, 1, 1).expand(1, len(vector), size, size)  # [C] -> [B,C,H,W]
+    features = torch.tensor(vector).reshape(1, -1, 1, 1).expand(-1, -1, size, size)  # [C] -> [1,C,H,W]
     return features, torch.full((1, size, size), label)
 
 
@@ -422,12 +440,12 @@ def test_pixel_bank_pointer_advances_by_the_number_written_and_wraps_at_the_head
 
 
 def test_pixel_bank_samples_distinct_pixels_of_the_right_class():
-    features = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    features = torch.randn(2, 4, 5, 5, generator=seeded(0))
     labels = torch.tensor([0, 1, IGNORE, 2, 0])[torch.arange(50) % 5].reshape(2, 5, 5)  # [BHW] -> [B,H,W]
     labels[1, :, :] = 0
     labels[1, 0, 0] = 1  # a class with a single pixel in image 1
     bank = PixelBank(4, memory_size=100, dim=4, pixel_update_freq=3)
-    bank.push(features, labels, generator=torch.Generator().manual_seed(1))
+    bank.push(features, labels, generator=seeded(1))
     pixels = F.normalize(features.flatten(2).transpose(1, 2).reshape(-1, 4), dim=1)  # [B,C,H,W] -> [BHW,C]
     flat_labels = labels.flatten()
     # class 0: 3 from image 0 + 3 from image 1; class 1: 3 + 1; class 2: 3 + 0; class 3 absent
@@ -444,7 +462,7 @@ def test_pixel_bank_push_is_deterministic_for_a_seed():
     features, _, labels = random_segmentation(2, 2, 3, 6, 6, 4, 4)
     banks = [PixelBank(4, memory_size=30, dim=3, pixel_update_freq=4) for _ in range(2)]
     for bank in banks:
-        bank.push(features, labels, generator=torch.Generator().manual_seed(5))
+        bank.push(features, labels, generator=seeded(5))
     assert torch.equal(banks[0].pixels.keys, banks[1].pixels.keys)
 
 
@@ -488,7 +506,7 @@ def anchor_scene():
 )
 def test_anchor_sampling_quotas(max_samples, max_views, expected):
     features, labels, predictions = anchor_scene()
-    anchors, anchor_labels = sample_anchors(features, labels, predictions, max_samples, max_views, torch.Generator().manual_seed(0))
+    anchors, anchor_labels = sample_anchors(features, labels, predictions, max_samples, max_views, seeded(0))
     index = anchors[:, 0].long()
     assert len(index.unique()) == len(index) <= max_samples
     assert torch.equal(anchor_labels, labels.flatten()[index])
@@ -515,12 +533,12 @@ def test_pixel_contrast_loss_matches_brute_force(bank_kind):
     predictions = logits.argmax(1)
     if bank_kind == "pixel":
         bank = PixelBank(3, memory_size=7, dim=4, pixel_update_freq=2)
-        bank.push(features, labels, generator=torch.Generator().manual_seed(0))
+        bank.push(features, labels, generator=seeded(0))
     else:
         bank = AllPixelBank(num_images=4, height=6, width=6, dim=4)
         bank.push(features, labels, torch.tensor([0, 2]))
-    loss = pixel_contrast_loss(features, labels, predictions, bank, 0.1, 30, 4, torch.Generator().manual_seed(3))
-    anchors, anchor_labels = sample_anchors(features, labels, predictions, 30, 4, torch.Generator().manual_seed(3))
+    loss = pixel_contrast_loss(features, labels, predictions, bank, 0.1, 30, 4, seeded(3))
+    anchors, anchor_labels = sample_anchors(features, labels, predictions, 30, 4, seeded(3))
     keys, key_labels, valid = bank.entries()
     usable = [valid.tolist()] * len(anchors)
     expected = brute_info_nce(anchors, anchor_labels.tolist(), keys, key_labels.tolist(), usable, 0.1)
