@@ -1,0 +1,45 @@
+"""Pixel losses (CE / OHEM), the auxiliary loss and their weighting into one loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from harness.recipe import LossConfig
+
+
+def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize logits [B,N,h,w] to [B,N,*size], as DeepLab does before the loss."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def ohem_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, thresh: float, min_kept: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """CE over the hard pixels: true-class probability below `thresh`, at least `min_kept` of them."""
+    pixel_loss = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none").flatten()
+    valid = labels.flatten() != ignore_index
+    # p(true class) = exp(-CE); hard pixels are the least confident ones.
+    true_prob = torch.exp(-pixel_loss.detach())[valid]
+    if true_prob.numel() == 0:
+        return pixel_loss.sum() * 0.0
+    kth = min(min_kept, true_prob.numel()) - 1
+    threshold = max(true_prob.kthvalue(kth + 1).values.item(), thresh)
+    hard = pixel_loss[valid][true_prob <= threshold]
+    return hard.mean()
+
+
+def pixel_loss(cfg: LossConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The recipe's pixel loss (CE or OHEM) on logits resized to the label map."""
+    logits = upsample_to(logits, tuple(labels.shape[-2:])).float()
+    if cfg.kind == "ohem":
+        return ohem_cross_entropy(logits, labels, cfg.ohem_thresh, cfg.ohem_min_kept)
+    return F.cross_entropy(logits, labels, ignore_index=255)
+
+
+def total_loss(cfg: LossConfig, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. 5: L = L_CE + alpha * L_AUX + beta * L_contrast, over the parts present."""
+    weights = {"ce": 1.0, "aux": cfg.aux_weight, "contrast": cfg.contrast.weight}
+    return sum(weights[name] * value for name, value in parts.items())

@@ -1,0 +1,101 @@
+"""CLI: `accelerate launch harness/run.py recipes/x.yaml [--set key=value ...]`.
+
+Every variant of the recipe's sweep is validated before anything is written;
+then each is trained in turn. A variant that fails is recorded as failed and
+the sweep goes on; the exit code is 1 if any failed, 2 for a bad recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
+    # Run as a script, Python puts harness/ itself first on sys.path, where our
+    # data.py or models.py would shadow any top-level module of the same name.
+    sys.path.pop(0)
+
+from harness.recipe import RecipeError, Variant, load  # noqa: E402
+
+EXIT_FAILED_VARIANT, EXIT_BAD_RECIPE = 1, 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", type=Path, help="recipe YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set optim.iterations=100 (repeatable)")
+    parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
+                        help="run only these sweep variants (repeatable)")
+    parser.add_argument("--no-report", action="store_true", help="do not build reports/<recipe>/ at the end")
+    return parser.parse_args(argv)
+
+
+def check_variants(variants: list[Variant]) -> None:
+    """Everything that can be known wrong before training: model names and strides, data roots."""
+    from harness.data import index_files
+    from harness.models import validate_model_config
+
+    for variant in variants:
+        data = variant.recipe.data
+        try:
+            validate_model_config(variant.recipe.model)
+            if data.dataset != "digit_scenes":
+                index_files(data.dataset, data.root)
+        except RecipeError as error:
+            raise RecipeError(error.key, f"{error.message} (sweep variant '{variant.name}')") from None
+
+
+def select(variants: list[Variant], names: list[str]) -> list[Variant]:
+    """The variants named by --only, in sweep order."""
+    unknown = set(names) - {variant.name for variant in variants}
+    if unknown:
+        valid = ", ".join(variant.name for variant in variants)
+        raise RecipeError("--only", f"no variant named {sorted(unknown)}; the sweep has: {valid}")
+    return [variant for variant in variants if not names or variant.name in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        variants = select(load(args.recipe, args.overrides), args.only)
+        check_variants(variants)
+    except RecipeError as error:
+        print(f"error: {error.located(args.recipe) if error.source is None else error}", file=sys.stderr)
+        return EXIT_BAD_RECIPE
+
+    from accelerate import Accelerator
+
+    from harness import engine
+
+    accelerator = Accelerator()
+    recipe_dir = variants[0].recipe.run.output_dir / variants[0].recipe.run.name
+    failed = []
+    for variant in variants:
+        out_dir = recipe_dir / variant.name
+        if accelerator.is_main_process:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+            engine.write_resolved_recipe(out_dir, variant)
+        accelerator.wait_for_everyone()
+        try:
+            engine.train_variant(accelerator, variant, out_dir)
+        except Exception as error:  # noqa: BLE001 - one bad variant must not end the sweep
+            failed.append(variant.name)
+            accelerator.print(f"variant {variant.name} failed: {type(error).__name__}: {error}")
+            if accelerator.is_main_process:
+                engine.write_json(out_dir / "summary.json", engine.failed_summary(accelerator, variant, error))
+            accelerator.free_memory()
+    if accelerator.is_main_process and not args.no_report:
+        from harness.report import build_report
+
+        accelerator.print(f"report: {build_report(recipe_dir)}")
+    if failed:
+        accelerator.print(f"{len(failed)} of {len(variants)} variants failed: {', '.join(failed)}")
+    accelerator.end_training()
+    return EXIT_FAILED_VARIANT if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Recipe schema: loading, overrides, sweep expansion and the errors a user meets."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.recipe import RecipeError, load, parse_override
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
+
+
+def write_recipe(tmp_path: Path, tree: dict, name: str = "demo.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def test_defaults_follow_the_paper(tmp_path: Path) -> None:
+    (variant,) = load(write_recipe(tmp_path, {}))
+    recipe = variant.recipe
+    assert variant.name == "default"
+    assert recipe.run.name == "demo"  # the file's stem
+    assert recipe.model.output_stride == 8 and recipe.model.head == "deeplabv3"
+    assert recipe.loss.aux_weight == 0.4 and recipe.loss.contrast.weight == 0.1
+    assert recipe.optim.poly_power == 0.9 and recipe.optim.momentum == 0.9
+
+
+def test_overrides_are_typed_and_repeatable(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, {"optim": {"iterations": 50}})
+    (variant,) = load(path, ["optim.iterations=7", "model.backbone=resnet18", "loss.contrast.kind=region"])
+    assert variant.recipe.optim.iterations == 7
+    assert variant.recipe.model.backbone == "resnet18"
+    assert variant.recipe.loss.contrast.kind == "region"
+
+
+def test_parse_override_reads_yaml_values() -> None:
+    assert parse_override("a.b=8") == ("a.b", 8)
+    assert parse_override("eval.scales=[0.5, 1.0]") == ("eval.scales", [0.5, 1.0])
+    with pytest.raises(RecipeError, match="dotted.key=value"):
+        parse_override("no-equals-sign")
+
+
+def test_sweep_grid_and_named_variants(tmp_path: Path) -> None:
+    tree = {
+        "loss": {"contrast": {"kind": "region"}},
+        "sweep": {
+            "grid": {"loss.contrast.variant": ["average", "weighted"], "loss.contrast.bank_size": [0, 100]},
+            "variants": {"ce": {"loss.contrast.kind": "none"}},
+            "paper": {"ce": {"table": "Table 2", "row": "CE Baseline", "miou": 76.4}},
+        },
+    }
+    variants = load(write_recipe(tmp_path, tree))
+    names = [variant.name for variant in variants]
+    assert names == [
+        "variant-average_bank_size-0", "variant-average_bank_size-100",
+        "variant-weighted_bank_size-0", "variant-weighted_bank_size-100", "ce",
+    ]
+    by_name = {variant.name: variant.recipe for variant in variants}
+    assert by_name["variant-weighted_bank_size-100"].loss.contrast.bank_size == 100
+    assert by_name["ce"].loss.contrast.kind == "none"
+    assert by_name["ce"].paper.miou == 76.4
+    assert by_name["variant-average_bank_size-0"].paper is None
+
+
+def test_override_applies_to_every_variant(tmp_path: Path) -> None:
+    tree = {"sweep": {"grid": {"loss.contrast.kind": ["none", "region"]}}}
+    variants = load(write_recipe(tmp_path, tree), ["optim.iterations=3"])
+    assert [variant.recipe.optim.iterations for variant in variants] == [3, 3]
+
+
+@pytest.mark.parametrize(
+    ("tree", "overrides", "key"),
+    [
+        ({"model": {"backbon": "resnet50"}}, [], "model.backbon"),
+        ({"optim": {"iterations": "many"}}, [], "optim.iterations"),
+        ({"model": {"output_stride": 12}}, [], "model.output_stride"),
+        ({"model": {"head": "unet"}}, [], "model.head"),
+        ({}, ["data.batch_size=0"], "data.batch_size"),
+        ({"sweep": {"grid": {"loss.contrast.tau": [0.1, -1.0]}}}, [], "loss.contrast.tau"),
+        ({"sweep": {"grid": {"loss.contrast.kind": []}}}, [], "sweep.grid.loss.contrast.kind"),
+        ({"sweep": {"variants": {"x": {}}, "paper": {"y": {"table": "T", "row": "r", "miou": 1}}}}, [], "sweep.paper.y"),
+        ({"eval": {"mode": "slide"}}, [], "eval"),
+    ],
+)
+def test_bad_recipes_name_the_file_and_the_key(tmp_path: Path, tree: dict, overrides: list, key: str) -> None:
+    path = write_recipe(tmp_path, tree)
+    with pytest.raises(RecipeError) as caught:
+        load(path, overrides)
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{path}: {key}: ")
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="not found"):
+        load(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load(bad)
+
+
+def test_recipes_are_shipped() -> None:
+    names = {path.stem for path in RECIPES}
+    assert "quickstart" in names and len(RECIPES) >= 4
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[path.stem for path in RECIPES])
+def test_every_shipped_recipe_loads(path: Path) -> None:
+    variants = load(path)
+    assert variants and len({variant.name for variant in variants}) == len(variants)
