@@ -47,7 +47,7 @@ CURVE_PANELS = {
     "val_miou": "val mIoU (%)",
 }
 MEMORY_KINDS = {"cuda_max_allocated": "GPU max allocated", "rss": "process RSS"}
-# (header, results.csv column, format); numeric columns are right-aligned.
+# (header, results.csv column, format); formatted (numeric) columns are right-aligned.
 TABLE_COLUMNS = (
     ("variant", "variant", "{}"),
     ("backbone", "backbone", "{}"),
@@ -83,7 +83,7 @@ PLOTS = {
     ),
     "throughput_memory.png": (
         "Throughput and memory",
-        "Training throughput (images/s, all processes) and peak memory per variant, measured as {memory}.",
+        "Training throughput (images/s) and peak memory per variant (memory kind: {memory}).",
     ),
     "curves.png": (
         "Training curves",
@@ -264,8 +264,7 @@ def comparison_table(frame: pd.DataFrame) -> str:
         header: [format_cell(value, template) for value in frame[column]]
         for header, column, template in spec
     })
-    numeric = {header for header, column, _ in spec if pd.api.types.is_numeric_dtype(frame[column])}
-    return markdown_table(cells, numeric)
+    return markdown_table(cells, {header for header, _, template in spec if template != "{}"})
 
 
 def per_class_table(per_class: pd.DataFrame) -> str:
@@ -283,7 +282,7 @@ def status_counts(frame: pd.DataFrame) -> str:
 def memory_label(frame: pd.DataFrame) -> str:
     """How peak memory was measured, e.g. 'GPU max allocated'."""
     kinds = frame["memory_kind"].dropna().unique()
-    return " / ".join(MEMORY_KINDS.get(kind, str(kind)) for kind in kinds) or "not measured"
+    return " / ".join(MEMORY_KINDS.get(kind, str(kind)) for kind in kinds) or "unknown"
 
 
 # ---------------------------------------------------------------- plots
@@ -351,7 +350,8 @@ def plot_miou_vs_bank(frame: pd.DataFrame, path: Path) -> None:
     """mIoU against region bank size (paper Table 3), with the paper's curve when known."""
     points = bank_points(frame)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    sns.lineplot(points, x="bank_size", y="val_miou_pct", marker="o", errorbar=None, label="ours", ax=ax)
+    # estimator=None: variants sharing a bank size show as separate points, never silently averaged
+    sns.lineplot(points, x="bank_size", y="val_miou_pct", marker="o", estimator=None, label="ours", ax=ax)
     if points["paper_miou"].notna().any():
         paper = points.dropna(subset="paper_miou")
         sns.lineplot(paper, x="bank_size", y="paper_miou", marker="D", color="black", label="paper", ax=ax)
@@ -415,7 +415,8 @@ def region_partner(frame: pd.DataFrame, results_dir: Path, filename: str) -> tup
 
     baseline = frame.loc[frame["is_baseline"], "variant"]
     region = frame[(frame["contrast_kind"] == "region") & (frame["status"] == "ok")]
-    region = region[region["variant"].map(has)].sort_values("val_miou_pct", ascending=False)
+    with_file = region["variant"].map(has).astype(bool)  # bool even when empty: else pandas picks columns
+    region = region.loc[with_file].sort_values("val_miou_pct", ascending=False)
     if not len(baseline) or not has(baseline.iloc[0]) or not len(region):
         return None
     return baseline.iloc[0], region["variant"].iloc[0]
@@ -448,7 +449,9 @@ def embed(centers: np.ndarray) -> np.ndarray:
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(centers)
 
 
-def class_legend(fig: plt.Figure, palette: np.ndarray, names: list[str], present: np.ndarray, extra: list[Patch]) -> None:
+def class_legend(
+    fig: plt.Figure, palette: np.ndarray, names: list[str], present: np.ndarray, extra: list[Patch]
+) -> None:
     """A legend below the figure with the classes that appear, in palette colours."""
     handles = [Patch(color=palette[index], label=names[index]) for index in present if index < len(names)]
     handles += extra
@@ -487,7 +490,8 @@ def matched_samples(results_dir: Path, pair: tuple[str, str]) -> tuple[dict[str,
     _, rows, other_rows = np.intersect1d(base["indices"], other["indices"], return_indices=True)
     rows, other_rows = rows[:QUALITATIVE_IMAGES], other_rows[:QUALITATIVE_IMAGES]
     arrays = {key: base[key][rows] for key in ("images", "labels", "preds", "indices")}
-    return {**arrays, "palette": base["palette"] / 255.0, "class_names": base["class_names"]}, other["preds"][other_rows]
+    arrays.update(palette=base["palette"] / 255.0, class_names=base["class_names"])
+    return arrays, other["preds"][other_rows]
 
 
 def plot_qualitative(results_dir: Path, pair: tuple[str, str], path: Path) -> bool:
@@ -518,7 +522,9 @@ def plot_qualitative(results_dir: Path, pair: tuple[str, str], path: Path) -> bo
 # ---------------------------------------------------------------- assembling the report
 
 
-def make_plots(frame: pd.DataFrame, curves: pd.DataFrame, results_dir: Path, out: Path) -> dict[str, dict[str, str]]:
+def make_plots(
+    frame: pd.DataFrame, curves: pd.DataFrame, results_dir: Path, out: Path
+) -> dict[str, dict[str, str]]:
     """Draw every plot the data supports; file name -> the values its caption names."""
     colors = variant_colors(list(frame["variant"]))
     plot_miou(frame, colors, out / "miou.png")
@@ -540,20 +546,20 @@ def make_plots(frame: pd.DataFrame, curves: pd.DataFrame, results_dir: Path, out
 
 
 def report_markdown(
-    results_dir: Path, frame: pd.DataFrame, plots: dict[str, dict[str, str]], per_class: pd.DataFrame
+    recipe: str, results_dir: Path, frame: pd.DataFrame, plots: dict[str, dict[str, str]], per_class: pd.DataFrame
 ) -> str:
     """The whole report.md: header, comparison table, plots in PLOTS order, per-class IoU."""
     baseline = frame.loc[frame["is_baseline"], "variant"]
     lines = [
-        f"# Report: {results_dir.name}",
+        f"# Report: {recipe}",
         "",
         f"From `{results_dir}`: {len(frame)} variants ({status_counts(frame)}); "
         f"CE baseline: {f'`{baseline.iloc[0]}`' if len(baseline) else 'none'}.",
         "",
         comparison_table(frame),
         "",
-        "Δ mIoU is in percentage points against the CE baseline; images/s counts every process; "
-        f"memory is in MiB (2^20 bytes), measured as {memory_label(frame)}.",
+        "Δ mIoU is in percentage points against the CE baseline; "
+        f"memory is in MiB (2^20 bytes; memory kind: {memory_label(frame)}).",
     ]
     for filename, (heading, caption) in PLOTS.items():
         if filename in plots:
@@ -566,7 +572,8 @@ def report_markdown(
 def build_report(results_dir: Path, reports_root: Path = Path("reports")) -> Path:
     """Write reports/<recipe>/ (report.md, results.csv, curves.csv, plots); returns report.md's path."""
     results_dir = Path(results_dir)
-    out = Path(reports_root) / results_dir.name
+    recipe = results_dir.resolve().name  # resolved, so that "." or a trailing slash still names it
+    out = Path(reports_root) / recipe
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):  # a plot the data no longer supports must not linger
         stale.unlink()
@@ -580,7 +587,7 @@ def build_report(results_dir: Path, reports_root: Path = Path("reports")) -> Pat
     with sns.axes_style("whitegrid"):  # a context, not set_theme: the engine's process keeps its style
         plots = make_plots(frame, curves, results_dir, out)
     report = out / "report.md"
-    report.write_text(report_markdown(results_dir, frame, plots, per_class_frame(summaries)))
+    report.write_text(report_markdown(recipe, results_dir, frame, plots, per_class_frame(summaries)))
     return report
 
 

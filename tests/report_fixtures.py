@@ -14,17 +14,22 @@ from harness.recipe import Recipe
 RECIPE = "quick"
 CLASS_NAMES = ["background", "zero", "one", "two", "three"]
 PALETTE = np.array([[170, 170, 170], [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48]], np.uint8)
-OOM_ERROR = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity) | see log"
+OOM_ERROR = (
+    "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity) | see log"
+)
 PAPER_ROW = {"table": "Table 3", "row": "RegionContrast w/MB 1000", "miou": 78.5}
 
 
-def summary(variant: str, kind: str, bank_size: int | None, val_miou: float | None, **fields: Any) -> dict[str, Any]:
+def summary(
+    variant: str, kind: str, bank_size: int | None, val_miou: float | None, **fields: Any
+) -> dict[str, Any]:
     """A finished variant's summary.json content; `fields` override any entry."""
     return {
         "recipe": RECIPE, "variant": variant, "status": "ok", "error": None, "iterations": 40,
         "val_miou": val_miou, "per_class_iou": [0.9, None, val_miou, 0.4, 0.3], "class_names": CLASS_NAMES,
-        "train_images_per_s": 50.0 if kind == "none" else 42.5, "s_per_iter": 0.16, "peak_memory_bytes": 300 * 2**20,
-        "memory_kind": "rss", "params": 123456, "flops_per_image": 1.5e9, "world_size": 1, "mixed_precision": "no",
+        "train_images_per_s": 50.0 if kind == "none" else 42.5, "s_per_iter": 0.16,
+        "peak_memory_bytes": 300 * 2**20, "memory_kind": "rss", "params": 123456, "flops_per_image": 1.5e9,
+        "world_size": 1, "mixed_precision": "no",
         "distributed_type": "NO", "zero_stage": None, "device": "cpu",
         "versions": {"torch": "2.14.1", "timm": "1.0.31", "accelerate": "1.15.0", "python": "3.12"},
         "backbone": "resnet18", "head": "deeplabv3", "output_stride": 8, "contrast_kind": kind,
@@ -62,7 +67,8 @@ def centers(separation: float, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(5), 8)
     means = rng.normal(size=(5, 8)) * separation
-    return {"centers": (means[labels] + rng.normal(size=(40, 8))).astype(np.float32), "labels": labels.astype(np.int64)}
+    points = means[labels] + rng.normal(size=(40, 8))
+    return {"centers": points.astype(np.float32), "labels": labels.astype(np.int64)}
 
 
 def samples(seed: int) -> dict[str, np.ndarray]:
@@ -71,7 +77,8 @@ def samples(seed: int) -> dict[str, np.ndarray]:
     labels = np.zeros((2, 16, 16), np.uint8)
     labels[:, 4:12, 4:12] = np.array([1, 3])[:, None, None]
     labels[:, 0, :] = 255
-    preds = np.where(rng.random((2, 16, 16)) < 0.15, rng.integers(0, 5, (2, 16, 16)), labels % 255).astype(np.uint8)
+    noise = rng.random((2, 16, 16)) < 0.15  # predictions: the labels (ignore -> 0) with 15% random pixels
+    preds = np.where(noise, rng.integers(0, 5, (2, 16, 16)), labels % 255).astype(np.uint8)
     return {
         "images": rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8), "labels": labels, "preds": preds,
         "palette": PALETTE, "class_names": np.array(CLASS_NAMES), "indices": np.array([0, 1], np.int64),
@@ -85,16 +92,19 @@ def write_variant(results_dir: Path, name: str, kind: str, bank_size: int | None
     folder.mkdir(parents=True)
     (folder / "recipe.yaml").write_text(recipe_yaml(kind, bank_size))
     lines = metrics_lines(kind, scale=1 + len(name) / 20, evals=content is not None)
-    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n" + ('{"kind": "train", "it' if content is None else ""))
+    torn = '{"kind": "train", "it' if content is None else ""  # a killed run can stop mid-line
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n" + torn)
     if content is not None:
         (folder / "summary.json").write_text(json.dumps(content))
-    if arrays and kind != "all_pixel":
+    if arrays:
         seed = len(name)
         np.savez(folder / "val_centers.npz", **centers(0.5 if kind == "none" else 4.0, seed))
         np.savez(folder / "val_samples.npz", **samples(seed))
 
 
-def build_results(root: Path, bank_sizes: tuple[int, int] = (0, 1000), arrays: bool = True, baseline: bool = True) -> Path:
+def build_results(
+    root: Path, bank_sizes: tuple[int, int] = (0, 1000), arrays: bool = True, baseline: bool = True
+) -> Path:
     """results/quick/ with a CE baseline, two region variants (the second reproducing a paper row),
     a failed variant and one without summary; returns results/quick."""
     results_dir = root / "results" / RECIPE
@@ -102,7 +112,8 @@ def build_results(root: Path, bank_sizes: tuple[int, int] = (0, 1000), arrays: b
         write_variant(results_dir, "ce", "none", None, summary("ce", "none", None, 0.50), arrays)
     for bank, miou, paper in zip(bank_sizes, (0.53, 0.56), (None, PAPER_ROW)):
         name = f"region_bank-{bank}" if bank_sizes[0] != bank_sizes[1] else f"region_{miou}"
-        write_variant(results_dir, name, "region", bank, summary(name, "region", bank, miou, paper=paper), arrays)
+        content = summary(name, "region", bank, miou, paper=paper)
+        write_variant(results_dir, name, "region", bank, content, arrays)
     failed = summary("broken", "pixel", None, None, status="failed", error=OOM_ERROR,
                      train_images_per_s=None, s_per_iter=None, peak_memory_bytes=None, per_class_iou=None)
     write_variant(results_dir, "broken", "pixel", None, failed, arrays=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,13 @@ import pytest
 from PIL import Image
 
 from harness.report import build_report, colorize, per_class_frame, results_frame
-from report_fixtures import OOM_ERROR, PALETTE, build_results, summary
+from report_fixtures import OOM_ERROR, PALETTE, build_results, recipe_yaml, summary
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ALL_PLOTS = ("miou.png", "miou_vs_bank.png", "throughput_memory.png", "curves.png", "tsne.png", "qualitative.png")
+ALL_PLOTS = (
+    "miou.png", "miou_vs_bank.png", "throughput_memory.png", "curves.png", "tsne.png", "qualitative.png"
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,8 @@ def test_failed_variant_is_shown_failed_without_metrics(full_report: Path) -> No
 def test_variant_without_summary_is_running_with_recipe_config(full_report: Path) -> None:
     pending = read_results(full_report).loc["pending"]
     assert pending["status"] == "running"
-    assert (pending["contrast_kind"], pending["bank_size"], pending["backbone"]) == ("region", 500, "resnet18")
+    config = (pending["contrast_kind"], pending["bank_size"], pending["backbone"])
+    assert config == ("region", 500, "resnet18")
     assert pd.isna(pending["val_miou"])
 
 
@@ -82,7 +86,8 @@ def test_markdown_table_matches_results(full_report: Path) -> None:
         "ce", "broken", "pending", "region_bank-0", "region_bank-1000"
     ]
     region = dict(zip(cells, (cell.strip() for cell in table[4].strip("|").split("|"))))
-    assert (region["val mIoU (%)"], region["Δ mIoU vs CE (pp)"], region["paper mIoU (%)"]) == ("56.00", "+6.00", "78.5")
+    numbers = (region["val mIoU (%)"], region["Δ mIoU vs CE (pp)"], region["paper mIoU (%)"])
+    assert numbers == ("56.00", "+6.00", "78.5")
     assert region["paper row"] == "Table 3: RegionContrast w/MB 1000"
 
 
@@ -112,22 +117,46 @@ def test_per_class_null_iou_is_nan_not_zero() -> None:
     assert np.isnan(per_class.loc["zero", "ce"]) and per_class.loc["background", "ce"] == pytest.approx(90.0)
 
 
-def test_no_bank_plot_when_bank_sizes_do_not_vary(tmp_path: Path) -> None:
-    stale = tmp_path / "reports" / "quick" / "miou_vs_bank.png"  # left by an earlier build
+@pytest.fixture(scope="module")
+def flat_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Report of a sweep without CE baseline whose region variants share one bank size and have no
+    .npz files, built over an earlier build's stale bank plot."""
+    root = tmp_path_factory.mktemp("flat")
+    stale = root / "reports" / "quick" / "miou_vs_bank.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(PNG_SIGNATURE)
-    report = build_report(build_results(tmp_path, bank_sizes=(100, 100), arrays=False), tmp_path / "reports")
-    assert report.parent == stale.parent and not stale.exists()
-    assert "miou_vs_bank" not in report.read_text() and "memory bank size" not in report.read_text()
-    assert not (report.parent / "tsne.png").exists() and not (report.parent / "qualitative.png").exists()
-    assert (report.parent / "miou.png").exists() and (report.parent / "curves.png").exists()
+    return build_report(build_results(root, bank_sizes=(100, 100), arrays=False, baseline=False), root / "reports")
 
 
-def test_without_baseline_delta_is_blank(tmp_path: Path) -> None:
-    report = build_report(build_results(tmp_path, baseline=False, arrays=False), tmp_path / "reports")
-    rows = read_results(report)
+def test_no_bank_plot_when_bank_sizes_do_not_vary(flat_report: Path) -> None:
+    assert not (flat_report.parent / "miou_vs_bank.png").exists()  # the stale one is gone too
+    assert "miou_vs_bank" not in flat_report.read_text() and "memory bank size" not in flat_report.read_text()
+    assert (flat_report.parent / "miou.png").exists() and (flat_report.parent / "curves.png").exists()
+
+
+def test_no_paired_figures_without_baseline_and_arrays(flat_report: Path) -> None:
+    assert not (flat_report.parent / "tsne.png").exists() and not (flat_report.parent / "qualitative.png").exists()
+    assert "t-SNE" not in flat_report.read_text()
+
+
+def test_without_baseline_delta_is_blank(flat_report: Path) -> None:
+    rows = read_results(flat_report)
     assert rows["delta_miou_pp"].isna().all() and not rows["is_baseline"].any()
-    assert "CE baseline: none" in report.read_text()
+    assert rows["val_miou"].notna().sum() == 2
+    assert "CE baseline: none" in flat_report.read_text()
+
+
+def test_nothing_finished_still_reports_every_variant(tmp_path: Path) -> None:
+    results = tmp_path / "results" / "quick"
+    (results / "crashed").mkdir(parents=True)
+    (results / "crashed" / "summary.json").write_text(json.dumps({"status": "failed", "error": "ValueError: a\nb"}))
+    (results / "queued").mkdir()
+    (results / "queued" / "recipe.yaml").write_text(recipe_yaml("region", 1000))
+    report = build_report(results, tmp_path / "reports")
+    rows = read_results(report)
+    assert rows.loc["crashed", "status_text"] == "failed: ValueError: a b"
+    assert (rows.loc["queued", "status"], rows.loc["queued", "bank_size"]) == ("missing", 1000)
+    assert sorted(path.name for path in report.parent.glob("*.png")) == ["miou.png", "throughput_memory.png"]
 
 
 def test_baseline_prefers_the_variant_named_ce() -> None:
@@ -145,8 +174,11 @@ def test_colorize_uses_palette_and_blacks_out_ignore() -> None:
     assert np.allclose(colours[1, 0], 0.0)
 
 
-def test_cli_builds_without_importing_torch(cli_run: subprocess.CompletedProcess[str], full_report: Path) -> None:
-    imported = [line.rsplit("|", 1)[-1].strip() for line in cli_run.stderr.splitlines() if line.startswith("import time:")]
+def test_cli_builds_without_importing_torch(
+    cli_run: subprocess.CompletedProcess[str], full_report: Path
+) -> None:
+    timings = [line for line in cli_run.stderr.splitlines() if line.startswith("import time:")]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in timings]
     assert "matplotlib" in imported and "sklearn.manifold" in imported  # importtime really listed modules
     assert not [name for name in imported if name == "torch" or name.startswith("torch.")]
     assert full_report.exists() and (full_report.parent / "tsne.png").exists()  # t-SNE ran in that process
