@@ -108,6 +108,11 @@ class ContrastConfig(Strict):
     bank_size: int | None = Field(None, ge=0)
     feature: Literal["head", "backbone"] = "head"
     pixel: PixelBankConfig = PixelBankConfig()
+    # Bank slots the loss reads at a time (None: sized from a memory budget); any value gives the
+    # same loss up to float32 rounding, only its peak memory and speed change.
+    chunk_size: int | None = Field(None, ge=1)
+    # Storage of the bank's keys; the loss always accumulates in float32.
+    bank_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 class LossConfig(Strict):
