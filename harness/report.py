@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -36,7 +36,7 @@ NON_SCALAR_FIELDS = {"per_class_iou", "class_names", "versions", "paper"}
 # Fields that only mean something for a finished run; blanked for every other status.
 METRIC_FIELDS = (
     "val_miou", "train_images_per_s", "s_per_iter", "peak_memory_bytes", "bank_bytes",
-    "params", "flops_per_image", "iterations",
+    "params", "flops_per_image",
 )
 CURVE_PANELS = {
     "loss": "total loss",
@@ -47,28 +47,37 @@ CURVE_PANELS = {
     "val_miou": "val mIoU (%)",
 }
 MEMORY_KINDS = {"cuda_max_allocated": "GPU max allocated", "rss": "process RSS"}
-# (header, results.csv column, format); formatted (numeric) columns are right-aligned.
+
+
+def signed(value: float) -> str:
+    """'+1.23'; a difference that rounds to zero prints as '+0.00', never '-0.00'."""
+    return f"{round(value, 2) + 0.0:+.2f}"  # + 0.0 turns -0.0 into 0.0
+
+
+# (header, results.csv column, cell formatter); formatted (numeric) columns are right-aligned.
 TABLE_COLUMNS = (
-    ("variant", "variant", "{}"),
-    ("backbone", "backbone", "{}"),
-    ("head", "head", "{}"),
-    ("contrast", "contrast_kind", "{}"),
-    ("center variant", "center_variant", "{}"),
-    ("bank size", "bank_size", "{:.0f}"),
-    ("precision", "mixed_precision", "{}"),
-    ("world size", "world_size", "{:.0f}"),
-    ("val mIoU (%)", "val_miou_pct", "{:.2f}"),
-    ("Δ mIoU vs CE (pp)", "delta_miou_pp", "{:+.2f}"),
-    ("paper mIoU (%)", "paper_miou", "{:.1f}"),
-    ("paper row", "paper_ref", "{}"),
-    ("images/s", "train_images_per_s", "{:.1f}"),
-    ("s/iter", "s_per_iter", "{:.3f}"),
-    ("peak memory (MiB)", "peak_memory_mib", "{:.0f}"),
-    ("bank (MiB)", "bank_mib", "{:.2f}"),
-    ("status", "status_text", "{}"),
+    ("variant", "variant", str),
+    ("backbone", "backbone", str),
+    ("head", "head", str),
+    ("contrast", "contrast_kind", str),
+    ("center variant", "center_variant", str),
+    ("bank size", "bank_size_text", str),
+    ("precision", "mixed_precision", str),
+    ("world size", "world_size", "{:.0f}".format),
+    ("val mIoU (%)", "val_miou_pct", "{:.2f}".format),
+    ("Δ mIoU vs CE (pp)", "delta_miou_pp", signed),
+    ("paper mIoU (%)", "paper_miou", "{:.1f}".format),
+    ("paper row", "paper_ref", str),
+    ("images/s", "train_images_per_s", "{:.1f}".format),
+    ("s/iter", "s_per_iter", "{:.3f}".format),
+    ("peak memory (MiB)", "peak_memory_mib", "{:.0f}".format),
+    ("bank (MiB)", "bank_mib", "{:.2f}".format),
+    ("status", "status_text", str),
 )
 PAPER_COLUMNS = ("paper_miou", "paper_ref")
-DERIVED_COLUMNS = {"val_miou_pct", "delta_miou_pp", "peak_memory_mib", "bank_mib", "paper_ref", "status_text"}
+DERIVED_COLUMNS = {
+    "bank_size_text", "val_miou_pct", "delta_miou_pp", "peak_memory_mib", "bank_mib", "paper_ref", "status_text",
+}
 # file -> (heading, one-line caption); captions are filled per report.
 PLOTS = {
     "miou.png": (
@@ -97,7 +106,7 @@ PLOTS = {
     "qualitative.png": (
         "Qualitative results",
         "The first validation images: input, CE `{ce}`, RegionContrast `{region}`, ground truth; "
-        "ignored pixels are black (the paper's Fig. 4).",
+        "ignored pixels are {ignore} (the paper's Fig. 4).",
     ),
 }
 
@@ -180,8 +189,16 @@ def shorten(text: Any, limit: int = ERROR_CHARS) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def bank_size_text(kind: str, size: float) -> str | None:
+    """Bank size as the table shows it; a null region bank size means one slot per training image."""
+    if pd.notna(size):
+        return f"{size:.0f}"
+    return "train set" if kind == "region" else None
+
+
 def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     """Columns in the units the report shows: %, percentage points, MiB."""
+    frame["bank_size_text"] = [bank_size_text(*pair) for pair in zip(frame["contrast_kind"], frame["bank_size"])]
     frame["val_miou_pct"] = frame["val_miou"] * 100
     base = frame.loc[frame["variant"] == baseline, "val_miou_pct"]
     frame["delta_miou_pp"] = frame["val_miou_pct"] - (base.iloc[0] if len(base) else np.nan)
@@ -202,7 +219,7 @@ def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
 def results_frame(summaries: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per variant, baseline first; metrics of unfinished or failed runs blanked."""
     frame = pd.DataFrame([flat_scalars(summary) for summary in summaries])
-    needed = [*METRIC_FIELDS, "error", "paper_table", "paper_row", "paper_miou", "memory_kind"]
+    needed = [*METRIC_FIELDS, "error", "paper_table", "paper_row", "paper_miou", "memory_kind", "bank_size"]
     needed += [column for _, column, _ in TABLE_COLUMNS if column not in DERIVED_COLUMNS]
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *needed])))
     unfinished = frame["status"] != "ok"
@@ -243,9 +260,9 @@ def per_class_frame(summaries: list[dict[str, Any]]) -> pd.DataFrame:
 # ---------------------------------------------------------------- markdown
 
 
-def format_cell(value: Any, template: str) -> str:
-    """A table cell: blank for missing values, the template otherwise."""
-    return "" if value is None or pd.isna(value) else template.format(value)
+def format_cell(value: Any, formatter: Callable[[Any], str]) -> str:
+    """A table cell: blank for missing values, formatted otherwise."""
+    return "" if value is None or pd.isna(value) else formatter(value)
 
 
 def markdown_table(cells: pd.DataFrame, right_aligned: set[str]) -> str:
@@ -261,15 +278,15 @@ def comparison_table(frame: pd.DataFrame) -> str:
     has_paper = frame["paper_miou"].notna().any()
     spec = [entry for entry in TABLE_COLUMNS if has_paper or entry[1] not in PAPER_COLUMNS]
     cells = pd.DataFrame({
-        header: [format_cell(value, template) for value in frame[column]]
-        for header, column, template in spec
+        header: [format_cell(value, formatter) for value in frame[column]]
+        for header, column, formatter in spec
     })
-    return markdown_table(cells, {header for header, _, template in spec if template != "{}"})
+    return markdown_table(cells, {header for header, _, formatter in spec if formatter is not str})
 
 
 def per_class_table(per_class: pd.DataFrame) -> str:
     """Per-class IoU (%) as a markdown table, classes as rows."""
-    cells = per_class.map(lambda value: format_cell(value, "{:.1f}"))
+    cells = per_class.map(lambda value: format_cell(value, "{:.1f}".format))
     cells.insert(0, "class", [str(name) for name in per_class.index])
     return markdown_table(cells.reset_index(drop=True), set(per_class.columns))
 
@@ -355,9 +372,10 @@ def plot_miou_vs_bank(frame: pd.DataFrame, path: Path) -> None:
     if points["paper_miou"].notna().any():
         paper = points.dropna(subset="paper_miou")
         sns.lineplot(paper, x="bank_size", y="paper_miou", marker="D", color="black", label="paper", ax=ax)
-    baseline = frame.loc[frame["is_baseline"], "val_miou_pct"].dropna()
-    if len(baseline):
-        ax.axhline(baseline.iloc[0], ls="--", color="grey", lw=1, label="CE baseline (ours)")
+    baseline = frame[frame["is_baseline"]]
+    for column, style, source in (("val_miou_pct", "--", "ours"), ("paper_miou", ":", "paper")):
+        if len(baseline) and pd.notna(baseline[column].iloc[0]):
+            ax.axhline(baseline[column].iloc[0], ls=style, color="grey", lw=1, label=f"CE baseline ({source})")
     ax.legend()
     ax.set(
         xlabel="region memory bank size (entries; 0 = in-batch contrast only)",
@@ -458,11 +476,12 @@ def class_legend(
     fig.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)), title="class")
 
 
-def plot_tsne(results_dir: Path, pair: tuple[str, str], path: Path) -> bool:
-    """Side-by-side t-SNE of val region centers, CE vs RegionContrast (paper Fig. 3); False if too few."""
+def plot_tsne(results_dir: Path, pair: tuple[str, str], path: Path) -> dict[str, str] | None:
+    """Side-by-side t-SNE of val region centers, CE vs RegionContrast (paper Fig. 3);
+    its caption's values, or None with too few centers."""
     loaded = [load_centers(results_dir / variant / "val_centers.npz") for variant in pair]
     if min(len(centers) for centers, _ in loaded) < TSNE_MIN_POINTS:
-        return False
+        return None
     num_classes = int(max(labels.max() for _, labels in loaded)) + 1
     palette, names = class_look(results_dir, pair, num_classes)
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), layout="constrained")
@@ -474,12 +493,17 @@ def plot_tsne(results_dir: Path, pair: tuple[str, str], path: Path) -> bool:
     present = np.unique(np.concatenate([labels for _, labels in loaded]))
     class_legend(fig, palette, names, present, [])
     save(fig, path)
-    return True
+    return {"ce": pair[0], "region": pair[1]}
 
 
-def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """[H,W] class ids -> [H,W,3] colours in 0..1; ignore (255) and unknown ids are black."""
-    table = np.zeros((256, 3))
+def ignore_color(palette: np.ndarray) -> tuple[str, np.ndarray]:
+    """Black for ignored pixels, or white where a class is black already (digit scenes' background)."""
+    return ("white", np.ones(3)) if (palette == 0).all(axis=1).any() else ("black", np.zeros(3))
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray, ignore: np.ndarray) -> np.ndarray:
+    """[H,W] class ids -> [H,W,3] colours in 0..1; ignore (255) and unknown ids get `ignore`."""
+    table = np.tile(ignore, (256, 1))  # [3] -> [256,3]
     table[: min(len(palette), IGNORE_LABEL)] = palette[:IGNORE_LABEL]
     return table[labels]
 
@@ -494,18 +518,20 @@ def matched_samples(results_dir: Path, pair: tuple[str, str]) -> tuple[dict[str,
     return arrays, other["preds"][other_rows]
 
 
-def plot_qualitative(results_dir: Path, pair: tuple[str, str], path: Path) -> bool:
-    """Image / CE / RegionContrast / ground truth for the first val images (paper Fig. 4)."""
+def plot_qualitative(results_dir: Path, pair: tuple[str, str], path: Path) -> dict[str, str] | None:
+    """Image / CE / RegionContrast / ground truth for the first val images (paper Fig. 4);
+    its caption's values, or None without common images."""
     samples, region_preds = matched_samples(results_dir, pair)
     count = len(samples["indices"])
     if not count:
-        return False
+        return None
     titles = ("image", f"CE: {pair[0]}", f"RegionContrast: {pair[1]}", "ground truth")
     fig, axes = plt.subplots(count, 4, figsize=(12, 3.0 * count + 1.0), squeeze=False, layout="constrained")
     palette = samples["palette"]
+    ignore_name, ignore = ignore_color(palette)
     for row in range(count):
-        panels = (samples["images"][row], colorize(samples["preds"][row], palette),
-                  colorize(region_preds[row], palette), colorize(samples["labels"][row], palette))
+        maps = (samples["preds"][row], region_preds[row], samples["labels"][row])
+        panels = (samples["images"][row], *(colorize(labels, palette, ignore) for labels in maps))
         for col, panel in enumerate(panels):
             axes[row, col].imshow(panel, interpolation="nearest")
             axes[row, col].set(xticks=[], yticks=[])
@@ -514,9 +540,10 @@ def plot_qualitative(results_dir: Path, pair: tuple[str, str], path: Path) -> bo
         axes[0, col].set_title(title)
     shown = np.unique(np.concatenate([samples["labels"].ravel(), samples["preds"].ravel(), region_preds.ravel()]))
     names = [str(name) for name in samples["class_names"]]
-    class_legend(fig, palette, names, shown[shown != IGNORE_LABEL], [Patch(color="black", label="ignore")])
+    ignore_patch = Patch(facecolor=ignore, edgecolor="grey", label="ignore")
+    class_legend(fig, palette, names, shown[shown != IGNORE_LABEL], [ignore_patch])
     save(fig, path)
-    return True
+    return {"ce": pair[0], "region": pair[1], "ignore": ignore_name}
 
 
 # ---------------------------------------------------------------- assembling the report
@@ -536,12 +563,13 @@ def make_plots(
     if len(curves):
         plot_curves(curves, colors, out / "curves.png")
         made["curves.png"] = {}
-    pair = region_partner(frame, results_dir, "val_centers.npz")
-    if pair and plot_tsne(results_dir, pair, out / "tsne.png"):
-        made["tsne.png"] = {"ce": pair[0], "region": pair[1]}
-    pair = region_partner(frame, results_dir, "val_samples.npz")
-    if pair and plot_qualitative(results_dir, pair, out / "qualitative.png"):
-        made["qualitative.png"] = {"ce": pair[0], "region": pair[1]}
+    for filename, inputs, plot in (
+        ("tsne.png", "val_centers.npz", plot_tsne), ("qualitative.png", "val_samples.npz", plot_qualitative)
+    ):
+        pair = region_partner(frame, results_dir, inputs)
+        caption = plot(results_dir, pair, out / filename) if pair else None
+        if caption is not None:
+            made[filename] = caption
     return made
 
 

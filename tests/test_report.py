@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.report import build_report, colorize, per_class_frame, results_frame
+from harness.report import build_report, colorize, ignore_color, per_class_frame, results_frame
 from report_fixtures import OOM_ERROR, PALETTE, build_results, recipe_yaml, summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +100,7 @@ def test_every_plot_is_a_png_linked_from_the_report(full_report: Path) -> None:
             assert min(image.size) > 300, name
         assert f"]({name})" in text
     assert "RegionContrast `region_bank-1000`" in text  # the best region variant is the one shown
+    assert "ignored pixels are black" in text
 
 
 def test_curves_csv_is_tidy(full_report: Path) -> None:
@@ -149,13 +150,15 @@ def test_without_baseline_delta_is_blank(flat_report: Path) -> None:
 def test_nothing_finished_still_reports_every_variant(tmp_path: Path) -> None:
     results = tmp_path / "results" / "quick"
     (results / "crashed").mkdir(parents=True)
-    (results / "crashed" / "summary.json").write_text(json.dumps({"status": "failed", "error": "ValueError: a\nb"}))
+    crashed = {"status": "failed", "error": "ValueError: a\nb"}
+    (results / "crashed" / "summary.json").write_text(json.dumps(crashed))
     (results / "queued").mkdir()
-    (results / "queued" / "recipe.yaml").write_text(recipe_yaml("region", 1000))
+    (results / "queued" / "recipe.yaml").write_text(recipe_yaml("region", None))
     report = build_report(results, tmp_path / "reports")
     rows = read_results(report)
     assert rows.loc["crashed", "status_text"] == "failed: ValueError: a b"
-    assert (rows.loc["queued", "status"], rows.loc["queued", "bank_size"]) == ("missing", 1000)
+    assert rows.loc["queued", "status"] == "missing" and pd.isna(rows.loc["queued", "bank_size"])
+    assert rows.loc["queued", "bank_size_text"] == "train set"  # null region bank: one slot per image
     assert sorted(path.name for path in report.parent.glob("*.png")) == ["miou.png", "throughput_memory.png"]
 
 
@@ -167,11 +170,19 @@ def test_baseline_prefers_the_variant_named_ce() -> None:
     assert frame.set_index("variant").loc["region", "delta_miou_pp"] == pytest.approx(20.0)
 
 
-def test_colorize_uses_palette_and_blacks_out_ignore() -> None:
+def test_colorize_uses_palette_and_marks_ignore() -> None:
     labels = np.array([[0, 3], [255, 1]], np.uint8)
-    colours = colorize(labels, PALETTE / 255.0)
+    name, ignore = ignore_color(PALETTE / 255.0)
+    colours = colorize(labels, PALETTE / 255.0, ignore)
     assert np.allclose(colours[0, 1], PALETTE[3] / 255.0) and np.allclose(colours[1, 1], PALETTE[1] / 255.0)
-    assert np.allclose(colours[1, 0], 0.0)
+    assert name == "black" and np.allclose(colours[1, 0], 0.0)
+
+
+def test_ignore_turns_white_when_a_class_is_black() -> None:
+    palette = np.vstack([np.zeros((1, 3)), PALETTE[1:] / 255.0])
+    name, ignore = ignore_color(palette)
+    colours = colorize(np.array([[255, 0]], np.uint8), palette, ignore)
+    assert name == "white" and np.allclose(colours, [[[1, 1, 1], [0, 0, 0]]])
 
 
 def test_cli_builds_without_importing_torch(
