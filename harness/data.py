@@ -172,9 +172,10 @@ _LABEL_MAPS: dict[str, np.ndarray] = {
 # ---------------------------------------------------------------- digit scenes
 
 # Bump whenever the generator's output changes, so stale caches are never reused.
-_DIGIT_SCENES_VERSION = 1
+_DIGIT_SCENES_VERSION = 2
 _VAL_FRACTION = 0.2
 _LABEL_THRESHOLD = 0.5  # upscaled ink intensity above which a pixel belongs to the digit
+_PLACEMENT_TRIES = 8
 
 
 def digit_scenes_key(cfg: DigitScenesConfig, seed: int) -> str:
@@ -204,6 +205,17 @@ def _texture(rng: np.random.Generator, base: np.ndarray, size: int) -> np.ndarra
     return base + smooth[0].permute(1, 2, 0).numpy() + stripes  # [3,S,S] -> [S,S,3]
 
 
+def _least_covered_corner(rng: np.random.Generator, label: np.ndarray, side: int) -> tuple[int, int]:
+    """Of a few random positions, the one whose side x side window holds the fewest digit pixels.
+
+    Occlusion stays possible, but most digits remain whole enough to be recognised.
+    """
+    corners = rng.integers(0, label.shape[0] - side + 1, (_PLACEMENT_TRIES, 2))
+    covered = [np.count_nonzero(label[top : top + side, left : left + side]) for top, left in corners]
+    top, left = corners[int(np.argmin(covered))]
+    return int(top), int(left)
+
+
 def _paste_digit(
     rng: np.random.Generator,
     scene: tuple[np.ndarray, np.ndarray],
@@ -217,7 +229,7 @@ def _paste_digit(
     side = int(rng.integers(size // 4, size * 7 // 16 + 1))
     ink = torch.from_numpy(ink)[None, None]  # [8,8] -> [1,1,8,8]
     alpha = F.interpolate(ink, size=(side, side), mode="bilinear")[0, 0].numpy()  # -> [side,side]
-    top, left = rng.integers(0, size - side + 1, 2)
+    top, left = _least_covered_corner(rng, label, side)
     # Half a turn of the colour wheel away from the background's base colour, per channel,
     # keeps every digit at least ~50 levels away from any background pixel.
     colour = (base + 128 + rng.uniform(-30, 30, 3)) % 256
