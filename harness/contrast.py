@@ -113,10 +113,14 @@ _SCORE_COPIES = 2
 _KEY_COPIES = 3
 
 
+def chunk_bytes(num_queries: int, dim: int, chunk_size: int) -> int:
+    """Working memory of one chunk: its fp32 scores [M,S] and key copies [S,C]."""
+    return torch.float32.itemsize * chunk_size * (_SCORE_COPIES * num_queries + _KEY_COPIES * dim)
+
+
 def auto_chunk_size(num_queries: int, dim: int, budget_bytes: int = CHUNK_BUDGET_BYTES) -> int:
-    """Keys per chunk so that one chunk's fp32 scores and key copies fit in `budget_bytes`."""
-    per_key = torch.float32.itemsize * (_SCORE_COPIES * num_queries + _KEY_COPIES * dim)
-    return max(1, budget_bytes // per_key)
+    """The most keys per chunk whose working memory fits in `budget_bytes` (at least 1)."""
+    return max(1, budget_bytes // chunk_bytes(num_queries, dim, 1))
 
 
 @dataclass(frozen=True)
