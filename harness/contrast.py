@@ -5,6 +5,10 @@ features) across ranks and hands this module the gathered tensors, so every
 rank pushes the same entries in the same order and holds bitwise-identical
 banks.
 
+Eq. 4 reads the keys a chunk at a time (an online softmax over the negatives),
+so its extra memory grows with queries x chunk, never with queries x bank
+entries, and a bf16/fp16 bank is cast to fp32 one chunk at a time.
+
 Paper: Hu, Cui, Wang, "Region-aware Contrastive Learning for Semantic
 Segmentation", ICCV 2021, Section 3 (Eq. 2-4). The pixel-level banks follow
 ContrastiveSeg's design with its pointer bugs fixed, for comparison.
@@ -361,6 +365,7 @@ def in_batch_contrast_loss(
     tensor; None = all) picks the images whose centers are this rank's queries.
     Gradients flow through every entry of `centers` that carries a graph, both as
     a query and as a key; the engine decides which by detaching the rest.
+    `chunk_size` as in region_contrast_loss.
     """
     batch, num_classes, dim = centers.shape
     keys = centers.reshape(batch * num_classes, dim)  # [B,N,C] -> [BN,C]
@@ -368,10 +373,9 @@ def in_batch_contrast_loss(
     chosen = torch.zeros(batch, dtype=torch.bool, device=centers.device)
     chosen[slice(None) if query_images is None else query_images] = True
     query_index = (valid & chosen[:, None]).flatten().nonzero()[:, 0]  # [B,N] -> [BN] -> [M]
-    return _info_nce(
-        keys[query_index], key_labels[query_index], keys, key_labels, valid.flatten(), tau, chunk_size,
-        query_slots=query_index,
-    )  # valid: [B,N] -> [BN]
+    key_valid = valid.flatten()  # [B,N] -> [BN]
+    queries, query_labels = keys[query_index], key_labels[query_index]
+    return _info_nce(queries, query_labels, keys, key_labels, key_valid, tau, chunk_size, query_index)
 
 
 # ---------------------------------------------------------------------------
