@@ -12,6 +12,7 @@ from data_fixtures import HEIGHT, WIDTH, every_value, make_ade20k, make_cityscap
 from harness import data
 from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, RecipeError
 
+Scenes = tuple[data.SegmentationDataset, data.SegmentationDataset]
 SMALL = DigitScenesConfig(train_images=60, val_images=30, image_size=64, digits_per_image=(2, 4))
 
 # The official Cityscapes labelId -> trainId table (cityscapesscripts' labels.py).
@@ -27,7 +28,7 @@ def small_config(root: Path, **changes: object) -> DataConfig:
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[data.SegmentationDataset, data.SegmentationDataset]:
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Scenes:
     """Train and val digit scenes of the small config, seed 0."""
     train, val, _ = data.build_datasets(small_config(tmp_path_factory.mktemp("digits")), seed=0)
     return train, val
@@ -44,7 +45,7 @@ def test_digit_scenes_are_deterministic_per_seed() -> None:
         assert not np.array_equal(first[split]["image"], other[split]["image"])
 
 
-def test_train_and_val_use_disjoint_sklearn_samples(scenes) -> None:
+def test_train_and_val_use_disjoint_sklearn_samples(scenes: Scenes) -> None:
     train, val = scenes
     train_samples = {s for row in train.table["digit_samples"] for s in row.tolist()}
     val_samples = {s for row in val.table["digit_samples"] for s in row.tolist()}
@@ -53,7 +54,7 @@ def test_train_and_val_use_disjoint_sklearn_samples(scenes) -> None:
     assert train_samples <= set(pools[0].tolist()) and val_samples <= set(pools[1].tolist())
 
 
-def test_digit_items_have_documented_types_and_cover_every_class(scenes) -> None:
+def test_digit_items_have_documented_types_and_cover_every_class(scenes: Scenes) -> None:
     train, val = scenes
     assert (len(train), len(val)) == (60, 30)
     item = val[7]
@@ -63,7 +64,7 @@ def test_digit_items_have_documented_types_and_cover_every_class(scenes) -> None
     assert np.unique(train.table["label"]).tolist() == list(range(11))
 
 
-def test_digits_stand_out_from_their_background(scenes) -> None:
+def test_digits_stand_out_from_their_background(scenes: Scenes) -> None:
     """A per-image two-colour nearest-mean rule already separates digit ink from background."""
     _, val = scenes
     for index in range(len(val)):
@@ -74,7 +75,7 @@ def test_digits_stand_out_from_their_background(scenes) -> None:
         assert (nearest == is_digit).float().mean() > 0.9
 
 
-def test_denormalize_inverts_the_normalisation(scenes) -> None:
+def test_denormalize_inverts_the_normalisation(scenes: Scenes) -> None:
     _, val = scenes
     assert np.array_equal(data.denormalize(val[3]["image"]), val.table[3]["image"])
 
@@ -239,6 +240,12 @@ def test_training_items_are_crops_and_validation_items_whole(tmp_path: Path) -> 
     cfg = DataConfig(root=tmp_path, crop_size=40, augment=AugmentConfig(scale=(0.5, 1.5)), digit_scenes=tiny)
     train, val, _ = data.build_datasets(cfg, seed=0)
     assert train[2]["image"].shape == (3, 40, 40) and train[2]["label"].shape == (40, 40)
+    # Without an explicit generator, augmentation follows torch's seed (a worker's seed in a DataLoader).
+    crops = []
+    for _ in range(2):
+        torch.manual_seed(11)
+        crops.append(train[2]["image"])
+    assert torch.equal(*crops)
     assert val[1]["image"].shape == (3, 64, 64)
     assert np.array_equal(val[1]["label"].numpy(), val.table[1]["label"])
 
