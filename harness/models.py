@@ -174,9 +174,12 @@ def is_hrnet(backbone: str) -> bool:
     return timm.models.is_model_in_modules(backbone, ["hrnet"])
 
 
-def _backbone_kwargs(cfg: ModelConfig) -> dict:
+def _backbone_kwargs(cfg: ModelConfig) -> dict[str, object]:
     """timm.create_model keyword arguments for cfg's features_only backbone."""
-    kwargs = {"features_only": True, "output_stride": cfg.output_stride}
+    kwargs: dict[str, object] = {"features_only": True}
+    if cfg.output_stride != 32:
+        # 32 is every family's default; families without dilation reject the argument itself.
+        kwargs["output_stride"] = cfg.output_stride
     if is_hrnet(cfg.backbone):
         # HRNetV2 fuses the raw branch outputs, not timm's default 'incre' channel expansion
         # (a classification-head part); index 0 is the stride-2 stem, which no head uses.
@@ -189,8 +192,17 @@ def _probe_feature_info(cfg: ModelConfig) -> FeatureInfo:
     try:
         with torch.device("meta"):
             return timm.create_model(cfg.backbone, pretrained=False, **_backbone_kwargs(cfg)).feature_info
-    except AssertionError:  # timm's way of refusing a dilation it does not implement
-        raise _stride_error(cfg, "timm refuses it") from None
+    except Exception as error:  # timm raises many types for a model it cannot build this way
+        raise _build_error(cfg, error) from None
+
+
+def _build_error(cfg: ModelConfig, error: Exception) -> RecipeError:
+    """timm's refusal to build cfg's backbone, attributed to the stride or to the backbone."""
+    # timm refuses a dilation by assertion, or the family has no output_stride argument at all.
+    if isinstance(error, AssertionError) or "output_stride" in str(error):
+        return _stride_error(cfg, "timm refuses it")
+    return RecipeError("model.backbone", f"timm cannot build {cfg.backbone} as a features_only backbone: "
+                                         f"{type(error).__name__}: {error}")
 
 
 def _stride_error(cfg: ModelConfig, reason: str) -> RecipeError:
@@ -198,7 +210,8 @@ def _stride_error(cfg: ModelConfig, reason: str) -> RecipeError:
     return RecipeError("model.output_stride", (
         f"{cfg.backbone} cannot give output stride {cfg.output_stride} with timm features_only ({reason}); "
         "dilated families (resnet, regnet, efficientnet, convnext, ...) give 8/16/32, "
-        "hrnet, vgg and dla give only 32 (the hrnetv2 head still predicts at stride 4)"))
+        "families without dilation (hrnet, vgg, dla, densenet, ...) only their native stride, 32 for most "
+        "(set model.output_stride: 32 for hrnet; its hrnetv2 head still predicts at stride 4)"))
 
 
 def _check_backbone_name(name: str) -> None:

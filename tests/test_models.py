@@ -118,7 +118,18 @@ def test_unknown_backbone_names_the_key_and_suggests():
 
 def test_hrnet_at_stride_8_names_output_stride():
     error = error_for(ModelConfig(backbone="hrnet_w18_small", output_stride=8, head="hrnetv2"))
-    assert error.key == "model.output_stride" and "only 32" in error.message
+    assert error.key == "model.output_stride" and "model.output_stride: 32 for hrnet" in error.message
+
+
+def test_backbone_without_dilation_names_output_stride():
+    # densenet has no output_stride argument; at its native 32 it builds.
+    assert error_for(tiny(backbone="densenet121", output_stride=8)).key == "model.output_stride"
+    validate_model_config(tiny(backbone="densenet121", output_stride=32))
+
+
+def test_backbone_with_another_native_stride_names_output_stride():
+    error = error_for(tiny(backbone="levit_128s", output_stride=32))
+    assert error.key == "model.output_stride" and "stride 64" in error.message
 
 
 def test_hrnetv2_head_needs_hrnet_backbone():
