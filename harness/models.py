@@ -42,7 +42,7 @@ class HeadOutput(NamedTuple):
 
 
 class SegOutput(NamedTuple):
-    """A model's forward result, everything at the head's stride."""
+    """A model's forward result; logits and features at the head's stride, not upsampled."""
 
     logits: Tensor  # [B,N,h,w]
     aux_logits: Tensor | None  # [B,N,h',w'] at the stage-3 stride, or None without aux head
