@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -32,7 +32,7 @@ from harness import contrast, measure
 from harness.data import DatasetInfo, build_datasets, collate, denormalize
 from harness.losses import pixel_loss, total_loss, upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
-from harness.models import SegmentationModel, SegOutput, build_model
+from harness.models import SegmentationModel, SegOutput, batchnorm_in_float32, build_model
 from harness.recipe import ContrastConfig, EvalConfig, OptimConfig, Recipe, Variant
 
 QUALITATIVE_IMAGES = 4
@@ -101,6 +101,13 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     return torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
+
+
+def input_dtype(accelerator: Accelerator) -> torch.dtype:
+    """The dtype images must have: DeepSpeed casts the model itself to bf16/fp16 instead of autocasting."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
 
 
 # ---------------------------------------------------------------- contrast
@@ -258,7 +265,7 @@ def evaluate(
     for batch_index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_main_process)):
         if cfg.max_images is not None and batch_index * loader.total_batch_size >= cfg.max_images:
             break
-        images, labels = batch["image"], batch["label"]
+        images, labels = batch["image"].to(input_dtype(accelerator)), batch["label"]
         preds = predict(model, images, cfg).argmax(1)
         per_image = torch.stack([confusion_matrix(p, t, num_classes) for p, t in zip(preds, labels)])  # [B,N,N]
         total += accelerator.gather_for_metrics(per_image).sum(0)
@@ -292,7 +299,8 @@ def qualitative_samples(
     """
     model.eval()
     items = [dataset[index] for index in range(min(QUALITATIVE_IMAGES, len(dataset)))]
-    preds = [predict(model, item["image"][None].to(accelerator.device), cfg).argmax(1)[0] for item in items]
+    dtype = input_dtype(accelerator)
+    preds = [predict(model, item["image"][None].to(accelerator.device, dtype), cfg).argmax(1)[0] for item in items]
     model.train()
     return {
         "images": np.stack([denormalize(item["image"]) for item in items]),
@@ -355,7 +363,7 @@ class Trainer:
     def step(self, batch: dict[str, torch.Tensor], iteration: int) -> dict[str, float]:
         """One micro-batch: forward, the weighted losses, backward, and an optimizer step when due."""
         with self.accelerator.accumulate(self.model):
-            output = self.model(batch["image"])
+            output = self.model(batch["image"].to(input_dtype(self.accelerator)))
             parts = self.loss_parts(output, batch)
             loss = total_loss(self.recipe.loss, parts)
             if not torch.isfinite(loss):
@@ -416,6 +424,8 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path) -> 
     model = build_model(recipe.model, info.num_classes)
     if recipe.model.sync_bn and accelerator.num_processes > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if input_dtype(accelerator) != torch.float32:
+        batchnorm_in_float32(model)
     bank = build_bank(recipe.loss.contrast, info.num_classes, model, len(train_set), recipe.data.crop_size)
     if bank is not None:
         bank.to(accelerator.device)
@@ -426,7 +436,9 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path) -> 
     trainer = Trainer(accelerator, recipe, model, optimizer, bank, bank_generator)
     log = MetricsLog(out_dir / "metrics.jsonl", accelerator.is_main_process)
 
-    flops = measure.flops_per_image(accelerator.unwrap_model(model), recipe.data.crop_size, accelerator.device)
+    flops = measure.flops_per_image(
+        accelerator.unwrap_model(model), recipe.data.crop_size, accelerator.device, input_dtype(accelerator)
+    )
     # Skip warm-up iterations (allocator, caches), but keep some in very short runs.
     timer = measure.StepTimer(accelerator.device, warmup=min(5, recipe.optim.iterations // 2))
     batches = endless(train_loader)
@@ -459,6 +471,8 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path) -> 
         "peak_memory_bytes": memory.peak_bytes, "memory_kind": memory.kind,
         "params": measure.count_parameters(accelerator.unwrap_model(model)), "flops_per_image": flops,
         "bank_bytes": bank.nbytes() if bank is not None else 0,
+        # The resolved size: "one slot per training image" becomes that number of slots.
+        **({"bank_size": bank.size} if isinstance(bank, contrast.RegionBank) else {}),
         **run_info(accelerator),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

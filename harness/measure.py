@@ -95,11 +95,13 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_image(model: torch.nn.Module, image_size: int, device: torch.device) -> int:
+def flops_per_image(
+    model: torch.nn.Module, image_size: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> int:
     """Forward FLOPs for one image, counted by torch's FlopCounterMode (2 per MAC)."""
     was_training = model.training
     model.eval()
-    probe = torch.zeros(1, 3, image_size, image_size, device=device)
+    probe = torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(probe)
     model.train(was_training)

@@ -319,9 +319,13 @@ def pretrained_file(backbone: str) -> Path:
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a .safetensors or torch file; training checkpoints nest them under a key."""
-    if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(path, device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            return safetensors.torch.load_file(path, device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt files fail in many ways (unpickling, header, truncation)
+        message = f"{path} is not a readable weights file: {type(error).__name__}: {str(error).splitlines()[0]}"
+        raise RecipeError("model.weights", message) from None
     return state.get("state_dict", state.get("model", state))
 
 
@@ -372,3 +376,32 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
     head, feature_stride = head_factory(cfg.head)(info, cfg, num_classes)
     aux_head = FCNHead(info.channels()[-2], cfg.aux_channels, num_classes) if cfg.aux_head else None
     return SegmentationModel(backbone, head, aux_head, feature_stride, cfg.head_channels)
+
+
+class Float32BatchNorm2d(nn.BatchNorm2d):
+    """Batch norm computed in fp32 whatever the dtype of its input and parameters.
+
+    DeepSpeed's bf16/fp16 casts parameters but leaves running statistics in fp32,
+    a mix that batch_norm rejects; fp32 statistics are also the numerically sound choice.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        momentum = self.momentum if self.momentum is not None else 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or self.running_mean is None
+        normalised = F.batch_norm(
+            x.float(), self.running_mean, self.running_var, self.weight.float(), self.bias.float(),
+            use_batch_stats, momentum, self.eps,
+        )
+        return normalised.to(x.dtype)
+
+
+def batchnorm_in_float32(model: nn.Module) -> nn.Module:
+    """Make every plain BatchNorm2d of `model` compute in fp32, keeping its parameters and statistics."""
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = Float32BatchNorm2d  # same state, fp32 forward
+    return model

@@ -44,6 +44,7 @@ class RunConfig(Strict):
     name: str = "recipe"
     seed: int = 0
     output_dir: Path = Path("results")
+    reports_dir: Path = Path("reports")
     deterministic: bool = False
     log_interval: int = Field(10, ge=1)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
@@ -56,6 +57,17 @@ def select(variants: list[Variant], names: list[str]) -> list[Variant]:
     return [variant for variant in variants if not names or variant.name in names]
 
 
+def write_report(recipe_dir: Path, reports_dir: Path) -> None:
+    """Build reports/<recipe>/; a plotting problem must not turn a finished sweep into a failure."""
+    from harness.report import build_report
+
+    try:
+        print(f"report: {build_report(recipe_dir, reports_dir)}")
+    except Exception as error:  # noqa: BLE001 - the results are safe on disk either way
+        print(f"warning: report not built ({type(error).__name__}: {error}); "
+              f"retry with: python -m harness.report {recipe_dir}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -83,14 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             engine.train_variant(accelerator, variant, out_dir)
         except Exception as error:  # noqa: BLE001 - one bad variant must not end the sweep
             failed.append(variant.name)
+            accelerator.print(traceback.format_exc())
             accelerator.print(f"variant {variant.name} failed: {type(error).__name__}: {error}")
             if accelerator.is_main_process:
                 engine.write_json(out_dir / "summary.json", engine.failed_summary(accelerator, variant, error))
             accelerator.free_memory()
     if accelerator.is_main_process and not args.no_report:
-        from harness.report import build_report
-
-        accelerator.print(f"report: {build_report(recipe_dir)}")
+        write_report(recipe_dir, variants[0].recipe.run.reports_dir)
     if failed:
         accelerator.print(f"{len(failed)} of {len(variants)} variants failed: {', '.join(failed)}")
     accelerator.end_training()

@@ -1,5 +1,6 @@
 """Tests for harness.models: head shapes, strides, validation, pretrained and local weights."""
 
+import copy
 import time
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from torch import nn
 
 from harness.models import ASPP, ASPP_RATES, build_model, head_factory, validate_model_config
 from harness.recipe import ModelConfig, RecipeError
@@ -221,3 +223,22 @@ def test_local_weights_report_missing_and_unexpected_keys(tmp_path):
         build_model(tiny(weights=path), NUM_CLASSES)
     assert caught.value.key == "model.weights"
     assert "layer4.0.conv1.weight" in caught.value.message and "stray.weight" in caught.value.message
+
+
+def test_float32_batchnorm_matches_batchnorm_and_accepts_half_parameters() -> None:
+    from harness.models import Float32BatchNorm2d, batchnorm_in_float32
+
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    converted = batchnorm_in_float32(copy.deepcopy(reference))
+    assert type(converted[1]) is Float32BatchNorm2d
+    x = torch.randn(2, 3, 5, 5)
+    for mode in (True, False):  # train: batch statistics and running updates; eval: running statistics
+        reference.train(mode), converted.train(mode)
+        assert torch.allclose(reference(x), converted(x), atol=1e-6)
+    assert torch.allclose(reference[1].running_mean, converted[1].running_mean)
+    # DeepSpeed bf16: parameters in bf16, running statistics left in fp32, bf16 input.
+    converted[1].weight.data = converted[1].weight.data.bfloat16()
+    converted[1].bias.data = converted[1].bias.data.bfloat16()
+    out = converted[1](torch.randn(2, 4, 5, 5).bfloat16())
+    assert out.dtype == torch.bfloat16 and converted[1].running_mean.dtype == torch.float32

@@ -1,0 +1,137 @@
+"""The CLI end to end: bad recipes stop early with exit 2; a tiny sweep trains, records and reports."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from harness import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_recipe(tmp_path: Path, **sections: dict) -> dict:
+    """A recipe that trains in seconds: 32x32 digit scenes, resnet18 with narrow heads."""
+    tree = {
+        "run": {
+            "name": "tiny", "output_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports"),
+            "log_interval": 1,
+        },
+        "data": {
+            "dataset": "digit_scenes", "root": str(tmp_path / "cache"), "crop_size": 32, "batch_size": 2,
+            "digit_scenes": {"train_images": 8, "val_images": 4, "image_size": 32, "digits_per_image": [1, 2]},
+        },
+        "model": {"backbone": "resnet18", "head_channels": 16, "aux_channels": 16},
+        "optim": {"iterations": 2},
+    }
+    for name, values in sections.items():
+        tree[name] = {**tree.get(name, {}), **values}
+    return tree
+
+
+def write(tmp_path: Path, tree: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.backbone=resnet_does_not_exist", "model.backbone"),
+        ("model.output_stride=7", "model.output_stride"),
+        ("data.dataset=cityscapes", "data.root"),
+        ("loss.contrast.kind=everything", "loss.contrast.kind"),
+        ("model.colour=red", "model.colour"),
+    ],
+)
+def test_bad_recipe_exits_2_naming_file_and_key(tmp_path: Path, override: str, key: str) -> None:
+    path = write(tmp_path, tiny_recipe(tmp_path))
+    done = subprocess.run(
+        [sys.executable, str(REPO / "harness" / "run.py"), str(path), "--set", override],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert f"{path}: {key}:" in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_stride_the_backbone_cannot_give_exits_2(tmp_path: Path) -> None:
+    tree = tiny_recipe(tmp_path, model={"backbone": "hrnet_w18_small", "head": "hrnetv2", "output_stride": 8})
+    assert run.main([str(write(tmp_path, tree))]) == 2
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_only_variant_exits_2(tmp_path: Path) -> None:
+    assert run.main([str(write(tmp_path, tiny_recipe(tmp_path))), "--only", "nope"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CE and one RegionContrast variant, trained for two iterations each."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    tree = tiny_recipe(tmp_path, loss={"contrast": {"kind": "region"}})
+    tree["sweep"] = {"variants": {"ce": {"loss.contrast.kind": "none"}, "region": {}}}
+    assert run.main([str(write(tmp_path, tree)), "--set", "run.name=tiny_sweep"]) == 0
+    return tmp_path
+
+
+def test_sweep_writes_results_for_every_variant(tiny_sweep: Path) -> None:
+    root = tiny_sweep / "results" / "tiny_sweep"
+    for name, kind in [("ce", "none"), ("region", "region")]:
+        summary = json.loads((root / name / "summary.json").read_text())
+        assert summary["status"] == "ok" and summary["contrast_kind"] == kind
+        assert 0.0 <= summary["val_miou"] <= 1.0
+        assert len(summary["per_class_iou"]) == len(summary["class_names"]) == 11
+        assert summary["s_per_iter"] > 0 and summary["train_images_per_s"] > 0
+        assert summary["peak_memory_bytes"] > 0 and summary["memory_kind"] == "rss"
+        assert summary["params"] > 0 and summary["flops_per_image"] > 0
+        assert summary["world_size"] == 1 and summary["distributed_type"] == "NO"
+        resolved = yaml.safe_load((root / name / "recipe.yaml").read_text())
+        assert resolved["loss"]["contrast"]["kind"] == kind
+
+
+def test_region_variant_logs_its_contrast_loss_and_bank(tiny_sweep: Path) -> None:
+    root = tiny_sweep / "results" / "tiny_sweep"
+    lines = [json.loads(line) for line in (root / "region" / "metrics.jsonl").read_text().splitlines()]
+    train = [line for line in lines if line["kind"] == "train"]
+    assert [line["iter"] for line in train] == [1, 2]
+    assert all(line["loss_contrast"] >= 0 for line in train)
+    summary = json.loads((root / "region" / "summary.json").read_text())
+    # One slot per training image (8), 11 classes, 16-d keys in fp32, plus the pointers.
+    assert summary["bank_size"] is None and summary["bank_bytes"] >= 11 * 8 * 16 * 4
+    ce_lines = (root / "ce" / "metrics.jsonl").read_text()
+    assert "loss_contrast" not in ce_lines
+
+
+def test_report_inputs_and_report_are_written(tiny_sweep: Path) -> None:
+    variant = tiny_sweep / "results" / "tiny_sweep" / "region"
+    centers = np.load(variant / "val_centers.npz")
+    assert centers["centers"].shape[1] == 16 and len(centers["labels"]) == len(centers["centers"])
+    samples = np.load(variant / "val_samples.npz")
+    assert samples["images"].shape == (4, 32, 32, 3) and samples["preds"].shape == (4, 32, 32)
+    report = (tiny_sweep / "reports" / "tiny_sweep" / "report.md").read_text()
+    assert "| ce" in report and "region" in report
+
+
+def test_failing_variant_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a state dict")
+    tree = tiny_recipe(tmp_path)
+    tree["sweep"] = {"variants": {"broken": {"model.weights": str(broken)}, "fine": {}}}
+    assert run.main([str(write(tmp_path, tree)), "--no-report"]) == 1
+    root = tmp_path / "results" / "tiny"
+    failed = json.loads((root / "broken" / "summary.json").read_text())
+    assert failed["status"] == "failed" and str(broken) in failed["error"]
+    assert json.loads((root / "fine" / "summary.json").read_text())["status"] == "ok"
+
+
+def test_nan_loss_stops_the_variant_with_a_clear_message(tmp_path: Path) -> None:
+    tree = tiny_recipe(tmp_path, optim={"iterations": 6, "lr": 1.0e12})
+    assert run.main([str(write(tmp_path, tree)), "--no-report"]) == 1
+    failed = json.loads((tmp_path / "results" / "tiny" / "default" / "summary.json").read_text())
+    assert failed["status"] == "failed" and "NonFiniteLoss" in failed["error"]
