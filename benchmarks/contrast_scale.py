@@ -8,9 +8,10 @@ and measures the extra peak memory:
 - measured: peak resident set size (RSS) during the call minus RSS just before
   it, sampled by a psutil thread every millisecond (CPU tensors are invisible to
   tracemalloc; glibc hands large freed blocks back, so RSS follows the tensors);
-- analytic: a floor by construction -- direct: the fp32 normalised copy of the
+- analytic, by construction -- direct: a floor, the fp32 normalised copy of the
   bank [NK,C] plus one [M,NK] fp32 score matrix (autograd keeps several more);
-  chunked: one chunk's working memory (chunk_bytes) plus the [NK] int64 labels.
+  chunked: its budget, one chunk's working memory as auto_chunk_size sizes it
+  (chunk_bytes, which over-counts copies) plus the [NK] int64 key labels.
 
 The direct loss is the pre-streaming implementation (commit 4822cd8), kept here
 as the baseline. It is skipped, with its predicted need, where that exceeds the
@@ -147,7 +148,7 @@ def batch_queries(
 
 
 def analytic_bytes(geometry: Geometry, queries: int) -> tuple[int, int]:
-    """Extra-memory floors: direct fp32 keys [NK,C] + scores [M,NK]; chunked one chunk + int64 labels [NK]."""
+    """Direct floor: fp32 keys [NK,C] + scores [M,NK]; chunked budget: one chunk + int64 labels [NK]."""
     entries = geometry.classes * geometry.images
     chunk = min(auto_chunk_size(queries, DIM), entries)
     return 4 * entries * (DIM + queries), chunk_bytes(queries, DIM, chunk) + 8 * entries
@@ -232,7 +233,7 @@ def table_line(row: Row) -> str:
 
 HEADER = [
     "| dataset | bank N x K | bank MB | M | loss | storage | fwd+bwd s | extra peak RSS MB (measured) "
-    "| extra MB floor (analytic) | loss value | abs diff vs ref | max abs grad diff vs ref |",
+    "| extra MB analytic (direct floor, chunked budget) | loss value | abs diff vs ref | max abs grad diff vs ref |",
     "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
 ]
 
