@@ -172,9 +172,10 @@ _LABEL_MAPS: dict[str, np.ndarray] = {
 # ---------------------------------------------------------------- digit scenes
 
 # Bump whenever the generator's output changes, so stale caches are never reused.
-_DIGIT_SCENES_VERSION = 2
+_DIGIT_SCENES_VERSION = 3
 _VAL_FRACTION = 0.2
-_LABEL_THRESHOLD = 0.5  # upscaled ink intensity above which a pixel belongs to the digit
+_LABEL_THRESHOLD = 0.25  # upscaled ink intensity above which a pixel is the digit's ink
+_HALO = 3  # the label is the ink dilated by a 3x3 window: a region, not a 1-px stroke
 _PLACEMENT_TRIES = 8
 
 
@@ -235,7 +236,9 @@ def _paste_digit(
     colour = (base + 128 + rng.uniform(-30, 30, 3)) % 256
     window = canvas[top : top + side, left : left + side]
     window += alpha[..., None] * (colour - window)
-    label[top : top + side, left : left + side][alpha > _LABEL_THRESHOLD] = class_id
+    ink_mask = torch.from_numpy(alpha > _LABEL_THRESHOLD).float()[None, None]  # [side,side] -> [1,1,side,side]
+    region = F.max_pool2d(ink_mask, _HALO, stride=1, padding=_HALO // 2)[0, 0].numpy() > 0
+    label[top : top + side, left : left + side][region] = class_id
 
 
 def _compose_scene(
@@ -466,11 +469,7 @@ def random_crop(
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Training augmentation on a normalised image and its label: scale, pad, crop, flip.
-
-    Without a generator it draws from torch's default RNG, which a DataLoader worker
-    seeds from the loader's seed, so runs are reproducible for a fixed seed.
-    """
+    """Training augmentation on a normalised image and its label: scale, pad, crop, flip."""
 
     crop_size: int
     scale: tuple[float, float]
@@ -488,15 +487,25 @@ class TrainTransform:
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """One split: a `datasets` table, a row decoder and an optional training transform."""
+    """One split: a `datasets` table, a row decoder and an optional training transform.
+
+    Each item's augmentation draws from its own generator seeded by (seed, epoch, index):
+    the same crop whatever the worker count, the sharding or a resume mid-epoch.
+    """
 
     def __init__(
         self,
         table: datasets.Dataset,
         decode: Callable[[Row], tuple[np.ndarray, np.ndarray]],
         transform: TrainTransform | None = None,
+        seed: int = 0,
     ) -> None:
-        self.table, self.decode, self.transform = table, decode, transform
+        self.table, self.decode, self.transform, self.seed = table, decode, transform, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augment the coming epoch differently from the last one."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.table)
@@ -504,7 +513,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label = _to_tensors(*self.decode(self.table[index]))
         if self.transform is not None:
-            image, label = self.transform(image, label)
+            item_seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+            generator = torch.Generator().manual_seed(int(item_seed))
+            image, label = self.transform(image, label, generator)
         return {"image": image, "label": label, "index": index}
 
 
@@ -526,4 +537,5 @@ def build_datasets(cfg: DataConfig, seed: int) -> tuple[SegmentationDataset, Seg
     else:
         tables, decode, info = index_files(cfg.dataset, cfg.root), _decode_files, _LAYOUTS[cfg.dataset].info
     augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip)
-    return SegmentationDataset(tables["train"], decode, augment), SegmentationDataset(tables["val"], decode), info
+    train = SegmentationDataset(tables["train"], decode, augment, seed)
+    return train, SegmentationDataset(tables["val"], decode), info

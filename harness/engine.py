@@ -8,9 +8,11 @@ centers and pushes the same entries in the same order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -36,6 +38,7 @@ from harness.models import SegmentationModel, SegOutput, batchnorm_in_float32, b
 from harness.recipe import ContrastConfig, EvalConfig, OptimConfig, Recipe, Variant
 
 QUALITATIVE_IMAGES = 4
+CHECKPOINT = "checkpoint"
 
 
 # ---------------------------------------------------------------- files
@@ -64,6 +67,14 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
+def _complete_before(line: str, iteration: int) -> bool:
+    """Whether a log line is whole (a kill can cut the last one) and at or before `iteration`."""
+    try:
+        return json.loads(line)["iter"] <= iteration
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     """np.savez through a temporary file and a rename."""
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".npz") as tmp:
@@ -76,6 +87,13 @@ class MetricsLog:
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records past `iteration` (all of them for a fresh start): a resumed run rewrites them."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if _complete_before(line, iteration)]
+        write_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -117,14 +135,15 @@ def build_bank(
     cfg: ContrastConfig, num_classes: int, model: SegmentationModel, train_images: int, crop_size: int
 ) -> torch.nn.Module | None:
     """The memory bank the recipe asks for; a region bank's size defaults to the training-set size."""
-    dim = model.feature_dim
+    dim, dtype = model.feature_dim, getattr(torch, cfg.bank_dtype)
     if cfg.kind == "region":
-        return contrast.RegionBank(num_classes, train_images if cfg.bank_size is None else cfg.bank_size, dim)
+        size = train_images if cfg.bank_size is None else cfg.bank_size
+        return contrast.RegionBank(num_classes, size, dim, dtype)
     if cfg.kind == "pixel":
-        return contrast.PixelBank(num_classes, cfg.pixel.memory_size, dim, cfg.pixel.pixel_update_freq)
+        return contrast.PixelBank(num_classes, cfg.pixel.memory_size, dim, cfg.pixel.pixel_update_freq, dtype)
     if cfg.kind == "all_pixel":
         side = math.ceil(crop_size / model.feature_stride)  # feature map of one training crop
-        return contrast.AllPixelBank(train_images, side, side, dim)
+        return contrast.AllPixelBank(train_images, side, side, dim, dtype)
     return None
 
 
@@ -157,7 +176,9 @@ def region_term(
         loss = in_batch_term(accelerator, cfg, centers, all_centers, all_valid)
     else:
         query_labels = class_ids.expand_as(valid)[valid]  # [M]
-        loss = contrast.region_contrast_loss(centers[valid], query_labels, bank.keys, bank.valid, cfg.tau)
+        loss = contrast.region_contrast_loss(
+            centers[valid], query_labels, bank.keys, bank.valid, cfg.tau, chunk_size=cfg.chunk_size
+        )
     bank.push(all_centers[all_valid], class_ids.expand_as(all_valid)[all_valid])
     return loss
 
@@ -171,7 +192,9 @@ def in_batch_term(
     start = accelerator.process_index * batch
     # Put the local centers (with their graph) back in place of their detached copies.
     keys = torch.cat([all_centers[:start], centers, all_centers[start + batch:]])  # [world*B, N, C]
-    return contrast.in_batch_contrast_loss(keys, all_valid, cfg.tau, query_images=slice(start, start + batch))
+    return contrast.in_batch_contrast_loss(
+        keys, all_valid, cfg.tau, query_images=slice(start, start + batch), chunk_size=cfg.chunk_size
+    )
 
 
 def pixel_term(
@@ -183,7 +206,7 @@ def pixel_term(
     small_labels = resize_labels(batch["label"], tuple(features.shape[-2:]))
     loss = contrast.pixel_contrast_loss(
         features, small_labels, logits.argmax(1), bank, cfg.tau,
-        max_samples=cfg.pixel.max_samples, max_views=cfg.pixel.max_views,
+        max_samples=cfg.pixel.max_samples, max_views=cfg.pixel.max_views, chunk_size=cfg.chunk_size,
     )
     all_features, all_labels = accelerator.gather(features.detach()), accelerator.gather(small_labels)
     if isinstance(bank, contrast.AllPixelBank):
@@ -322,7 +345,6 @@ def make_loaders(train: Dataset, val: Dataset, recipe: Recipe) -> tuple[DataLoad
     train_loader = DataLoader(
         train, batch_size=data.batch_size, shuffle=True, drop_last=True,
         num_workers=data.num_workers, generator=generator, collate_fn=collate,
-        persistent_workers=data.num_workers > 0,
     )
     # Real datasets have images of different sizes: evaluate them one at a time.
     val_batch = data.batch_size if data.dataset == "digit_scenes" else 1
@@ -330,14 +352,20 @@ def make_loaders(train: Dataset, val: Dataset, recipe: Recipe) -> tuple[DataLoad
     return train_loader, val_loader
 
 
-def endless(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches forever, epoch after epoch, reshuffled each epoch."""
-    epoch = 0
+def endless(loader: DataLoader, dataset: Dataset, first_batch: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches forever from per-rank position `first_batch`, reshuffled each epoch.
+
+    Order and augmentation are functions of (seed, epoch, index) alone, so a resumed run
+    reads past the batches it already trained on (data loading only) and goes on exactly.
+    """
+    epoch, skip = divmod(first_batch, len(loader))
     while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+        loader.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        for position, batch in enumerate(loader):
+            if position >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
 
 
 def library_versions() -> dict[str, str]:
@@ -415,11 +443,91 @@ def variant_fields(variant: Variant) -> dict[str, Any]:
     }
 
 
-def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path) -> dict[str, Any]:
-    """Train and evaluate one variant; write its metrics log, summary and report inputs."""
-    recipe = variant.recipe
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    """A fresh Accelerator per variant: its own prepared objects, checkpoint registry and accumulation.
+
+    The seedable sampler makes each epoch's order a function of (seed, epoch) alone.
+    """
+    return Accelerator(
+        gradient_accumulation_steps=recipe.optim.grad_accum_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.run.seed),
+    )
+
+
+class Progress:
+    """Loop state that lives in no module: the next iteration and the bank sampling generator."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.iteration, self.generator = 0, generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = state["iteration"]
+        self.generator.set_state(state["generator"])
+
+
+def save_checkpoint(accelerator: Accelerator, out_dir: Path) -> None:
+    """Everything a resume needs, through save_state; swapped in whole, so a kill never leaves half of one."""
+    final, scratch, old = (out_dir / name for name in (CHECKPOINT, f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old"))
+    accelerator.save_state(str(scratch))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            final.rename(old)
+        scratch.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint: a kill between the two renames leaves only the old one."""
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
+        if (out_dir / name).is_dir():
+            return out_dir / name
+    return None
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes and bytes): equal digests mean bitwise-equal state."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def identical_on_all_ranks(accelerator: Accelerator, digest: str) -> bool:
+    """Whether every rank computed the same digest."""
+    local = torch.tensor([int(digest[:15], 16)], device=accelerator.device)  # 60 bits fit an int64
+    gathered = accelerator.gather(local)
+    return bool((gathered == gathered[0]).all())
+
+
+def per_rank_measurements(accelerator: Accelerator, seconds: float | None, peak_bytes: int) -> list[dict[str, Any]]:
+    """Step time and peak memory of every rank, gathered so the main process can record them."""
+    local = torch.tensor([[seconds or math.nan, float(peak_bytes)]], dtype=torch.float64, device=accelerator.device)
+    rows = accelerator.gather(local).cpu().tolist()  # [world, 2]
+    return [{"rank": rank, "s_per_iter": row[0], "peak_memory_bytes": int(row[1])} for rank, row in enumerate(rows)]
+
+
+@dataclass
+class Setup:
+    """One variant's prepared objects."""
+
+    trainer: Trainer
+    progress: Progress
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_set: Dataset
+    val_set: Dataset
+    info: DatasetInfo
+
+
+def set_up(accelerator: Accelerator, recipe: Recipe) -> Setup:
+    """Data, model, bank and optimizer, prepared; the bank is registered but never prepared."""
     set_seed(recipe.run.seed, deterministic=recipe.run.deterministic)
-    accelerator.gradient_accumulation_steps = recipe.optim.grad_accum_steps
     train_set, val_set, info = build_datasets(recipe.data, recipe.run.seed)
     model = build_model(recipe.model, info.num_classes)
     if recipe.model.sync_bn and accelerator.num_processes > 1:
@@ -432,47 +540,67 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path) -> 
     optimizer = build_optimizer(model, recipe.optim)
     train_loader, val_loader = make_loaders(train_set, val_set, recipe)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    bank_generator = torch.Generator(accelerator.device).manual_seed(recipe.run.seed)
-    trainer = Trainer(accelerator, recipe, model, optimizer, bank, bank_generator)
-    log = MetricsLog(out_dir / "metrics.jsonl", accelerator.is_main_process)
+    progress = Progress(torch.Generator(accelerator.device).manual_seed(recipe.run.seed))
+    accelerator.register_for_checkpointing(progress, *([bank] if bank is not None else []))
+    trainer = Trainer(accelerator, recipe, model, optimizer, bank, progress.generator)
+    return Setup(trainer, progress, train_loader, val_loader, train_set, val_set, info)
 
+
+def resume_from(accelerator: Accelerator, out_dir: Path, progress: Progress) -> int:
+    """Load the latest checkpoint, if any; the iteration to continue from."""
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is None:
+        return 0
+    accelerator.load_state(str(checkpoint))
+    accelerator.print(f"resuming {out_dir} at iteration {progress.iteration}")
+    return progress.iteration
+
+
+def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate one variant; write its metrics log, summary and report inputs."""
+    recipe = variant.recipe
+    setup = set_up(accelerator, recipe)
+    trainer, model = setup.trainer, setup.trainer.model
+    start = resume_from(accelerator, out_dir, setup.progress) if resume else 0
+    log = MetricsLog(out_dir / "metrics.jsonl", accelerator.is_main_process)
+    log.truncate_after(start)
     flops = measure.flops_per_image(
         accelerator.unwrap_model(model), recipe.data.crop_size, accelerator.device, input_dtype(accelerator)
     )
+    remaining = recipe.optim.iterations - start
     # Skip warm-up iterations (allocator, caches), but keep some in very short runs.
-    timer = measure.StepTimer(accelerator.device, warmup=min(5, recipe.optim.iterations // 2))
-    batches = endless(train_loader)
-    progress = tqdm(total=recipe.optim.iterations, desc=variant.name, disable=not accelerator.is_main_process)
+    timer = measure.StepTimer(accelerator.device, warmup=min(5, remaining // 2))
+    batches = endless(setup.train_loader, setup.train_set, start * recipe.optim.grad_accum_steps)
+    progress_bar = tqdm(total=recipe.optim.iterations, initial=start, desc=variant.name,
+                        disable=not accelerator.is_main_process)
     with measure.PeakMemory(accelerator.device) as memory:
-        for iteration in range(recipe.optim.iterations):
+        for iteration in range(start, recipe.optim.iterations):
             timer.start()
-            set_lr(optimizer, poly_lr(recipe.optim, iteration))
+            lr = poly_lr(recipe.optim, iteration)
+            set_lr(trainer.optimizer, lr)
             for _ in range(recipe.optim.grad_accum_steps):
                 losses = trainer.step(next(batches), iteration)
             step_time = timer.stop()
-            if (iteration + 1) % recipe.run.log_interval == 0 or iteration == 0:
-                log.write({"kind": "train", "iter": iteration + 1, **losses, "lr": poly_lr(recipe.optim, iteration), "step_time": step_time})
-            progress.update(1)
-            progress.set_postfix(loss=f"{losses['loss']:.3f}")
-            if recipe.eval.interval and (iteration + 1) % recipe.eval.interval == 0 and iteration + 1 < recipe.optim.iterations:
-                interim = evaluate(accelerator, model, val_loader, recipe.eval, info.num_classes)
-                log.write({"kind": "eval", "iter": iteration + 1, "val_miou": interim.miou})
-        progress.close()
-        final = evaluate(accelerator, model, val_loader, recipe.eval, info.num_classes, collect_centers=True)
-        samples = qualitative_samples(accelerator, model, val_set, recipe.eval, info)
+            setup.progress.iteration = done = iteration + 1
+            if done % recipe.run.log_interval == 0 or iteration == start:
+                log.write({"kind": "train", "iter": done, **losses, "lr": lr, "step_time": step_time})
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{losses['loss']:.3f}")
+            if done < recipe.optim.iterations and _due(done, recipe.eval.interval):
+                interim = evaluate(accelerator, model, setup.val_loader, recipe.eval, setup.info.num_classes)
+                log.write({"kind": "eval", "iter": done, "val_miou": interim.miou})
+            if done < recipe.optim.iterations and _due(done, recipe.run.checkpoint_interval):
+                save_checkpoint(accelerator, out_dir)
+        progress_bar.close()
+        final = evaluate(accelerator, model, setup.val_loader, recipe.eval, setup.info.num_classes, collect_centers=True)
+        samples = qualitative_samples(accelerator, model, setup.val_set, recipe.eval, setup.info)
     log.write({"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
-
-    seconds = timer.seconds_per_iter()
-    global_batch = recipe.data.batch_size * recipe.optim.grad_accum_steps * accelerator.num_processes
     summary = {
         **variant_fields(variant), "status": "ok", "error": None,
-        "val_miou": final.miou, "per_class_iou": final.per_class.tolist(), "class_names": list(info.class_names),
-        "s_per_iter": seconds, "train_images_per_s": global_batch / seconds if seconds else None,
-        "peak_memory_bytes": memory.peak_bytes, "memory_kind": memory.kind,
+        "val_miou": final.miou, "per_class_iou": final.per_class.tolist(), "class_names": list(setup.info.class_names),
+        **throughput_and_memory(accelerator, recipe, timer.seconds_per_iter(), memory),
         "params": measure.count_parameters(accelerator.unwrap_model(model)), "flops_per_image": flops,
-        "bank_bytes": bank.nbytes() if bank is not None else 0,
-        # The resolved size: "one slot per training image" becomes that number of slots.
-        **({"bank_size": bank.size} if isinstance(bank, contrast.RegionBank) else {}),
+        **bank_fields(accelerator, trainer.bank),
         **run_info(accelerator),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -480,8 +608,43 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path) -> 
         save_npz_atomic(out_dir / "val_centers.npz", centers=final.centers, labels=final.center_labels)
         save_npz_atomic(out_dir / "val_samples.npz", **samples)
         write_json(out_dir / "summary.json", summary)
+        for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)  # the run is complete: nothing to resume
     accelerator.free_memory()
     return summary
+
+
+def _due(done: int, interval: int) -> bool:
+    """Whether a periodic action (every `interval` iterations; 0 = never) falls at `done`."""
+    return interval > 0 and done % interval == 0
+
+
+def throughput_and_memory(
+    accelerator: Accelerator, recipe: Recipe, seconds: float | None, memory: measure.PeakMemory
+) -> dict[str, Any]:
+    """Per-rank and global speed and memory; the slowest rank sets the global pace."""
+    ranks = per_rank_measurements(accelerator, seconds, memory.peak_bytes)
+    slowest = max((rank["s_per_iter"] for rank in ranks), default=math.nan)
+    local_batch = recipe.data.batch_size * recipe.optim.grad_accum_steps
+    for rank in ranks:
+        rank["images_per_s"] = local_batch / rank["s_per_iter"]
+    return {
+        "s_per_iter": slowest, "train_images_per_s": local_batch * accelerator.num_processes / slowest,
+        "peak_memory_bytes": max(rank["peak_memory_bytes"] for rank in ranks), "memory_kind": memory.kind,
+        "per_rank": ranks,
+    }
+
+
+def bank_fields(accelerator: Accelerator, bank: torch.nn.Module | None) -> dict[str, Any]:
+    """Bank bytes, its resolved size, and proof that every rank holds the same bank."""
+    if bank is None:
+        return {"bank_bytes": 0}
+    digest = state_digest(bank)
+    fields = {"bank_bytes": bank.nbytes(), "bank_digest": digest,
+              "bank_identical_across_ranks": identical_on_all_ranks(accelerator, digest)}
+    if isinstance(bank, contrast.RegionBank):
+        fields["bank_size"] = bank.size  # "one slot per training image" resolved to a number
+    return fields
 
 
 def write_resolved_recipe(out_dir: Path, variant: Variant) -> None:

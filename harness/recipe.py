@@ -47,6 +47,7 @@ class RunConfig(Strict):
     reports_dir: Path = Path("reports")
     deterministic: bool = False
     log_interval: int = Field(10, ge=1)
+    checkpoint_interval: int = Field(0, ge=0)  # iterations between checkpoints; 0 = none
 
 
 class AugmentConfig(Strict):

@@ -8,6 +8,7 @@ the sweep goes on; the exit code is 1 if any failed, 2 for a bad recipe.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a recipe key, e.g. --set optim.iterations=100 (repeatable)")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
                         help="run only these sweep variants (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip finished variants and continue interrupted ones from their last checkpoint")
     parser.add_argument("--no-report", action="store_true", help="do not build reports/<recipe>/ at the end")
     return parser.parse_args(argv)
 
@@ -68,6 +71,33 @@ def write_report(recipe_dir: Path, reports_dir: Path) -> None:
               f"retry with: python -m harness.report {recipe_dir}", file=sys.stderr)
 
 
+def finished(out_dir: Path) -> bool:
+    """Whether a variant already has a successful summary (a resumed sweep skips it)."""
+    summary = out_dir / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("status") == "ok"
+
+
+def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
+    """Train one variant; a failure is recorded in its summary instead of ending the sweep."""
+    from harness import engine
+
+    accelerator = engine.make_accelerator(variant.recipe)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        engine.write_resolved_recipe(out_dir, variant)
+    accelerator.wait_for_everyone()
+    try:
+        engine.train_variant(accelerator, variant, out_dir, resume=resume)
+        return True
+    except Exception as error:  # noqa: BLE001 - one bad variant must not end the sweep
+        accelerator.print(traceback.format_exc())
+        accelerator.print(f"variant {variant.name} failed: {type(error).__name__}: {error}")
+        if accelerator.is_main_process:
+            engine.write_json(out_dir / "summary.json", engine.failed_summary(accelerator, variant, error))
+        accelerator.free_memory()
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -77,34 +107,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.located(args.recipe) if error.source is None else error}", file=sys.stderr)
         return EXIT_BAD_RECIPE
 
-    from accelerate import Accelerator
+    from accelerate import PartialState
 
-    from harness import engine
-
-    accelerator = Accelerator()
-    recipe_dir = variants[0].recipe.run.output_dir / variants[0].recipe.run.name
+    state = PartialState()
+    run_cfg = variants[0].recipe.run
+    recipe_dir = run_cfg.output_dir / run_cfg.name
     failed = []
     for variant in variants:
         out_dir = recipe_dir / variant.name
-        if accelerator.is_main_process:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-            engine.write_resolved_recipe(out_dir, variant)
-        accelerator.wait_for_everyone()
-        try:
-            engine.train_variant(accelerator, variant, out_dir)
-        except Exception as error:  # noqa: BLE001 - one bad variant must not end the sweep
+        if args.resume and finished(out_dir):
+            state.print(f"variant {variant.name} already finished: skipped")
+            continue
+        if not run_variant(variant, out_dir, args.resume):
             failed.append(variant.name)
-            accelerator.print(traceback.format_exc())
-            accelerator.print(f"variant {variant.name} failed: {type(error).__name__}: {error}")
-            if accelerator.is_main_process:
-                engine.write_json(out_dir / "summary.json", engine.failed_summary(accelerator, variant, error))
-            accelerator.free_memory()
-    if accelerator.is_main_process and not args.no_report:
-        write_report(recipe_dir, variants[0].recipe.run.reports_dir)
+    if state.is_main_process and not args.no_report:
+        write_report(recipe_dir, run_cfg.reports_dir)
     if failed:
-        accelerator.print(f"{len(failed)} of {len(variants)} variants failed: {', '.join(failed)}")
-    accelerator.end_training()
+        state.print(f"{len(failed)} of {len(variants)} variants failed: {', '.join(failed)}")
+    state.wait_for_everyone()
     return EXIT_FAILED_VARIANT if failed else 0
 
 

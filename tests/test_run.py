@@ -102,8 +102,9 @@ def test_region_variant_logs_its_contrast_loss_and_bank(tiny_sweep: Path) -> Non
     assert [line["iter"] for line in train] == [1, 2]
     assert all(line["loss_contrast"] >= 0 for line in train)
     summary = json.loads((root / "region" / "summary.json").read_text())
-    # One slot per training image (8), 11 classes, 16-d keys in fp32, plus the pointers.
-    assert summary["bank_size"] is None and summary["bank_bytes"] >= 11 * 8 * 16 * 4
+    # Unset bank size resolves to one slot per training image (8): 11 classes x 8 x 16-d fp32 keys.
+    assert summary["bank_size"] == 8 and summary["bank_bytes"] >= 11 * 8 * 16 * 4
+    assert summary["bank_identical_across_ranks"] is True and len(summary["bank_digest"]) == 64
     ce_lines = (root / "ce" / "metrics.jsonl").read_text()
     assert "loss_contrast" not in ce_lines
 
