@@ -182,9 +182,10 @@ _PLACEMENT_TRIES = 8
 def digit_scenes_key(cfg: DigitScenesConfig, seed: int) -> str:
     """The cache folder name: everything that changes the generated images."""
     low, high = cfg.digits_per_image
+    small, large = cfg.digit_scale
     return (
         f"v{_DIGIT_SCENES_VERSION}-seed{seed}-size{cfg.image_size}"
-        f"-train{cfg.train_images}-val{cfg.val_images}-digits{low}to{high}"
+        f"-train{cfg.train_images}-val{cfg.val_images}-digits{low}to{high}-scale{small:g}to{large:g}"
     )
 
 
@@ -223,11 +224,13 @@ def _paste_digit(
     ink: np.ndarray,
     class_id: int,
     base: np.ndarray,
+    digit_scale: tuple[float, float],
 ) -> None:
     """Blend one upscaled digit into the canvas and overwrite its pixels in the label map."""
     canvas, label = scene
     size = label.shape[0]
-    side = int(rng.integers(size // 4, size * 7 // 16 + 1))
+    low, high = (round(fraction * size) for fraction in digit_scale)
+    side = int(rng.integers(max(low, 1), high + 1))
     ink = torch.from_numpy(ink)[None, None]  # [8,8] -> [1,1,8,8]
     alpha = F.interpolate(ink, size=(side, side), mode="bilinear")[0, 0].numpy()  # -> [side,side]
     top, left = _least_covered_corner(rng, label, side)
@@ -252,7 +255,7 @@ def _compose_scene(
     low, high = cfg.digits_per_image
     chosen = rng.choice(pool, size=int(rng.integers(low, high + 1)), replace=False)
     for sample in chosen:
-        _paste_digit(rng, (canvas, label), inks[sample], int(classes[sample]) + 1, base)
+        _paste_digit(rng, (canvas, label), inks[sample], int(classes[sample]) + 1, base, cfg.digit_scale)
     return canvas.clip(0, 255).round().astype(np.uint8), label, chosen.tolist()
 
 
@@ -282,9 +285,6 @@ def _build_split(
 
 def build_digit_scenes(cfg: DigitScenesConfig, seed: int) -> datasets.DatasetDict:
     """Generate the train and val digit scenes from disjoint 80/20 parts of sklearn's digits."""
-    low, high = cfg.digits_per_image
-    if not 1 <= low <= high:
-        raise RecipeError("data.digit_scenes.digits_per_image", f"need 1 <= low <= high, got {(low, high)}")
     sklearn_digits = load_digits()
     digits = ((sklearn_digits.images / 16).astype(np.float32), sklearn_digits.target)  # ink 0..16 -> 0..1
     train_pool, val_pool = digit_pools(seed, len(sklearn_digits.target))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class RecipeError(ValueError):
@@ -68,6 +68,21 @@ class DigitScenesConfig(Strict):
     val_images: int = Field(200, ge=1)
     image_size: int = Field(64, ge=16)
     digits_per_image: tuple[int, int] = (2, 4)
+    digit_scale: tuple[float, float] = (0.25, 0.4375)  # digit side as a fraction of the image side
+
+    @field_validator("digits_per_image")
+    @classmethod
+    def _count_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError("must be (low, high) with 1 <= low <= high")
+        return value
+
+    @field_validator("digit_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError("must be (low, high) with 0 < low <= high <= 1")
+        return value
 
 
 class DataConfig(Strict):
@@ -126,6 +141,8 @@ class LossConfig(Strict):
 
 
 class OptimConfig(Strict):
+    # SGD is the paper's; AdamW trains the from-scratch quickstart in a CPU's minutes.
+    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(5e-4, ge=0)

@@ -105,10 +105,15 @@ def test_digit_scenes_cache_defaults_to_dot_cache(tmp_path: Path, monkeypatch: p
     assert len(train) == 4 and info.num_classes == 11 and info.class_names[:2] == ["background", "0"]
 
 
-def test_invalid_digit_count_names_its_key(tmp_path: Path) -> None:
-    with pytest.raises(RecipeError) as error:
-        data.build_datasets(small_config(tmp_path, digits_per_image=(3, 2)), seed=0)
-    assert error.value.key == "data.digit_scenes.digits_per_image"
+def test_digit_size_follows_digit_scale(tmp_path: Path) -> None:
+    large = small_config(tmp_path, digit_scale=(0.5, 0.5), digits_per_image=(1, 1))
+    train, _, _ = data.build_datasets(large, seed=0)
+    extents = []
+    for row in range(5):
+        rows, cols = np.nonzero(train.table[row]["label"])
+        extents.append(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+    # One 32 px digit per 64 px image; its label region spans at most 32 px (plus a halo pixel per side).
+    assert 16 <= min(extents) and max(extents) <= 34
 
 
 # ---------------------------------------------------------------- real dataset layouts

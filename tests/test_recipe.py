@@ -81,6 +81,9 @@ def test_override_applies_to_every_variant(tmp_path: Path) -> None:
         ({"sweep": {"grid": {"loss.contrast.kind": []}}}, [], "sweep.grid.loss.contrast.kind"),
         ({"sweep": {"variants": {"x": {}}, "paper": {"y": {"table": "T", "row": "r", "miou": 1}}}}, [], "sweep.paper.y"),
         ({"eval": {"mode": "slide"}}, [], "eval"),
+        ({"data": {"digit_scenes": {"digits_per_image": [3, 2]}}}, [], "data.digit_scenes.digits_per_image"),
+        ({"data": {"digit_scenes": {"digit_scale": [0.5, 1.5]}}}, [], "data.digit_scenes.digit_scale"),
+        ({}, ["optim.name=adam"], "optim.name"),
     ],
 )
 def test_bad_recipes_name_the_file_and_the_key(tmp_path: Path, tree: dict, overrides: list, key: str) -> None:

@@ -1,0 +1,78 @@
+"""Started by tests/test_distributed.py under torchrun: each rank records what the engine did.
+
+Writes <out>/rank<i>.pt with the rank's process index, the training indices it was served,
+the region bank after several pushes of per-rank centers, the inputs it pushed, the
+in-batch loss it computed, and its confusion-matrix evaluation of a tiny model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from harness import contrast, engine
+from harness.data import build_datasets
+from harness.models import SegOutput, build_model
+from harness.recipe import ContrastConfig, Recipe
+
+NUM_CLASSES, DIM, SIDE, STEPS = 11, 8, 4, 4
+
+
+def served_indices(accelerator: engine.Accelerator, recipe: Recipe) -> torch.Tensor:
+    """Every training index this rank receives in one epoch."""
+    train, val, _ = build_datasets(recipe.data, recipe.run.seed)
+    train_loader, _ = engine.make_loaders(train, val, recipe)
+    train_loader = accelerator.prepare(train_loader)
+    return torch.cat([batch["index"] for batch in train_loader])
+
+
+def push_random_centers(accelerator: engine.Accelerator) -> tuple[contrast.RegionBank, list, list]:
+    """STEPS region-contrast steps on random per-rank features; returns the bank, inputs and losses."""
+    cfg = ContrastConfig(kind="region", variant="weighted", bank_size=6)
+    bank = contrast.RegionBank(NUM_CLASSES, 6, DIM)
+    in_batch_cfg = cfg.model_copy(update={"bank_size": 0})
+    inputs, losses = [], []
+    for step in range(STEPS):
+        generator = torch.Generator().manual_seed(1000 * accelerator.process_index + step)
+        features = torch.randn(2, DIM, SIDE, SIDE, generator=generator)
+        logits = torch.randn(2, NUM_CLASSES, SIDE, SIDE, generator=generator)
+        labels = torch.randint(0, NUM_CLASSES, (2, SIDE, SIDE), generator=generator)
+        output = SegOutput(logits, None, features, features)
+        engine.region_term(accelerator, cfg, bank, output, labels)
+        no_bank = contrast.RegionBank(NUM_CLASSES, 0, DIM)
+        losses.append(engine.region_term(accelerator, in_batch_cfg, no_bank, output, labels).item())
+        inputs.append((features, logits, labels))
+    return bank, inputs, losses
+
+
+def evaluate_tiny_model(accelerator: engine.Accelerator, recipe: Recipe) -> tuple[float, dict]:
+    """mIoU of an untrained model (same seed on every rank) over a val set that does not split evenly."""
+    _, val, _ = build_datasets(recipe.data, recipe.run.seed)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, NUM_CLASSES).eval()
+    loader = accelerator.prepare(torch.utils.data.DataLoader(val, batch_size=2))
+    result = engine.evaluate(accelerator, model, loader, recipe.eval, NUM_CLASSES)
+    return result.miou, model.state_dict()
+
+
+def main(out_dir: Path) -> None:
+    recipe = Recipe.model_validate({
+        "data": {"root": str(out_dir / "cache"), "crop_size": 32, "batch_size": 2,
+                 "digit_scenes": {"train_images": 12, "val_images": 5, "image_size": 32, "digits_per_image": [1, 2]}},
+        "model": {"backbone": "resnet18", "head_channels": 8, "aux_channels": 8},
+    })
+    accelerator = engine.make_accelerator(recipe)
+    indices = served_indices(accelerator, recipe)
+    bank, inputs, losses = push_random_centers(accelerator)
+    miou, weights = evaluate_tiny_model(accelerator, recipe)
+    torch.save({
+        "process_index": accelerator.process_index, "world_size": accelerator.num_processes,
+        "indices": indices, "bank": bank.state_dict(), "inputs": inputs, "in_batch_losses": losses,
+        "miou": miou, "weights": weights,
+    }, out_dir / f"rank{accelerator.process_index}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,202 @@
+"""Real multi-process runs on the CPU: two gloo ranks under torchrun, a two-node rendezvous on
+loopback, DeepSpeed ZeRO-2, and a run killed with SIGKILL then resumed."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harness import contrast
+from harness.data import build_datasets
+from harness.metrics import confusion_matrix, iou_from_confusion
+from harness.models import build_model
+from harness.recipe import Recipe
+from harness.losses import upsample_to
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = str(REPO / "harness" / "run.py")
+CPU_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra, *args]
+
+
+def check(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def tiny_recipe(tmp_path: Path, **updates: dict) -> Path:
+    tree = {
+        "run": {"name": "tiny", "output_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports"),
+                "log_interval": 1},
+        "data": {"dataset": "digit_scenes", "root": str(tmp_path / "cache"), "crop_size": 32, "batch_size": 2,
+                 "digit_scenes": {"train_images": 16, "val_images": 4, "image_size": 32, "digits_per_image": [1, 2]}},
+        "model": {"backbone": "resnet18", "head_channels": 8, "aux_channels": 8},
+        "loss": {"contrast": {"kind": "region"}},
+        "optim": {"iterations": 3},
+    }
+    for section, values in updates.items():
+        tree[section] = {**tree[section], **values}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def summary(tmp_path: Path, variant: str = "default") -> dict:
+    return json.loads((tmp_path / "results" / "tiny" / variant / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """What each of two real gloo ranks did in tests/distributed_worker.py."""
+    out = tmp_path_factory.mktemp("ranks")
+    worker = str(REPO / "tests" / "distributed_worker.py")
+    check(subprocess.run(torchrun(worker, str(out), extra=(f"--master_port={free_port()}",)),
+                         env=CPU_ENV, capture_output=True, text=True, timeout=600))
+    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+
+
+def test_ranks_are_real_processes(two_ranks: list[dict]) -> None:
+    assert [rank["process_index"] for rank in two_ranks] == [0, 1]
+    assert all(rank["world_size"] == 2 for rank in two_ranks)
+
+
+def test_data_is_sharded_without_overlap(two_ranks: list[dict]) -> None:
+    first, second = (set(rank["indices"].tolist()) for rank in two_ranks)
+    assert not first & second
+    assert first | second == set(range(12))  # 12 images = 3 global batches of 2 x 2, nothing dropped
+
+
+def test_banks_are_bitwise_identical_and_match_one_process(two_ranks: list[dict]) -> None:
+    bank0, bank1 = (rank["bank"] for rank in two_ranks)
+    assert all(torch.equal(bank0[name], bank1[name]) for name in bank0)
+    # One process fed each global batch (rank 0's images, then rank 1's) pushes the same entries.
+    reference = contrast.RegionBank(11, 6, 8)
+    for step in range(4):
+        features, logits, labels = (torch.cat(parts) for parts in zip(*(rank["inputs"][step] for rank in two_ranks)))
+        centers, valid = contrast.region_centers(features, logits, labels, 11, "weighted")
+        reference.push(*contrast.flatten_regions(centers, valid))
+    assert all(torch.equal(reference.state_dict()[name], bank0[name]) for name in bank0)
+    assert reference.filled.sum() > 0
+
+
+def test_in_batch_contrast_sees_the_global_batch(two_ranks: list[dict]) -> None:
+    for step in range(4):
+        features, logits, labels = (torch.cat(parts) for parts in zip(*(rank["inputs"][step] for rank in two_ranks)))
+        centers, valid = contrast.region_centers(features, logits, labels, 11, "weighted")
+        for rank in (0, 1):
+            expected = contrast.in_batch_contrast_loss(centers, valid, 0.1, query_images=slice(2 * rank, 2 * rank + 2))
+            assert two_ranks[rank]["in_batch_losses"][step] == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_distributed_evaluation_counts_each_image_once(two_ranks: list[dict], tmp_path: Path) -> None:
+    recipe = Recipe.model_validate({
+        "data": {"root": str(tmp_path / "cache"), "crop_size": 32, "batch_size": 2,
+                 "digit_scenes": {"train_images": 12, "val_images": 5, "image_size": 32, "digits_per_image": [1, 2]}},
+        "model": {"backbone": "resnet18", "head_channels": 8, "aux_channels": 8},
+    })
+    _, val, _ = build_datasets(recipe.data, 0)
+    model = build_model(recipe.model, 11).eval()
+    model.load_state_dict(two_ranks[0]["weights"])
+    total = torch.zeros(11, 11, dtype=torch.long)
+    with torch.no_grad():
+        for index in range(len(val)):  # 5 images: 2 ranks x batch 2 pad the last batch with repeats
+            item = val[index]
+            probs = upsample_to(model(item["image"][None]).logits, (32, 32))
+            total += confusion_matrix(probs.argmax(1)[0], item["label"], 11)
+    expected, _ = iou_from_confusion(total)
+    assert [rank["miou"] for rank in two_ranks] == [pytest.approx(expected)] * 2
+
+
+def test_torchrun_two_ranks_train_a_recipe(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    check(subprocess.run(torchrun(RUN, str(recipe), "--no-report", extra=(f"--master_port={free_port()}",)),
+                         env=CPU_ENV, capture_output=True, text=True, timeout=600))
+    result = summary(tmp_path)
+    assert result["status"] == "ok" and result["world_size"] == 2
+    assert result["distributed_type"] == "MULTI_CPU"
+    assert result["bank_identical_across_ranks"] is True
+    assert [rank["rank"] for rank in result["per_rank"]] == [0, 1]
+    assert result["train_images_per_s"] == pytest.approx(4 / result["s_per_iter"])
+
+
+def test_two_node_rendezvous_on_loopback(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    port = free_port()
+    nodes = [
+        subprocess.Popen(
+            torchrun(RUN, str(recipe), "--no-report", nproc=1, extra=(
+                "--nnodes=2", f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}")),
+            env=CPU_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    result = summary(tmp_path)
+    assert result["world_size"] == 2 and result["status"] == "ok"
+    assert result["bank_identical_across_ranks"] is True
+
+
+def test_deepspeed_zero2_runs_to_the_end(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "launch" / "deepspeed_zero2_cpu.yaml"), "--main_process_port", str(free_port()),
+               RUN, str(recipe), "--no-report"]
+    check(subprocess.run(command, env=CPU_ENV, capture_output=True, text=True, timeout=900))
+    result = summary(tmp_path)
+    assert result["status"] == "ok"
+    assert result["distributed_type"] == "DEEPSPEED" and result["zero_stage"] == 2
+    assert result["mixed_precision"] == "bf16"
+    assert result["bank_bytes"] > 0 and result["bank_identical_across_ranks"] is True
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_dir():
+        assert process.poll() is None, "the run ended before writing a checkpoint"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    settings = {"optim": {"iterations": 24}, "run": {"checkpoint_interval": 4, "log_interval": 1, "deterministic": True}}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for folder in (whole, killed):
+        folder.mkdir()
+        tree = yaml.safe_load(tiny_recipe(folder).read_text())
+        for section, values in settings.items():
+            tree[section].update(values)
+        (folder / "tiny.yaml").write_text(yaml.safe_dump(tree))
+    command = [sys.executable, RUN, "tiny.yaml", "--no-report"]
+    check(subprocess.run(command, cwd=whole, env=CPU_ENV, capture_output=True, text=True, timeout=600))
+
+    run = subprocess.Popen(command, cwd=killed, env=CPU_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(killed / "results" / "tiny" / "default" / "checkpoint", run)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not (killed / "results" / "tiny" / "default" / "summary.json").exists()
+    check(subprocess.run([*command, "--resume"], cwd=killed, env=CPU_ENV, capture_output=True, text=True, timeout=600))
+
+    expected, resumed = summary(whole), summary(killed)
+    assert resumed["val_miou"] == expected["val_miou"]
+    assert resumed["per_class_iou"] == expected["per_class_iou"]
+    assert resumed["bank_digest"] == expected["bank_digest"]
+    logs = [(folder / "results" / "tiny" / "default" / "metrics.jsonl").read_text().splitlines() for folder in (whole, killed)]
+    losses = [[json.loads(line).get("loss") for line in log] for log in logs]
+    assert losses[0] == losses[1]  # every logged loss, before and after the kill, once each
