@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_RECIPE
 
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    state = PartialState()
+    # Only AcceleratorState reads ACCELERATE_USE_CPU; without it, CPU ranks would each run alone.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     run_cfg = variants[0].recipe.run
     recipe_dir = run_cfg.output_dir / run_cfg.name
     failed = []
