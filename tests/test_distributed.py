@@ -158,7 +158,9 @@ def test_deepspeed_zero2_runs_to_the_end(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "launch" / "deepspeed_zero2_cpu.yaml"), "--main_process_port", str(free_port()),
                RUN, str(recipe), "--no-report"]
-    check(subprocess.run(command, env=CPU_ENV, capture_output=True, text=True, timeout=900))
+    # No ACCELERATE_USE_CPU here: it would override the DeepSpeed launch config (DeepSpeed finds the CPU itself).
+    env = {key: value for key, value in CPU_ENV.items() if key != "ACCELERATE_USE_CPU"}
+    check(subprocess.run(command, env=env, capture_output=True, text=True, timeout=900))
     result = summary(tmp_path)
     assert result["status"] == "ok"
     assert result["distributed_type"] == "DEEPSPEED" and result["zero_stage"] == 2
