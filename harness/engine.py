@@ -30,7 +30,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from harness import contrast, measure
+from harness import contrast, measure, sharded
 from harness.data import DatasetInfo, build_datasets, collate, denormalize
 from harness.losses import pixel_loss, total_loss, upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
@@ -132,12 +132,17 @@ def input_dtype(accelerator: Accelerator) -> torch.dtype:
 
 
 def build_bank(
-    cfg: ContrastConfig, num_classes: int, model: SegmentationModel, train_images: int, crop_size: int
+    accelerator: Accelerator, cfg: ContrastConfig, num_classes: int, model: SegmentationModel,
+    train_images: int, crop_size: int,
 ) -> torch.nn.Module | None:
     """The memory bank the recipe asks for; a region bank's size defaults to the training-set size."""
     dim, dtype = model.feature_dim, getattr(torch, cfg.bank_dtype)
     if cfg.kind == "region":
         size = train_images if cfg.bank_size is None else cfg.bank_size
+        if cfg.bank_layout == "sharded":
+            return sharded.ShardedRegionBank(
+                num_classes, size, dim, dtype, rank=accelerator.process_index, world_size=accelerator.num_processes
+            )
         return contrast.RegionBank(num_classes, size, dim, dtype)
     if cfg.kind == "pixel":
         return contrast.PixelBank(num_classes, cfg.pixel.memory_size, dim, cfg.pixel.pixel_update_freq, dtype)
@@ -172,12 +177,14 @@ def region_term(
     all_centers = accelerator.gather(centers.detach())  # [world*B, N, C]
     all_valid = accelerator.gather(valid)  # [world*B, N]
     class_ids = torch.arange(num_classes, device=valid.device)
+    queries, query_labels = centers[valid], class_ids.expand_as(valid)[valid]  # [M,C], [M]
     if bank.size == 0:
         loss = in_batch_term(accelerator, cfg, centers, all_centers, all_valid)
+    elif isinstance(bank, sharded.ShardedRegionBank):
+        loss = sharded.sharded_region_contrast_loss(queries, query_labels, bank, cfg.tau, chunk_size=cfg.chunk_size)
     else:
-        query_labels = class_ids.expand_as(valid)[valid]  # [M]
         loss = contrast.region_contrast_loss(
-            centers[valid], query_labels, bank.keys, bank.valid, cfg.tau, chunk_size=cfg.chunk_size
+            queries, query_labels, bank.keys, bank.valid, cfg.tau, chunk_size=cfg.chunk_size
         )
     bank.push(all_centers[all_valid], class_ids.expand_as(all_valid)[all_valid])
     return loss
@@ -468,10 +475,12 @@ class Progress:
         self.generator.set_state(state["generator"])
 
 
-def save_checkpoint(accelerator: Accelerator, out_dir: Path) -> None:
+def save_checkpoint(accelerator: Accelerator, out_dir: Path, bank: torch.nn.Module | None) -> None:
     """Everything a resume needs, through save_state; swapped in whole, so a kill never leaves half of one."""
     final, scratch, old = (out_dir / name for name in (CHECKPOINT, f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old"))
     accelerator.save_state(str(scratch))
+    if isinstance(bank, sharded.ShardedRegionBank):
+        sharded.save_shard(bank, scratch)  # save_state keeps custom objects of the main rank only
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -534,24 +543,28 @@ def set_up(accelerator: Accelerator, recipe: Recipe) -> Setup:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if input_dtype(accelerator) != torch.float32:
         batchnorm_in_float32(model)
-    bank = build_bank(recipe.loss.contrast, info.num_classes, model, len(train_set), recipe.data.crop_size)
+    bank = build_bank(accelerator, recipe.loss.contrast, info.num_classes, model, len(train_set), recipe.data.crop_size)
     if bank is not None:
         bank.to(accelerator.device)
     optimizer = build_optimizer(model, recipe.optim)
     train_loader, val_loader = make_loaders(train_set, val_set, recipe)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     progress = Progress(torch.Generator(accelerator.device).manual_seed(recipe.run.seed))
-    accelerator.register_for_checkpointing(progress, *([bank] if bank is not None else []))
+    # A sharded bank differs per rank; save_state would keep rank 0's only, so it saves its own shards.
+    replicated = bank is not None and not isinstance(bank, sharded.ShardedRegionBank)
+    accelerator.register_for_checkpointing(progress, *([bank] if replicated else []))
     trainer = Trainer(accelerator, recipe, model, optimizer, bank, progress.generator)
     return Setup(trainer, progress, train_loader, val_loader, train_set, val_set, info)
 
 
-def resume_from(accelerator: Accelerator, out_dir: Path, progress: Progress) -> int:
+def resume_from(accelerator: Accelerator, out_dir: Path, progress: Progress, bank: torch.nn.Module | None) -> int:
     """Load the latest checkpoint, if any; the iteration to continue from."""
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is None:
         return 0
     accelerator.load_state(str(checkpoint))
+    if isinstance(bank, sharded.ShardedRegionBank):
+        sharded.load_shard(bank, checkpoint)
     accelerator.print(f"resuming {out_dir} at iteration {progress.iteration}")
     return progress.iteration
 
@@ -561,7 +574,7 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
     recipe = variant.recipe
     setup = set_up(accelerator, recipe)
     trainer, model = setup.trainer, setup.trainer.model
-    start = resume_from(accelerator, out_dir, setup.progress) if resume else 0
+    start = resume_from(accelerator, out_dir, setup.progress, trainer.bank) if resume else 0
     log = MetricsLog(out_dir / "metrics.jsonl", accelerator.is_main_process)
     log.truncate_after(start)
     flops = measure.flops_per_image(
@@ -590,7 +603,7 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
                 interim = evaluate(accelerator, model, setup.val_loader, recipe.eval, setup.info.num_classes)
                 log.write({"kind": "eval", "iter": done, "val_miou": interim.miou})
             if done < recipe.optim.iterations and _due(done, recipe.run.checkpoint_interval):
-                save_checkpoint(accelerator, out_dir)
+                save_checkpoint(accelerator, out_dir, trainer.bank)
         progress_bar.close()
         final = evaluate(accelerator, model, setup.val_loader, recipe.eval, setup.info.num_classes, collect_centers=True)
         samples = qualitative_samples(accelerator, model, setup.val_set, recipe.eval, setup.info)
@@ -635,14 +648,21 @@ def throughput_and_memory(
     }
 
 
+def sharded_pointer_digest(bank: sharded.ShardedRegionBank) -> str:
+    """Digest of the global write pointers, which every rank of a sharded bank must share."""
+    return hashlib.sha256(bank.ptr.cpu().numpy().tobytes()).hexdigest()
+
+
 def bank_fields(accelerator: Accelerator, bank: torch.nn.Module | None) -> dict[str, Any]:
     """Bank bytes, its resolved size, and proof that every rank holds the same bank."""
     if bank is None:
         return {"bank_bytes": 0}
     digest = state_digest(bank)
-    fields = {"bank_bytes": bank.nbytes(), "bank_digest": digest,
-              "bank_identical_across_ranks": identical_on_all_ranks(accelerator, digest)}
-    if isinstance(bank, contrast.RegionBank):
+    # Shards hold different slots by design; what must agree is where every rank writes next.
+    shared = sharded_pointer_digest(bank) if isinstance(bank, sharded.ShardedRegionBank) else digest
+    fields = {"bank_bytes": bank.nbytes(), "bank_digest": digest,  # per rank for a sharded bank
+              "bank_identical_across_ranks": identical_on_all_ranks(accelerator, shared)}
+    if isinstance(bank, (contrast.RegionBank, sharded.ShardedRegionBank)):
         fields["bank_size"] = bank.size  # "one slot per training image" resolved to a number
     return fields
 

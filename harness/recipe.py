@@ -124,12 +124,20 @@ class ContrastConfig(Strict):
     # None: one slot per training image, as in the paper; 0: in-batch contrast only.
     bank_size: int | None = Field(None, ge=0)
     feature: Literal["head", "backbone"] = "head"
+    # replicated: every rank holds the whole bank; sharded: 1/world_size of each class queue per rank.
+    bank_layout: Literal["replicated", "sharded"] = "replicated"
     pixel: PixelBankConfig = PixelBankConfig()
     # Bank slots the loss reads at a time (None: sized from a memory budget); any value gives the
     # same loss up to float32 rounding, only its peak memory and speed change.
     chunk_size: int | None = Field(None, ge=1)
     # Storage of the bank's keys; the loss always accumulates in float32.
     bank_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _sharding_needs_a_region_bank(self) -> "ContrastConfig":
+        if self.bank_layout == "sharded" and self.kind != "region":
+            raise ValueError("bank_layout 'sharded' applies to kind 'region' only")
+        return self
 
 
 class LossConfig(Strict):

@@ -202,3 +202,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     logs = [(folder / "results" / "tiny" / "default" / "metrics.jsonl").read_text().splitlines() for folder in (whole, killed)]
     losses = [[json.loads(line).get("loss") for line in log] for log in logs]
     assert losses[0] == losses[1]  # every logged loss, before and after the kill, once each
+
+
+def test_sharded_bank_trains_on_two_ranks_with_half_the_bytes(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, loss={"contrast": {"kind": "region", "bank_layout": "sharded"}})
+    check(subprocess.run(torchrun(RUN, str(recipe), "--no-report", extra=(f"--master_port={free_port()}",)),
+                         env=CPU_ENV, capture_output=True, text=True, timeout=600))
+    result = summary(tmp_path)
+    assert result["status"] == "ok" and result["world_size"] == 2 and result["bank_size"] == 16
+    assert result["bank_identical_across_ranks"] is True  # every rank agrees where the next entries go
+    replicated = contrast.region_bank_bytes(11, 16, 8)
+    assert result["bank_bytes"] < 0.6 * replicated
