@@ -176,8 +176,7 @@ def region_term(
     # Fixed [B,N,C] + [B,N] per rank, so the gather never meets ragged shapes.
     all_centers = accelerator.gather(centers.detach())  # [world*B, N, C]
     all_valid = accelerator.gather(valid)  # [world*B, N]
-    class_ids = torch.arange(num_classes, device=valid.device)
-    queries, query_labels = centers[valid], class_ids.expand_as(valid)[valid]  # [M,C], [M]
+    queries, query_labels = contrast.flatten_regions(centers, valid)  # [M,C], [M]
     if bank.size == 0:
         loss = in_batch_term(accelerator, cfg, centers, all_centers, all_valid)
     elif isinstance(bank, sharded.ShardedRegionBank):
@@ -186,7 +185,7 @@ def region_term(
         loss = contrast.region_contrast_loss(
             queries, query_labels, bank.keys, bank.valid, cfg.tau, chunk_size=cfg.chunk_size
         )
-    bank.push(all_centers[all_valid], class_ids.expand_as(all_valid)[all_valid])
+    bank.push(*contrast.flatten_regions(all_centers, all_valid))
     return loss
 
 
@@ -301,9 +300,9 @@ def evaluate(
         total += accelerator.gather_for_metrics(per_image).sum(0)
         if collect_centers:
             batch_centers, valid = val_centers(model, images, labels, num_classes)
-            batch_centers, valid = accelerator.gather_for_metrics((batch_centers, valid))
-            centers.append(batch_centers[valid].float().cpu())
-            center_labels.append(torch.arange(num_classes).expand_as(valid.cpu())[valid.cpu()])
+            vectors, vector_labels = contrast.flatten_regions(*accelerator.gather_for_metrics((batch_centers, valid)))
+            centers.append(vectors.float().cpu())
+            center_labels.append(vector_labels.cpu())
     model.train()
     miou, per_class = iou_from_confusion(total.cpu())
     if not collect_centers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -71,6 +72,20 @@ def write_report(recipe_dir: Path, reports_dir: Path) -> None:
               f"retry with: python -m harness.report {recipe_dir}", file=sys.stderr)
 
 
+def use_the_cores(state: "PartialState") -> None:
+    """On a CPU, give each local process its share of the physical cores.
+
+    `accelerate launch` pins a CPU run to one thread unless its config says use_cpu, which a
+    config that should also serve a GPU cannot say.
+    """
+    import psutil
+    import torch
+
+    if state.device.type == "cpu":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, (psutil.cpu_count(logical=False) or 1) // local_processes))
+
+
 def finished(out_dir: Path) -> bool:
     """Whether a variant already has a successful summary (a resumed sweep skips it)."""
     summary = out_dir / "summary.json"
@@ -112,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Only AcceleratorState reads ACCELERATE_USE_CPU; without it, CPU ranks would each run alone.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    use_the_cores(state)
     run_cfg = variants[0].recipe.run
     recipe_dir = run_cfg.output_dir / run_cfg.name
     failed = []
