@@ -416,6 +416,12 @@ def _buffer_bytes(module: nn.Module) -> int:
 # ---------------------------------------------------------------------------
 
 
+def class_ordinals(labels: Tensor, num_classes: int) -> Tensor:
+    """Each entry's position [M] among the entries of its class, in push order."""
+    one_hot = F.one_hot(labels, num_classes)  # [M,N]
+    return one_hot.cumsum(0).gather(1, labels[:, None]).squeeze(1) - 1
+
+
 class ClassQueues(nn.Module):
     """One FIFO queue of L2-normalised keys per class, stored as buffers [N,K,C]."""
 
@@ -438,10 +444,8 @@ class ClassQueues(nn.Module):
         if self.size == 0:
             return
         labels = labels.to(self.ptr.device)
-        classes = torch.arange(self.num_classes, device=labels.device)
-        one_hot = (labels[:, None] == classes[None, :]).long()  # [M,N]
-        rank = one_hot.cumsum(0).gather(1, labels[:, None]).squeeze(1) - 1  # order within its class
-        counts = one_hot.sum(0)
+        rank = class_ordinals(labels, self.num_classes)
+        counts = torch.bincount(labels, minlength=self.num_classes)
         # Only a class's last K entries survive; their slots continue from its pointer.
         kept = rank >= counts[labels] - self.size
         slots = (self.ptr[labels] + rank) % self.size

@@ -72,7 +72,7 @@ def write_report(recipe_dir: Path, reports_dir: Path) -> None:
               f"retry with: python -m harness.report {recipe_dir}", file=sys.stderr)
 
 
-def use_the_cores(state: "PartialState") -> None:
+def use_the_cores(on_cpu: bool) -> None:
     """On a CPU, give each local process its share of the physical cores.
 
     `accelerate launch` pins a CPU run to one thread unless its config says use_cpu, which a
@@ -81,7 +81,7 @@ def use_the_cores(state: "PartialState") -> None:
     import psutil
     import torch
 
-    if state.device.type == "cpu":
+    if on_cpu:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(max(1, (psutil.cpu_count(logical=False) or 1) // local_processes))
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Only AcceleratorState reads ACCELERATE_USE_CPU; without it, CPU ranks would each run alone.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    use_the_cores(state)
+    use_the_cores(state.device.type == "cpu")
     run_cfg = variants[0].recipe.run
     recipe_dir = run_cfg.output_dir / run_cfg.name
     failed = []

@@ -46,6 +46,7 @@ from harness.contrast import (
     _positive_pass,
     _query_weights,
     auto_chunk_size,
+    class_ordinals,
     region_bank_bytes,
 )
 
@@ -68,12 +69,6 @@ def sharded_bank_bytes(
     """One rank's storage: its queues, laid out like a region bank, and the global write pointers."""
     local = region_bank_bytes(num_classes, shard_size(size, rank, world_size), dim, dtype)
     return local + num_classes * POINTER_BYTES
-
-
-def _class_ordinals(labels: Tensor, num_classes: int) -> Tensor:
-    """Each entry's position [M] among the entries of its class, in push order."""
-    one_hot = F.one_hot(labels, num_classes)  # [M,N]
-    return one_hot.cumsum(0).gather(1, labels[:, None]).squeeze(1) - 1
 
 
 class ShardedRegionBank(nn.Module):
@@ -103,7 +98,7 @@ class ShardedRegionBank(nn.Module):
         if self.size == 0:
             return
         labels = labels.to(self.ptr.device)
-        slots = (self.ptr[labels] + _class_ordinals(labels, self.num_classes)) % self.size
+        slots = (self.ptr[labels] + class_ordinals(labels, self.num_classes)) % self.size
         mine = slots % self.world_size == self.rank
         # This rank's entries arrive at local slots 0, 1, ... shard_size - 1, 0, ...: its own FIFO.
         self.queues.push(entries[mine.to(entries.device)], labels[mine])
