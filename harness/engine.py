@@ -497,10 +497,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return None
 
 
-def state_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's state (names, dtypes and bytes): equal digests mean bitwise-equal state."""
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes and bytes): equal digests mean bitwise-equal state."""
     digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
+    for name, tensor in state.items():
         digest.update(name.encode() + str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -647,18 +647,13 @@ def throughput_and_memory(
     }
 
 
-def sharded_pointer_digest(bank: sharded.ShardedRegionBank) -> str:
-    """Digest of the global write pointers, which every rank of a sharded bank must share."""
-    return hashlib.sha256(bank.ptr.cpu().numpy().tobytes()).hexdigest()
-
-
 def bank_fields(accelerator: Accelerator, bank: torch.nn.Module | None) -> dict[str, Any]:
     """Bank bytes, its resolved size, and proof that every rank holds the same bank."""
     if bank is None:
         return {"bank_bytes": 0}
-    digest = state_digest(bank)
+    digest = state_digest(bank.state_dict())
     # Shards hold different slots by design; what must agree is where every rank writes next.
-    shared = sharded_pointer_digest(bank) if isinstance(bank, sharded.ShardedRegionBank) else digest
+    shared = state_digest({"ptr": bank.ptr}) if isinstance(bank, sharded.ShardedRegionBank) else digest
     fields = {"bank_bytes": bank.nbytes(), "bank_digest": digest,  # per rank for a sharded bank
               "bank_identical_across_ranks": identical_on_all_ranks(accelerator, shared)}
     if isinstance(bank, (contrast.RegionBank, sharded.ShardedRegionBank)):

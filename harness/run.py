@@ -42,12 +42,14 @@ def check_variants(variants: list[Variant]) -> None:
     from harness.data import index_files
     from harness.models import validate_model_config
 
+    indexed = set()  # a sweep's variants mostly share one dataset: glob its files once
     for variant in variants:
         data = variant.recipe.data
         try:
             validate_model_config(variant.recipe.model)
-            if data.dataset != "digit_scenes":
+            if data.dataset != "digit_scenes" and (data.dataset, data.root) not in indexed:
                 index_files(data.dataset, data.root)
+                indexed.add((data.dataset, data.root))
         except RecipeError as error:
             raise RecipeError(error.key, f"{error.message} (sweep variant '{variant.name}')") from None
 
