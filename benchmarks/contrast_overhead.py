@@ -15,7 +15,6 @@ import argparse
 import statistics
 import time
 from pathlib import Path
-
 from typing import Iterator
 
 import torch

@@ -16,50 +16,35 @@ and measures the extra peak memory:
 The direct loss is the pre-streaming implementation (commit 4822cd8), kept here
 as the baseline. It is skipped, with its predicted need, where that exceeds the
 available memory (ADE20K at M=160 needs ~17 GB beside its 3.1 GB bank).
-Run: python benchmarks/contrast_scale.py [--datasets ade20k] [--images 8] [--threads 1]
+Run: python -m benchmarks.contrast_scale [--datasets ade20k] [--images 8] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import threading
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from harness.contrast import CHUNK_BUDGET_BYTES, auto_chunk_size, chunk_bytes, region_contrast_loss
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import DIM, GEOMETRIES, TAU, Geometry, batch_queries, dense_bank_loss, random_unit_bank  # noqa: E402
+from harness.contrast import CHUNK_BUDGET_BYTES, auto_chunk_size, chunk_bytes, region_contrast_loss  # noqa: E402
+from harness.measure import PeakMemory  # noqa: E402
 
 MB = 1e6
-DIM = 256
-TAU = 0.1
+SCALES = {name: GEOMETRIES[name] for name in ("cityscapes", "coco_stuff", "ade20k")}
 # [M,NK] fp32 matrices the direct loss holds at its peak under autograd (6.8 measured at COCO-Stuff-10k).
 DIRECT_SCORE_MATRICES = 7
 HEADROOM = 2 * 10**9  # memory left to the rest of the machine
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """A bank of `classes` queues with one slot per training image."""
-
-    name: str
-    classes: int
-    images: int
-
-
-# COCO-Stuff: the paper's split (9K train / 1K test, i.e. COCO-Stuff-10k) with the
-# 171 classes harness/data.py uses; the paper's "59 + 1 classes" line reads like
-# PASCAL-Context's and is not used.
-GEOMETRIES = {
-    "cityscapes": Geometry("Cityscapes", 19, 2975),
-    "coco_stuff": Geometry("COCO-Stuff-10k", 171, 9000),
-    "ade20k": Geometry("ADE20K", 150, 20210),
-}
 
 
 @dataclass(frozen=True)
@@ -72,91 +57,29 @@ class Measurement:
     peak_bytes: int
 
 
-def direct_region_loss(
-    queries: Tensor, query_labels: Tensor, bank_keys: Tensor, bank_valid: Tensor
-) -> Tensor:
-    """Eq. 4 with the whole [M,NK] score matrix under autograd (the pre-streaming code)."""
-    num_classes, size, dim = bank_keys.shape
-    keys = bank_keys.reshape(num_classes * size, dim)  # [N,K,C] -> [NK,C]
-    key_labels = torch.arange(num_classes, device=bank_keys.device).repeat_interleave(size)
-    usable = bank_valid.reshape(1, num_classes * size)  # [N,K] -> [1,NK]
-    q = F.normalize(queries.float(), dim=1)
-    k = F.normalize(keys.float(), dim=1)
-    logits = q @ k.T / TAU  # [M,NK]
-    same = query_labels[:, None] == key_labels[None, :]  # [M,NK]
-    positive = same & usable
-    negatives = logits.masked_fill(same | ~usable, float("-inf")).logsumexp(1, keepdim=True)  # [M,1]
-    per_pair = torch.where(positive, F.softplus(negatives - logits), 0.0)
-    num_positives = positive.sum(1)
-    per_query = per_pair.sum(1) / num_positives.clamp_min(1)
-    has_positive = num_positives > 0
-    return (per_query * has_positive).sum() / has_positive.sum().clamp_min(1)
-
-
-class PeakRSS:
-    """Context manager: the largest RSS increase over its entry value, sampled every millisecond."""
-
-    def __enter__(self) -> "PeakRSS":
-        self.process = psutil.Process()
-        self.start = self.peak = self.process.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        """Keep the highest RSS seen until the block ends."""
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.001)
-
-    def __exit__(self, *exc: object) -> None:
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-    @property
-    def extra(self) -> int:
-        """Bytes above the RSS at entry."""
-        return self.peak - self.start
-
-
 def measure(loss_fn: Callable[[Tensor], Tensor], queries: Tensor) -> Measurement:
     """Time and peak extra RSS of loss_fn(queries) and its backward."""
     leaf = queries.detach().requires_grad_(True)
     gc.collect()
-    with PeakRSS() as rss:
+    before = psutil.Process().memory_info().rss
+    with PeakMemory(torch.device("cpu"), interval_s=0.001) as rss:
         start = time.perf_counter()
         loss = loss_fn(leaf)
         loss.backward()
         seconds = time.perf_counter() - start
-    return Measurement(loss.item(), leaf.grad, seconds, rss.extra)
-
-
-def random_unit_bank(geometry: Geometry, generator: torch.Generator) -> Tensor:
-    """A full bank [N,K,C] of random unit keys, normalised in place (no second copy)."""
-    keys = torch.randn(geometry.classes, geometry.images, DIM, generator=generator)
-    return keys.div_(keys.norm(dim=2, keepdim=True))
-
-
-def batch_queries(
-    classes: int, generator: torch.Generator, images: int = 16, present: int = 10
-) -> tuple[Tensor, Tensor]:
-    """Region centers [M,C] and labels [M] of `images` images with `present` distinct classes each."""
-    labels = torch.cat([torch.randperm(classes, generator=generator)[:present] for _ in range(images)])
-    return torch.randn(len(labels), DIM, generator=generator), labels
+    return Measurement(loss.item(), leaf.grad, seconds, rss.peak_bytes - before)
 
 
 def analytic_bytes(geometry: Geometry, queries: int) -> tuple[int, int]:
     """Direct floor: fp32 keys [NK,C] + scores [M,NK]; chunked budget: one chunk + int64 labels [NK]."""
-    entries = geometry.classes * geometry.images
+    entries = geometry.num_classes * geometry.train_images
     chunk = min(auto_chunk_size(queries, DIM), entries)
     return 4 * entries * (DIM + queries), chunk_bytes(queries, DIM, chunk) + 8 * entries
 
 
 def direct_need(geometry: Geometry, queries: int) -> int:
     """Predicted extra peak of the direct loss: its fp32 key copy plus DIRECT_SCORE_MATRICES [M,NK]."""
-    entries = geometry.classes * geometry.images
+    entries = geometry.num_classes * geometry.train_images
     return 4 * entries * (DIM + DIRECT_SCORE_MATRICES * queries)
 
 
@@ -181,16 +104,16 @@ def measure_direct(
     need, available = direct_need(geometry, len(labels)), psutil.virtual_memory().available - HEADROOM
     if need > available:
         return None, f"skipped: needs ~{need / 1e9:.1f} GB, {available / 1e9:.1f} GB available"
-    valid = torch.ones(geometry.classes, geometry.images, dtype=torch.bool)
-    return measure(lambda q: direct_region_loss(q, labels, bank, valid), queries), ""
+    valid = torch.ones(geometry.num_classes, geometry.train_images, dtype=torch.bool)
+    return measure(lambda q: dense_bank_loss(q, labels, bank, valid, TAU, torch.float32), queries), ""
 
 
 def run_geometry(geometry: Geometry, images: int, seed: int) -> list[Row]:
     """Direct fp32, chunked fp32 and chunked bf16 on one geometry."""
     generator = torch.Generator().manual_seed(seed)
     bank = random_unit_bank(geometry, generator)
-    queries, labels = batch_queries(geometry.classes, generator, images)
-    valid = torch.ones(geometry.classes, geometry.images, dtype=torch.bool)
+    queries, labels = batch_queries(geometry.num_classes, generator, images)
+    valid = torch.ones(geometry.num_classes, geometry.train_images, dtype=torch.bool)
     direct, note = measure_direct(geometry, queries, labels, bank)
     streamed = measure(lambda q: region_contrast_loss(q, labels, bank, valid, TAU), queries)
     low = bank.bfloat16()
@@ -223,9 +146,9 @@ def measured_cells(row: Row) -> list[str]:
 def table_line(row: Row) -> str:
     """One markdown table row."""
     geometry = row.geometry
-    bank_mb = geometry.classes * geometry.images * DIM * (2 if row.storage == "bf16" else 4) / MB
+    bank_mb = geometry.num_classes * geometry.train_images * geometry.dim * (2 if row.storage == "bf16" else 4) / MB
     cells = [
-        geometry.name, f"{geometry.classes} x {geometry.images}", f"{bank_mb:,.0f}", str(row.queries),
+        geometry.name, f"{geometry.num_classes} x {geometry.train_images}", f"{bank_mb:,.0f}", str(row.queries),
         row.loss, row.storage, *measured_cells(row),
     ]
     return "| " + " | ".join(cells) + " |"
@@ -252,17 +175,17 @@ def goal_line(rows: list[Row]) -> str:
 def warm_up() -> None:
     """One tiny run of each loss, so thread pools and first-call costs do not land on the first row."""
     generator = torch.Generator().manual_seed(0)
-    bank = random_unit_bank(Geometry("warm-up", 3, 50), generator)
+    bank = random_unit_bank(Geometry("warm-up", 3, 50, crop=64), generator)
     queries, labels = batch_queries(3, generator, images=4, present=2)
     valid = torch.ones(3, 50, dtype=torch.bool)
-    measure(lambda q: direct_region_loss(q, labels, bank, valid), queries)
+    measure(lambda q: dense_bank_loss(q, labels, bank, valid, TAU, torch.float32), queries)
     measure(lambda q: region_contrast_loss(q, labels, bank, valid, TAU), queries)
 
 
 def main() -> None:
     """Parse arguments, run every geometry, print the table and the goal check."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", choices=sorted(GEOMETRIES), default=list(GEOMETRIES))
+    parser.add_argument("--datasets", nargs="+", choices=sorted(SCALES), default=list(SCALES))
     # One thread by default: on a shared 2-core machine a second OpenMP thread mostly waits at barriers.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--images", type=int, default=16, help="images per batch, 10 classes each")
@@ -276,7 +199,7 @@ def main() -> None:
     print("\n".join(HEADER))
     checks = []
     for name in args.datasets:
-        rows = run_geometry(GEOMETRIES[name], args.images, args.seed)
+        rows = run_geometry(SCALES[name], args.images, args.seed)
         print("\n".join(table_line(row) for row in rows), flush=True)
         checks.append(goal_line(rows))
     print("\n" + "\n".join(checks))

@@ -2,10 +2,10 @@
 
 Launch with torchrun (gloo on the CPU), e.g.
 
-    OMP_NUM_THREADS=1 python -m torch.distributed.run --nproc_per_node=2 benchmarks/sharded_bank.py \
+    OMP_NUM_THREADS=1 python -m torch.distributed.run --nproc_per_node=2 -m benchmarks.sharded_bank \
         [--datasets cityscapes ade20k] [--images 2] [--repeats 3]
 
-For each dataset geometry (contrast_scale.py's: classes x one slot per training
+For each dataset geometry (benchmarks.common's: classes x one slot per training
 image, 256-d) every rank holds a full bank of random unit keys, the same bank in
 both layouts (class i's keys come from a generator seeded with i, so no rank
 ever materialises more than its layout holds), and M = --images x 10 region
@@ -33,9 +33,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from contrast_scale import DIM, GEOMETRIES, TAU, Geometry, batch_queries
-from harness.contrast import RegionBank, region_bank_bytes, region_contrast_loss
-from harness.sharded import ShardedRegionBank, sharded_bank_bytes, sharded_region_contrast_loss
+from benchmarks.common import DIM, GEOMETRIES, TAU, Geometry, batch_queries
+from harness.contrast import (
+    RegionBank,
+    ShardedRegionBank,
+    region_bank_bytes,
+    region_contrast_loss,
+    sharded_bank_bytes,
+    sharded_region_contrast_loss,
+)
 
 MB = 1e6
 
@@ -43,23 +49,23 @@ MB = 1e6
 def class_keys(geometry: Geometry, index: int, seed: int) -> Tensor:
     """Class `index`'s K random unit keys [K,C], the same on every rank and in both layouts."""
     generator = torch.Generator().manual_seed(seed * 1000 + index)
-    keys = torch.randn(geometry.images, DIM, generator=generator)
+    keys = torch.randn(geometry.train_images, DIM, generator=generator)
     return keys.div_(keys.norm(dim=1, keepdim=True))
 
 
 def replicated_bank(geometry: Geometry, seed: int) -> RegionBank:
     """Every slot of the bank, full."""
-    bank = RegionBank(geometry.classes, geometry.images, DIM)
-    for index in range(geometry.classes):
+    bank = RegionBank(geometry.num_classes, geometry.train_images, DIM)
+    for index in range(geometry.num_classes):
         bank.keys[index] = class_keys(geometry, index, seed)
-    bank.filled.fill_(geometry.images)
+    bank.filled.fill_(geometry.train_images)
     return bank
 
 
 def sharded_bank(geometry: Geometry, seed: int, rank: int, world: int) -> ShardedRegionBank:
     """This rank's slots of the same full bank: global slots rank, rank + world, ..."""
-    bank = ShardedRegionBank(geometry.classes, geometry.images, DIM, rank=rank, world_size=world)
-    for index in range(geometry.classes):
+    bank = ShardedRegionBank(geometry.num_classes, geometry.train_images, DIM, rank=rank, world_size=world)
+    for index in range(geometry.num_classes):
         bank.queues.keys[index] = class_keys(geometry, index, seed)[rank::world]
     bank.queues.filled.fill_(bank.queues.size)
     return bank
@@ -95,16 +101,16 @@ def slowest_median(loss_fn: Callable[[Tensor], Tensor], queries: Tensor, repeats
 def measure_layouts(geometry: Geometry, images: int, repeats: int, seed: int) -> list[Result]:
     """Replicated, then sharded, on the same bank and this rank's same queries."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    queries, labels = batch_queries(geometry.classes, torch.Generator().manual_seed(seed + rank + 1), images)
+    queries, labels = batch_queries(geometry.num_classes, torch.Generator().manual_seed(seed + rank + 1), images)
     bank = replicated_bank(geometry, seed)
     valid = bank.valid
     timing = slowest_median(lambda q: region_contrast_loss(q, labels, bank.keys, valid, TAU), queries, repeats)
-    predicted = region_bank_bytes(geometry.classes, geometry.images, DIM)
+    predicted = region_bank_bytes(geometry.num_classes, geometry.train_images, DIM)
     results = [Result("replicated", bank.nbytes(), predicted, *timing)]
     del bank, valid  # only one layout's bank alive at a time
     shard = sharded_bank(geometry, seed, rank, world)
     timing = slowest_median(lambda q: sharded_region_contrast_loss(q, labels, shard, TAU), queries, repeats)
-    predicted = sharded_bank_bytes(geometry.classes, geometry.images, DIM, rank, world)
+    predicted = sharded_bank_bytes(geometry.num_classes, geometry.train_images, DIM, rank, world)
     return [*results, Result("sharded", shard.nbytes(), predicted, *timing)]
 
 
@@ -124,7 +130,7 @@ def table_lines(geometry: Geometry, queries: int, results: list[Result]) -> list
     lines = []
     for result in results:
         diffs = ["-", "-"] if result is replicated else [f"{loss_diff:.1e}", f"{grad_diff:.1e}"]
-        cells = [geometry.name, f"{geometry.classes} x {geometry.images}", result.layout,
+        cells = [geometry.name, f"{geometry.num_classes} x {geometry.train_images}", result.layout,
                  f"{result.bank_bytes / MB:,.1f}", f"{result.predicted_bytes / MB:,.1f}",
                  f"{queries} ({queries * world})", f"{result.seconds:.2f}", f"{result.loss:.6f}", *diffs]
         lines.append("| " + " | ".join(cells) + " |")

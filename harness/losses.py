@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from harness.labels import IGNORE_INDEX
 from harness.recipe import LossConfig
 
 
@@ -16,7 +17,7 @@ def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def ohem_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, thresh: float, min_kept: int, ignore_index: int = 255
+    logits: torch.Tensor, labels: torch.Tensor, thresh: float, min_kept: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """CE over the hard pixels: true-class probability below `thresh`, at least `min_kept` of them."""
     pixel_loss = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none").flatten()
@@ -36,7 +37,7 @@ def pixel_loss(cfg: LossConfig, logits: torch.Tensor, labels: torch.Tensor) -> t
     logits = upsample_to(logits, tuple(labels.shape[-2:])).float()
     if cfg.kind == "ohem":
         return ohem_cross_entropy(logits, labels, cfg.ohem_thresh, cfg.ohem_min_kept)
-    return F.cross_entropy(logits, labels, ignore_index=255)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
 def total_loss(cfg: LossConfig, parts: dict[str, torch.Tensor]) -> torch.Tensor:

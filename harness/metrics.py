@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from harness.labels import IGNORE_INDEX
+
 
 def confusion_matrix(
-    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """Counts[num_classes, num_classes], rows = ground truth, columns = prediction."""
     keep = target != ignore_index

@@ -209,7 +209,6 @@ class Variant(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
     recipe: Recipe
-    overrides: dict[str, Any]
 
 
 def set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
@@ -290,7 +289,7 @@ def expand(tree: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> list[
             recipe = validate(resolved)
         except RecipeError as error:
             raise RecipeError(error.key, f"{error.message} (sweep variant '{name}')") from None
-        variants.append(Variant(name=name, recipe=recipe, overrides=point))
+        variants.append(Variant(name=name, recipe=recipe))
     unknown_paper = set(spec.paper) - {variant.name for variant in variants}
     if unknown_paper:
         raise RecipeError(f"sweep.paper.{sorted(unknown_paper)[0]}", "names no variant")

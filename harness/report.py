@@ -1,14 +1,13 @@
 """Results folders -> a markdown report, tidy CSVs and seaborn plots.
 
 `python -m harness.report results/<recipe> [--out reports]` writes
-reports/<recipe>/. It reads only files under results/ (the format is in
-results_format.md) and imports no torch, so a report can be rebuilt anywhere.
+reports/<recipe>/. It reads only files under results/, through the contract in
+harness/results.py, and imports no torch, so a report can be rebuilt anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,25 +18,30 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import yaml
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from sklearn.manifold import TSNE
 
+from harness.labels import IGNORE_INDEX
+from harness.results import (
+    METRIC_FIELDS,
+    METRICS_FILE,
+    VAL_CENTERS_FILE,
+    VAL_SAMPLES_FILE,
+    publish,
+    read_metrics,
+    read_summary,
+    variant_folders,
+    write_text,
+)
+
 MIB = 2**20
 ERROR_CHARS = 80
-QUALITATIVE_IMAGES = 4
 TSNE_MIN_POINTS = 4
 TSNE_MAX_POINTS = 2000  # t-SNE cost grows fast with points: a subsample keeps a rebuild to about a minute
-IGNORE_LABEL = 255
-# Lists or dicts in summary.json, possibly null: never a column of their own.
-NON_SCALAR_FIELDS = {"per_class_iou", "class_names", "versions", "paper"}
-# Fields that only mean something for a finished run; blanked for every other status.
-METRIC_FIELDS = (
-    "val_miou", "train_images_per_s", "s_per_iter", "peak_memory_bytes", "bank_bytes",
-    "params", "flops_per_image",
-)
+# Lists or dicts in summary.json, possibly null, and the traceback: never a column of their own.
+NON_SCALAR_FIELDS = {"per_class_iou", "class_names", "versions", "paper", "traceback"}
 CURVE_PANELS = {
     "loss": "total loss",
     "loss_ce": "CE loss",
@@ -109,54 +113,6 @@ PLOTS = {
         "ignored pixels are {ignore} (the paper's Fig. 4).",
     ),
 }
-
-
-# ---------------------------------------------------------------- reading results
-
-
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a torn line (a run killed mid-write) is skipped."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def summary_from_recipe(folder: Path) -> dict[str, Any]:
-    """What a variant without summary.json can still tell: its configuration and progress."""
-    recipe_path = folder / "recipe.yaml"
-    tree = yaml.safe_load(recipe_path.read_text()) if recipe_path.exists() else {}
-    model = tree.get("model", {})
-    contrast = tree.get("loss", {}).get("contrast", {})
-    return {
-        "status": "running" if (folder / "metrics.jsonl").exists() else "missing",
-        "backbone": model.get("backbone"),
-        "head": model.get("head"),
-        "output_stride": model.get("output_stride"),
-        "contrast_kind": contrast.get("kind"),
-        "center_variant": contrast.get("variant"),
-        "bank_size": contrast.get("bank_size"),
-        "paper": tree.get("paper"),
-    }
-
-
-def load_summary(folder: Path) -> dict[str, Any]:
-    """summary.json of a variant, or a stand-in built from its recipe while it has none."""
-    path = folder / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else summary_from_recipe(folder)
-    return {**summary, "variant": folder.name}  # the folder name is what the sweep named it
-
-
-def variant_folders(results_dir: Path) -> list[Path]:
-    """Sub-folders that the engine has started writing a variant into."""
-    markers = ("recipe.yaml", "metrics.jsonl", "summary.json")
-    return sorted(
-        folder for folder in results_dir.iterdir()
-        if folder.is_dir() and any((folder / name).exists() for name in markers)
-    )
 
 
 # ---------------------------------------------------------------- tidy tables
@@ -233,8 +189,8 @@ def curves_frame(results_dir: Path, variants: list[str]) -> pd.DataFrame:
     """Tidy curves (variant, iter, metric, value) from every variant's metrics.jsonl."""
     rows = []
     for variant in variants:
-        path = results_dir / variant / "metrics.jsonl"
-        for record in read_json_lines(path) if path.exists() else []:
+        path = results_dir / variant / METRICS_FILE
+        for record in read_metrics(path) if path.exists() else []:
             rows += [
                 (variant, record["iter"], metric, float(value))
                 for metric, value in record.items()
@@ -311,8 +267,8 @@ def variant_colors(variants: list[str]) -> dict[str, Any]:
 
 
 def save(fig: plt.Figure, path: Path) -> None:
-    """Write a figure as PNG and free it."""
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    """Write a figure as PNG (atomically) and free it."""
+    publish(path, lambda scratch: fig.savefig(scratch, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -443,7 +399,7 @@ def region_partner(frame: pd.DataFrame, results_dir: Path, filename: str) -> tup
 def class_look(results_dir: Path, variants: tuple[str, str], num_classes: int) -> tuple[np.ndarray, list[str]]:
     """The dataset palette [N,3] in 0..1 and class names from val_samples.npz; generic ones without it."""
     for variant in variants:
-        path = results_dir / variant / "val_samples.npz"
+        path = results_dir / variant / VAL_SAMPLES_FILE
         if path.exists():
             samples = np.load(path)
             return samples["palette"] / 255.0, [str(name) for name in samples["class_names"]]
@@ -479,7 +435,7 @@ def class_legend(
 def plot_tsne(results_dir: Path, pair: tuple[str, str], path: Path) -> dict[str, str] | None:
     """Side-by-side t-SNE of val region centers, CE vs RegionContrast (paper Fig. 3);
     its caption's values, or None with too few centers."""
-    loaded = [load_centers(results_dir / variant / "val_centers.npz") for variant in pair]
+    loaded = [load_centers(results_dir / variant / VAL_CENTERS_FILE) for variant in pair]
     if min(len(centers) for centers, _ in loaded) < TSNE_MIN_POINTS:
         return None
     num_classes = int(max(labels.max() for _, labels in loaded)) + 1
@@ -502,17 +458,16 @@ def ignore_color(palette: np.ndarray) -> tuple[str, np.ndarray]:
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray, ignore: np.ndarray) -> np.ndarray:
-    """[H,W] class ids -> [H,W,3] colours in 0..1; ignore (255) and unknown ids get `ignore`."""
+    """[H,W] class ids -> [H,W,3] colours in 0..1; ignore (IGNORE_INDEX) and unknown ids get `ignore`."""
     table = np.tile(ignore, (256, 1))  # [3] -> [256,3]
-    table[: min(len(palette), IGNORE_LABEL)] = palette[:IGNORE_LABEL]
+    table[: min(len(palette), IGNORE_INDEX)] = palette[:IGNORE_INDEX]
     return table[labels]
 
 
 def matched_samples(results_dir: Path, pair: tuple[str, str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Baseline samples and the partner's predictions, aligned on the val indices both hold."""
-    base, other = (np.load(results_dir / variant / "val_samples.npz") for variant in pair)
+    base, other = (np.load(results_dir / variant / VAL_SAMPLES_FILE) for variant in pair)
     _, rows, other_rows = np.intersect1d(base["indices"], other["indices"], return_indices=True)
-    rows, other_rows = rows[:QUALITATIVE_IMAGES], other_rows[:QUALITATIVE_IMAGES]
     arrays = {key: base[key][rows] for key in ("images", "labels", "preds", "indices")}
     arrays.update(palette=base["palette"] / 255.0, class_names=base["class_names"])
     return arrays, other["preds"][other_rows]
@@ -541,7 +496,7 @@ def plot_qualitative(results_dir: Path, pair: tuple[str, str], path: Path) -> di
     shown = np.unique(np.concatenate([samples["labels"].ravel(), samples["preds"].ravel(), region_preds.ravel()]))
     names = [str(name) for name in samples["class_names"]]
     ignore_patch = Patch(facecolor=ignore, edgecolor="grey", label="ignore")
-    class_legend(fig, palette, names, shown[shown != IGNORE_LABEL], [ignore_patch])
+    class_legend(fig, palette, names, shown[shown != IGNORE_INDEX], [ignore_patch])
     save(fig, path)
     return {"ce": pair[0], "region": pair[1], "ignore": ignore_name}
 
@@ -564,7 +519,7 @@ def make_plots(
         plot_curves(curves, colors, out / "curves.png")
         made["curves.png"] = {}
     for filename, inputs, plot in (
-        ("tsne.png", "val_centers.npz", plot_tsne), ("qualitative.png", "val_samples.npz", plot_qualitative)
+        ("tsne.png", VAL_CENTERS_FILE, plot_tsne), ("qualitative.png", VAL_SAMPLES_FILE, plot_qualitative)
     ):
         pair = region_partner(frame, results_dir, inputs)
         caption = plot(results_dir, pair, out / filename) if pair else None
@@ -605,17 +560,17 @@ def build_report(results_dir: Path, reports_root: Path = Path("reports")) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):  # a plot the data no longer supports must not linger
         stale.unlink()
-    summaries = [load_summary(folder) for folder in variant_folders(results_dir)]
+    summaries = [read_summary(folder) for folder in variant_folders(results_dir)]
     if not summaries:
         raise FileNotFoundError(f"no variant folders under {results_dir}")
     frame = results_frame(summaries)
     curves = curves_frame(results_dir, list(frame["variant"]))
-    frame.convert_dtypes().to_csv(out / "results.csv", index=False)  # integral counts print as ints
-    curves.to_csv(out / "curves.csv", index=False)
+    write_text(out / "results.csv", frame.convert_dtypes().to_csv(index=False))  # integral counts print as ints
+    write_text(out / "curves.csv", curves.to_csv(index=False))
     with sns.axes_style("whitegrid"):  # a context, not set_theme: the engine's process keeps its style
         plots = make_plots(frame, curves, results_dir, out)
     report = out / "report.md"
-    report.write_text(report_markdown(recipe, results_dir, frame, plots, per_class_frame(summaries)))
+    write_text(report, report_markdown(recipe, results_dir, frame, plots, per_class_frame(summaries)))
     return report
 
 

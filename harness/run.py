@@ -8,7 +8,6 @@ the sweep goes on; the exit code is 1 if any failed, 2 for a bad recipe.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
@@ -20,6 +19,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
     sys.path.pop(0)
 
 from harness.recipe import RecipeError, Variant, load  # noqa: E402
+from harness.results import SUMMARY_FILE, finished, write_json, write_recipe  # noqa: E402
 
 EXIT_FAILED_VARIANT, EXIT_BAD_RECIPE = 1, 2
 
@@ -88,12 +88,6 @@ def use_the_cores(on_cpu: bool) -> None:
         torch.set_num_threads(max(1, (psutil.cpu_count(logical=False) or 1) // local_processes))
 
 
-def finished(out_dir: Path) -> bool:
-    """Whether a variant already has a successful summary (a resumed sweep skips it)."""
-    summary = out_dir / "summary.json"
-    return summary.exists() and json.loads(summary.read_text()).get("status") == "ok"
-
-
 def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
     """Train one variant; a failure is recorded in its summary instead of ending the sweep."""
     from harness import engine
@@ -101,7 +95,7 @@ def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
     accelerator = engine.make_accelerator(variant.recipe)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        engine.write_resolved_recipe(out_dir, variant)
+        write_recipe(out_dir, variant.recipe)
     accelerator.wait_for_everyone()
     try:
         engine.train_variant(accelerator, variant, out_dir, resume=resume)
@@ -110,7 +104,7 @@ def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
         accelerator.print(traceback.format_exc())
         accelerator.print(f"variant {variant.name} failed: {type(error).__name__}: {error}")
         if accelerator.is_main_process:
-            engine.write_json(out_dir / "summary.json", engine.failed_summary(accelerator, variant, error))
+            write_json(out_dir / SUMMARY_FILE, engine.failed_summary(accelerator, variant, error))
         accelerator.free_memory()
         return False
 

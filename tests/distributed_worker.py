@@ -11,28 +11,33 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 
 from harness import contrast, engine
 from harness.data import build_datasets
+from harness.engine.evaluate import evaluate
+from harness.engine.setup import make_loaders
+from harness.engine.terms import InBatchTerm, RegionTerm
 from harness.models import SegOutput, build_model
 from harness.recipe import ContrastConfig, Recipe
 
 NUM_CLASSES, DIM, SIDE, STEPS = 11, 8, 4, 4
 
 
-def served_indices(accelerator: engine.Accelerator, recipe: Recipe) -> torch.Tensor:
+def served_indices(accelerator: Accelerator, recipe: Recipe) -> torch.Tensor:
     """Every training index this rank receives in one epoch."""
     train, val, _ = build_datasets(recipe.data, recipe.run.seed)
-    train_loader, _ = engine.make_loaders(train, val, recipe)
+    train_loader, _ = make_loaders(train, val, recipe)
     train_loader = accelerator.prepare(train_loader)
     return torch.cat([batch["index"] for batch in train_loader])
 
 
-def push_random_centers(accelerator: engine.Accelerator) -> tuple[contrast.RegionBank, list, list]:
+def push_random_centers(accelerator: Accelerator) -> tuple[contrast.RegionBank, list, list]:
     """STEPS region-contrast steps on random per-rank features; returns the bank, inputs and losses."""
     cfg = ContrastConfig(kind="region", variant="weighted", bank_size=6)
     bank = contrast.RegionBank(NUM_CLASSES, 6, DIM)
-    in_batch_cfg = cfg.model_copy(update={"bank_size": 0})
+    region = RegionTerm(accelerator, cfg, bank, NUM_CLASSES)
+    in_batch = InBatchTerm(accelerator, cfg.model_copy(update={"bank_size": 0}), NUM_CLASSES)
     inputs, losses = [], []
     for step in range(STEPS):
         generator = torch.Generator().manual_seed(1000 * accelerator.process_index + step)
@@ -40,20 +45,19 @@ def push_random_centers(accelerator: engine.Accelerator) -> tuple[contrast.Regio
         logits = torch.randn(2, NUM_CLASSES, SIDE, SIDE, generator=generator)
         labels = torch.randint(0, NUM_CLASSES, (2, SIDE, SIDE), generator=generator)
         output = SegOutput(logits, None, features, features)
-        engine.region_term(accelerator, cfg, bank, output, labels)
-        no_bank = contrast.RegionBank(NUM_CLASSES, 0, DIM)
-        losses.append(engine.region_term(accelerator, in_batch_cfg, no_bank, output, labels).item())
+        region(output, {"label": labels})
+        losses.append(in_batch(output, {"label": labels}).item())
         inputs.append((features, logits, labels))
     return bank, inputs, losses
 
 
-def evaluate_tiny_model(accelerator: engine.Accelerator, recipe: Recipe) -> tuple[float, dict]:
+def evaluate_tiny_model(accelerator: Accelerator, recipe: Recipe) -> tuple[float, dict]:
     """mIoU of an untrained model (same seed on every rank) over a val set that does not split evenly."""
     _, val, _ = build_datasets(recipe.data, recipe.run.seed)
     torch.manual_seed(0)
     model = build_model(recipe.model, NUM_CLASSES).eval()
     loader = accelerator.prepare(torch.utils.data.DataLoader(val, batch_size=2))
-    result = engine.evaluate(accelerator, model, loader, recipe.eval, NUM_CLASSES)
+    result = evaluate(accelerator, model, loader, recipe.eval, NUM_CLASSES)
     return result.miou, model.state_dict()
 
 

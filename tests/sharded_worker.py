@@ -17,8 +17,12 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.contrast import RegionBank, region_contrast_loss
-from harness.sharded import ShardedRegionBank, sharded_region_contrast_loss
+from harness.contrast import (
+    RegionBank,
+    ShardedRegionBank,
+    region_contrast_loss,
+    sharded_region_contrast_loss,
+)
 
 NUM_CLASSES, DIM, BATCH, STEPS, TAU = 5, 8, 3, 5, 0.1
 # (slots per class, storage dtype): one that halves evenly, one with a remainder in bf16.

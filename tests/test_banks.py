@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import banks
+from benchmarks import bank_profile as banks
 from harness.contrast import all_pixel_bank_bytes, pixel_bank_bytes, region_bank_bytes
 
 CPU = torch.device("cpu")

@@ -22,14 +22,11 @@ from harness.contrast import (
     region_contrast_loss,
     sample_anchors,
 )
+from harness.labels import IGNORE_INDEX
+from tests.conftest import seeded
 
-IGNORE = 255
+IGNORE = IGNORE_INDEX
 VARIANTS = ["average", "ep_hp", "weighted"]
-
-
-def seeded(seed):
-    """A CPU generator with a fixed seed."""
-    return torch.Generator().manual_seed(seed)
 
 
 def all_valid(*shape):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pydantic
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.contrast import (
@@ -18,35 +17,10 @@ from harness.contrast import (
     region_contrast_loss,
 )
 from harness.recipe import ContrastConfig
+from tests.conftest import dense_bank_loss, dense_info_nce, seeded
 
 # 1 key per chunk, chunks that split a class's 5-slot queue, one chunk per queue, all in one chunk.
 CHUNKS = [1, 3, 5, 1000]
-
-
-def seeded(seed):
-    """A CPU generator with a fixed seed."""
-    return torch.Generator().manual_seed(seed)
-
-
-def dense_reference(queries, query_labels, keys, key_labels, usable, tau):
-    """Eq. 4 with the whole [M,K] score matrix in float64, written as the paper does (no log-sum-exp)."""
-    scores = F.normalize(queries.double(), dim=1) @ F.normalize(keys.double(), dim=1).T / tau  # [M,K]
-    same = query_labels[:, None] == key_labels[None, :]
-    positive, negative = same & usable, ~same & usable
-    negative_sum = (scores.exp() * negative).sum(1, keepdim=True)  # [M,1]
-    terms = -torch.log(scores.exp() / (scores.exp() + negative_sum))
-    per_query = (terms * positive).sum(1) / positive.sum(1).clamp_min(1)
-    has_positive = positive.any(1)
-    return (per_query * has_positive).sum() / has_positive.sum().clamp_min(1)
-
-
-def dense_bank_loss(queries, query_labels, bank_keys, bank_valid, tau):
-    """dense_reference against a per-class bank [N,K,C]."""
-    num_classes, size, dim = bank_keys.shape
-    key_labels = torch.arange(num_classes).repeat_interleave(size)
-    keys = bank_keys.reshape(num_classes * size, dim)  # [N,K,C] -> [NK,C]
-    usable = bank_valid.reshape(1, num_classes * size)  # [N,K] -> [1,NK]
-    return dense_reference(queries, query_labels, keys, key_labels, usable, tau)
 
 
 def holey_bank(seed):
@@ -128,7 +102,7 @@ def test_in_batch_streaming_matches_dense_reference_through_queries_and_keys(chu
     query_index = valid.flatten().nonzero()[:, 0]  # [B,N] -> [BN] -> [M]
     usable = valid.reshape(1, 12) & (torch.arange(12)[None, :] != query_index[:, None])  # [M,BN]
     expected, expected_grad = loss_and_grad(
-        lambda: dense_reference(keys[query_index], key_labels[query_index], keys, key_labels, usable, 0.1), centers
+        lambda: dense_info_nce(keys[query_index], key_labels[query_index], keys, key_labels, usable, 0.1), centers
     )
     torch.testing.assert_close(loss.double(), expected, atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-6)

@@ -7,10 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import HEIGHT, WIDTH, every_value, make_ade20k, make_cityscapes, make_coco_stuff, write_image
 
 from harness import data
+from harness.data import digit_scenes, transforms
 from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, RecipeError
+from tests.data_fixtures import (
+    HEIGHT,
+    WIDTH,
+    every_value,
+    make_ade20k,
+    make_cityscapes,
+    make_coco_stuff,
+    write_image,
+)
 
 Scenes = tuple[data.SegmentationDataset, data.SegmentationDataset]
 SMALL = DigitScenesConfig(train_images=60, val_images=30, image_size=64, digits_per_image=(2, 4))
@@ -38,7 +47,7 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Scenes:
 
 
 def test_digit_scenes_are_deterministic_per_seed() -> None:
-    first, again, other = (data.build_digit_scenes(SMALL, seed).with_format("numpy") for seed in (0, 0, 1))
+    first, again, other = (digit_scenes.build_digit_scenes(SMALL, seed).with_format("numpy") for seed in (0, 0, 1))
     for split in ("train", "val"):
         assert np.array_equal(first[split]["image"], again[split]["image"])
         assert np.array_equal(first[split]["label"], again[split]["label"])
@@ -50,7 +59,7 @@ def test_train_and_val_use_disjoint_sklearn_samples(scenes: Scenes) -> None:
     train_samples = {s for row in train.table["digit_samples"] for s in row.tolist()}
     val_samples = {s for row in val.table["digit_samples"] for s in row.tolist()}
     assert train_samples and val_samples and not train_samples & val_samples
-    pools = data.digit_pools(seed=0, num_samples=1797)
+    pools = digit_scenes.digit_pools(seed=0, num_samples=1797)
     assert train_samples <= set(pools[0].tolist()) and val_samples <= set(pools[1].tolist())
 
 
@@ -83,12 +92,12 @@ def test_denormalize_inverts_the_normalisation(scenes: Scenes) -> None:
 def test_digit_scenes_cache_is_reused_and_keyed_by_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = small_config(tmp_path)
     _, val, _ = data.build_datasets(cfg, seed=3)
-    assert (tmp_path / data.digit_scenes_key(cfg.digit_scenes, 3)).is_dir()
+    assert (tmp_path / digit_scenes.digit_scenes_key(cfg.digit_scenes, 3)).is_dir()
 
     def refuse(*_: object) -> None:
         raise AssertionError("rebuilt although a cache exists")
 
-    monkeypatch.setattr(data, "build_digit_scenes", refuse)
+    monkeypatch.setattr(digit_scenes, "build_digit_scenes", refuse)
     _, cached_val, _ = data.build_datasets(cfg, seed=3)
     assert torch.equal(cached_val[5]["label"], val[5]["label"])
     with pytest.raises(AssertionError, match="rebuilt"):
@@ -101,7 +110,7 @@ def test_digit_scenes_cache_defaults_to_dot_cache(tmp_path: Path, monkeypatch: p
     monkeypatch.chdir(tmp_path)
     cfg = DataConfig(digit_scenes=SMALL.model_copy(update={"train_images": 4, "val_images": 2}))
     train, _, info = data.build_datasets(cfg, seed=0)
-    assert (tmp_path / ".cache" / "digit_scenes" / data.digit_scenes_key(cfg.digit_scenes, 0)).is_dir()
+    assert (tmp_path / ".cache" / "digit_scenes" / digit_scenes.digit_scenes_key(cfg.digit_scenes, 0)).is_dir()
     assert len(train) == 4 and info.num_classes == 11 and info.class_names[:2] == ["background", "0"]
 
 
@@ -205,7 +214,7 @@ def column_labels(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_small_images_are_padded_with_ignore() -> None:
     image, label = torch.randn(3, 40, 50), torch.randint(0, 11, (40, 50))
-    transform = data.TrainTransform(64, (0.5, 0.5), flip=False)
+    transform = transforms.TrainTransform(64, (0.5, 0.5), flip=False)
     out_image, out_label = transform(image, label, torch.Generator().manual_seed(0))
     assert out_image.shape == (3, 64, 64) and out_label.shape == (64, 64)
     assert out_label[20:].eq(255).all() and out_label[:, 25:].eq(255).all()
@@ -214,7 +223,7 @@ def test_small_images_are_padded_with_ignore() -> None:
 
 def test_crop_keeps_image_and_label_aligned_and_flips_both() -> None:
     image, label = column_labels(48, 48)
-    transform = data.TrainTransform(32, (1.0, 1.0), flip=True)
+    transform = transforms.TrainTransform(32, (1.0, 1.0), flip=True)
     directions = set()
     for seed in range(16):
         out_image, out_label = transform(image, label, torch.Generator().manual_seed(seed))
@@ -225,7 +234,7 @@ def test_crop_keeps_image_and_label_aligned_and_flips_both() -> None:
 
 def test_no_flip_when_disabled() -> None:
     image, label = column_labels(32, 40)
-    transform = data.TrainTransform(32, (0.8, 1.5), flip=False)
+    transform = transforms.TrainTransform(32, (0.8, 1.5), flip=False)
     for seed in range(8):
         _, out_label = transform(image, label, torch.Generator().manual_seed(seed))
         valid = out_label[0][out_label[0] != 255]
@@ -234,7 +243,7 @@ def test_no_flip_when_disabled() -> None:
 
 def test_train_transform_is_reproducible_from_its_generator() -> None:
     image, label = torch.randn(3, 50, 60), torch.randint(0, 5, (50, 60))
-    transform = data.TrainTransform(32, (0.5, 2.0), flip=True)
+    transform = transforms.TrainTransform(32, (0.5, 2.0), flip=True)
     first, again, other = (transform(image, label, torch.Generator().manual_seed(s)) for s in (7, 7, 8))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], other[0])

@@ -2,9 +2,7 @@
 loopback, DeepSpeed ZeRO-2, and a run killed with SIGKILL then resumed."""
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,28 +14,13 @@ import yaml
 
 from harness import contrast
 from harness.data import build_datasets
+from harness.losses import upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
 from harness.models import build_model
 from harness.recipe import Recipe
-from harness.losses import upsample_to
+from tests.conftest import CPU_ENV, REPO, RUN, check, free_port, torchrun
 
-REPO = Path(__file__).resolve().parents[1]
-RUN = str(REPO / "harness" / "run.py")
-CPU_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra, *args]
-
-
-def check(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+pytestmark = pytest.mark.distributed
 
 
 def tiny_recipe(tmp_path: Path, **updates: dict) -> Path:
@@ -66,7 +49,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """What each of two real gloo ranks did in tests/distributed_worker.py."""
     out = tmp_path_factory.mktemp("ranks")
     worker = str(REPO / "tests" / "distributed_worker.py")
-    check(subprocess.run(torchrun(worker, str(out), extra=(f"--master_port={free_port()}",)),
+    check(subprocess.run(torchrun(worker, str(out)),
                          env=CPU_ENV, capture_output=True, text=True, timeout=600))
     return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
 
@@ -123,9 +106,10 @@ def test_distributed_evaluation_counts_each_image_once(two_ranks: list[dict], tm
     assert [rank["miou"] for rank in two_ranks] == [pytest.approx(expected)] * 2
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_train_a_recipe(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
-    check(subprocess.run(torchrun(RUN, str(recipe), "--no-report", extra=(f"--master_port={free_port()}",)),
+    check(subprocess.run(torchrun(RUN, str(recipe), "--no-report"),
                          env=CPU_ENV, capture_output=True, text=True, timeout=600))
     result = summary(tmp_path)
     assert result["status"] == "ok" and result["world_size"] == 2
@@ -135,6 +119,7 @@ def test_torchrun_two_ranks_train_a_recipe(tmp_path: Path) -> None:
     assert result["train_images_per_s"] == pytest.approx(4 / result["s_per_iter"])
 
 
+@pytest.mark.slow
 def test_two_node_rendezvous_on_loopback(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
     port = free_port()
@@ -153,6 +138,7 @@ def test_two_node_rendezvous_on_loopback(tmp_path: Path) -> None:
     assert result["bank_identical_across_ranks"] is True
 
 
+@pytest.mark.slow
 def test_deepspeed_zero2_runs_to_the_end(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -176,6 +162,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> Non
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     settings = {"optim": {"iterations": 24}, "run": {"checkpoint_interval": 4, "log_interval": 1, "deterministic": True}}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -204,9 +191,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     assert losses[0] == losses[1]  # every logged loss, before and after the kill, once each
 
 
+@pytest.mark.slow
 def test_sharded_bank_trains_on_two_ranks_with_half_the_bytes(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path, loss={"contrast": {"kind": "region", "bank_layout": "sharded"}})
-    check(subprocess.run(torchrun(RUN, str(recipe), "--no-report", extra=(f"--master_port={free_port()}",)),
+    check(subprocess.run(torchrun(RUN, str(recipe), "--no-report"),
                          env=CPU_ENV, capture_output=True, text=True, timeout=600))
     result = summary(tmp_path)
     assert result["status"] == "ok" and result["world_size"] == 2 and result["bank_size"] == 16

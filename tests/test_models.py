@@ -11,7 +11,8 @@ import timm
 import torch
 from torch import nn
 
-from harness.models import ASPP, ASPP_RATES, build_model, head_factory, validate_model_config
+from harness.models import build_model, validate_model_config
+from harness.models.heads import ASPP, ASPP_RATES, head_factory
 from harness.recipe import ModelConfig, RecipeError
 
 NUM_CLASSES = 5
@@ -226,7 +227,7 @@ def test_local_weights_report_missing_and_unexpected_keys(tmp_path):
 
 
 def test_float32_batchnorm_matches_batchnorm_and_accepts_half_parameters() -> None:
-    from harness.models import Float32BatchNorm2d, batchnorm_in_float32
+    from harness.models.precision import Float32BatchNorm2d, batchnorm_in_float32
 
     torch.manual_seed(0)
     reference = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))

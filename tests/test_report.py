@@ -12,8 +12,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.report import build_report, colorize, ignore_color, per_class_frame, results_frame
-from report_fixtures import OOM_ERROR, PALETTE, build_results, recipe_yaml, summary
+from harness.report import (
+    build_report,
+    colorize,
+    ignore_color,
+    per_class_frame,
+    results_frame,
+)
+from tests.report_fixtures import (
+    OOM_ERROR,
+    PALETTE,
+    build_results,
+    recipe_yaml,
+    summary,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -4,33 +4,25 @@ ranks under torchrun (tests/sharded_worker.py)."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from harness.contrast import RegionBank, region_bank_bytes, region_contrast_loss
-from harness.sharded import (
+from harness.contrast import (
+    RegionBank,
     ShardedRegionBank,
-    load_shard,
-    save_shard,
-    shard_size,
+    region_bank_bytes,
+    region_contrast_loss,
     sharded_bank_bytes,
     sharded_region_contrast_loss,
 )
+from harness.contrast.sharded import shard_size
+from harness.engine.checkpoint import load_bank_shard, save_bank_shard
+from tests.conftest import CPU_ENV, REPO, check, seeded, torchrun
 
-REPO = Path(__file__).resolve().parents[1]
-CPU_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 NUM_CLASSES, DIM = 5, 8
-
-
-def seeded(seed: int) -> torch.Generator:
-    """A CPU generator with a fixed seed."""
-    return torch.Generator().manual_seed(seed)
 
 
 def random_pushes(seed: int, pushes: int = 4, entries: int = 9) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -132,37 +124,29 @@ def test_checkpoint_keeps_each_rank_its_own_shard(tmp_path: Path) -> None:
     for entries, labels in random_pushes(seed=6):
         for shard in shards:
             shard.push(entries, labels)
-    for shard in shards:
-        save_shard(shard, tmp_path)
+    for rank, shard in enumerate(shards):
+        save_bank_shard(shard, tmp_path, rank, 2)
     for rank, shard in enumerate(shards):
         resumed = ShardedRegionBank(NUM_CLASSES, 6, DIM, rank=rank, world_size=2)
-        load_shard(resumed, tmp_path)
+        load_bank_shard(resumed, tmp_path, rank, 2, torch.device("cpu"))
         assert all(torch.equal(resumed.state_dict()[name], value) for name, value in shard.state_dict().items())
     with pytest.raises(FileNotFoundError, match="another world size"):
-        load_shard(ShardedRegionBank(NUM_CLASSES, 6, DIM, rank=0, world_size=4), tmp_path)
+        load_bank_shard(ShardedRegionBank(NUM_CLASSES, 6, DIM, rank=0, world_size=4), tmp_path, 0, 4, torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- two gloo ranks
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """What each of two real gloo ranks recorded in tests/sharded_worker.py."""
     out = tmp_path_factory.mktemp("sharded")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               str(REPO / "tests" / "sharded_worker.py"), str(out)]
-    done = subprocess.run(command, env=CPU_ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    command = torchrun(str(REPO / "tests" / "sharded_worker.py"), str(out))
+    check(subprocess.run(command, env=CPU_ENV, capture_output=True, text=True, timeout=300))
     return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
 
 
+@pytest.mark.distributed
 def test_sharded_loss_and_gradients_equal_the_replicated_ones(two_ranks: list[dict]) -> None:
     compared = 0
     for rank in two_ranks:
@@ -177,12 +161,14 @@ def test_sharded_loss_and_gradients_equal_the_replicated_ones(two_ranks: list[di
     assert [step["queries"] for step in two_ranks[1]["geometries"][0]["steps"]][2] == 0
 
 
+@pytest.mark.distributed
 def test_model_gradients_after_ddp_averaging_equal_the_replicated_ones(two_ranks: list[dict]) -> None:
     replicated, sharded = two_ranks[0]["ddp"]["replicated"], two_ranks[0]["ddp"]["sharded"]
     assert replicated.abs().max() > 0.1 and torch.allclose(sharded, replicated, atol=1e-5)
     assert torch.equal(two_ranks[1]["ddp"]["sharded"], sharded)  # DDP left both ranks the same gradient
 
 
+@pytest.mark.distributed
 def test_each_rank_holds_half_the_bank(two_ranks: list[dict]) -> None:
     geometry = [rank["geometries"][0] for rank in two_ranks]  # 6 slots per class, fp32
     assert [summary["sharded"]["queues.keys"].shape for summary in geometry] == [(NUM_CLASSES, 3, DIM)] * 2
@@ -196,6 +182,7 @@ def test_each_rank_holds_half_the_bank(two_ranks: list[dict]) -> None:
     assert all(summary["sharded_nbytes"] < 0.6 * summary["replicated_nbytes"] for summary in geometry)
 
 
+@pytest.mark.distributed
 def test_union_of_the_rank_shards_is_the_replicated_bank(two_ranks: list[dict]) -> None:
     for summaries in zip(*(rank["geometries"] for rank in two_ranks)):
         size, dtype = summaries[0]["size"], summaries[0]["dtype"]

@@ -1,8 +1,8 @@
 """Bank memory profile: predicted and measured bytes, update and loss time of the contrastive banks.
 
-`python -m harness.banks [--out reports/banks] [--max-bytes N] [--datasets a,b] [--device cpu|cuda]`
+`python -m benchmarks.bank_profile [--out reports/banks] [--max-bytes N] [--datasets a,b] [--device cpu|cuda]`
 writes banks.md, banks.csv and bank_memory.png. Predictions come only from the cost
-functions in harness.contrast, the ones whose constructors size the banks at run time.
+functions in harness.contrast.banks, the ones whose constructors size the banks at run time.
 A bank is built and measured only when its prediction fits under --max-bytes.
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import dataclasses
-import math
+import ctypes.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ import torch
 from matplotlib.lines import Line2D
 from torch import Tensor, nn
 
+from benchmarks.common import GEOMETRIES, GEOMETRY_NOTES, TAU, Geometry
 from harness import contrast
-from harness.data import ADE20K, CITYSCAPES, COCO_STUFF, DIGIT_SCENES
 from harness.measure import PeakMemory, StepTimer
-from harness.recipe import ContrastConfig, DataConfig, DigitScenesConfig, ModelConfig
+from harness.recipe import ContrastConfig
 from harness.report import markdown_table, save
 
 MB = 10**6  # decimal units throughout, as GPU vendors count "80 GB"
@@ -54,50 +53,10 @@ DATASET_MARKERS = ("o", "s", "D", "^")
 NEVER = 10**13  # a bank still under the limit at this many images never crosses it
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 # The recipe defaults: the profile measures what a default run would build.
-VARIANT, TAU, PIXEL = ContrastConfig().variant, ContrastConfig().tau, ContrastConfig().pixel
+VARIANT, PIXEL = ContrastConfig().variant, ContrastConfig().pixel
 
 
 # ---------------------------------------------------------------- geometries
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What sizes a bank: classes, training images, and the feature map of one training crop."""
-
-    name: str
-    num_classes: int
-    train_images: int
-    crop: int
-    stride: int = ModelConfig().output_stride
-    dim: int = ModelConfig().head_channels
-    dtype: torch.dtype = torch.float32
-
-    @property
-    def side(self) -> int:
-        """Feature-map side ceil(crop / stride), as a padded stride-8 backbone gives (769 -> 97)."""
-        return math.ceil(self.crop / self.stride)
-
-    def with_images(self, train_images: int) -> Geometry:
-        """The same geometry over a training set of another size."""
-        return dataclasses.replace(self, train_images=train_images)
-
-
-GEOMETRIES: dict[str, Geometry] = {
-    geometry.name: geometry
-    for geometry in (
-        Geometry("cityscapes", CITYSCAPES.num_classes, 2975, 769),
-        Geometry("ade20k", ADE20K.num_classes, 20210, 512),
-        # 9k training images as the paper states for COCO-Stuff (the 10k release), 171 classes.
-        Geometry("coco_stuff", COCO_STUFF.num_classes, 9000, 520),
-        Geometry(
-            "digit_scenes", DIGIT_SCENES.num_classes, DigitScenesConfig().train_images, DataConfig().crop_size
-        ),
-    )
-}
-GEOMETRY_NOTES = {
-    "ade20k": "the paper trains ADE20K at crop 480 (60x60 features)",
-    "coco_stuff": "9k training images as the paper states (the COCO-Stuff-10k split), harness.data's 171 classes",
-}
 
 
 # ---------------------------------------------------------------- synthetic batch
@@ -307,7 +266,7 @@ def build_measured(kind: BankKind, geometry: Geometry, device: torch.device) -> 
     with PeakMemory(device) as peak, torch.device(device):
         bank = kind.build(geometry)
         # A page the kernel has not backed yet is not resident: write every byte so RSS counts it
-        # (adding 0 keeps the contents, e.g. AllPixelBank's EMPTY_LABEL).
+        # (adding 0 keeps the contents, e.g. AllPixelBank's empty labels).
         for buffer in bank.buffers():
             buffer.add_(0)
     return bank, peak.peak_bytes - baseline

@@ -9,11 +9,11 @@ slots), so K need not divide by the world size. The union over ranks is, slot
 for slot, the replicated bank.
 
 The loss: every rank sees the queries of all ranks, streams them against its
-own shard with contrast.py's chunked passes, and the per-query partial sums are
+own shard with streaming.py's chunked passes, and the per-query partial sums are
 combined across ranks: first the negatives' log-sum-exp, then the positives'
 terms, their counts and the gradient sums.
 
-This is the one module beside engine.py that uses torch.distributed: Eq. 4's
+This is the one module outside the engine that uses torch.distributed: Eq. 4's
 log-sum-exp runs over every negative of the bank, so the partial sums of all
 shards must be combined inside the loss's autograd Function, where the
 engine's Accelerate gathers (between steps, outside the loss) cannot reach.
@@ -22,32 +22,28 @@ Which loss, which gradient: in the replicated layout rank r's loss is the mean
 over its own queries against the whole bank, and DDP averages the ranks'
 parameter gradients. sharded_region_contrast_loss returns that same number on
 each rank and the same gradient for its own queries, so after DDP's averaging
-the model receives the replicated layout's gradients. Like contrast.py's
+the model receives the replicated layout's gradients. Like streaming.py's
 streamed core, the gradient is built in the forward: the backward runs no
 collective, so it can never interleave with DDP's own gradient all-reduce.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from harness.contrast import (
-    POINTER_BYTES,
-    ClassQueues,
-    _full_precision,
-    _KeyLayout,
-    _negative_pass,
-    _positive_pass,
-    _query_weights,
-    auto_chunk_size,
-    class_ordinals,
-    region_bank_bytes,
+from harness.contrast.banks import POINTER_BYTES, ClassQueues, class_ordinals, region_bank_bytes
+from harness.contrast.streaming import (
+    KeyLayout,
+    full_precision,
+    negative_pass,
+    positive_pass,
+    query_gradient,
+    query_weights,
+    resolve_chunk_size,
+    scale_queries,
 )
 
 Group = dist.ProcessGroup | None
@@ -73,6 +69,8 @@ def sharded_bank_bytes(
 
 class ShardedRegionBank(nn.Module):
     """Rank `rank`'s share of a RegionBank of `size` slots per class: the global slots s with s % world_size == rank."""
+
+    replicated = False  # each rank checkpoints its own shard
 
     def __init__(
         self,
@@ -108,27 +106,17 @@ class ShardedRegionBank(nn.Module):
         """This rank's slots as keys [NK_r,C], class labels [NK_r] and valid [NK_r]."""
         return self.queues.entries()
 
+    def fill(self) -> Tensor:
+        """The fraction of this rank's slots holding a key."""
+        return self.queues.fill()
+
+    def agreement_state(self) -> dict[str, Tensor]:
+        """Shards hold different slots by design; what must agree is where every rank writes next."""
+        return {"ptr": self.ptr}
+
     def nbytes(self) -> int:
         """Bytes of this rank's storage; equals sharded_bank_bytes for the same geometry."""
         return self.queues.nbytes() + self.ptr.numel() * self.ptr.element_size()
-
-
-def _shard_path(directory: Path, rank: int, world_size: int) -> Path:
-    """Where rank `rank` of `world_size` keeps its shard in a checkpoint folder."""
-    return directory / f"region_bank_rank{rank}_of{world_size}.pt"
-
-
-def save_shard(bank: ShardedRegionBank, directory: Path) -> None:
-    """Write this rank's shard into `directory` (Accelerate saves custom state on the main rank only)."""
-    torch.save(bank.state_dict(), _shard_path(directory, bank.rank, bank.world_size))
-
-
-def load_shard(bank: ShardedRegionBank, directory: Path) -> None:
-    """Read this rank's shard back from `directory`; the world size must be the one that saved it."""
-    path = _shard_path(directory, bank.rank, bank.world_size)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: was {directory} saved with another world size?")
-    bank.load_state_dict(torch.load(path, map_location=bank.ptr.device, weights_only=True))
 
 
 # ---------------------------------------------------------------------------
@@ -202,11 +190,11 @@ def _partial_sums(
 ) -> Tensor:
     """This shard's sums for all ranks' queries, packed [Mg,2C+3]: see _ShardedInfoNCE.forward."""
     keys, key_labels, key_valid = bank.entries()
-    size = auto_chunk_size(len(everyone), bank.dim) if chunk_size is None else chunk_size
-    layout = _KeyLayout(everyone_labels, key_labels, key_valid, None, size)
-    local_lse, local_mean = _negative_pass(everyone, keys, layout, with_mean)
+    size = resolve_chunk_size(chunk_size, len(everyone), bank.dim)
+    layout = KeyLayout(everyone_labels, key_labels, key_valid, None, size)
+    local_lse, local_mean = negative_pass(everyone, keys, layout, with_mean)
     lse = _global_lse(local_lse, group)
-    sums = _positive_pass(everyone, keys, layout, lse)
+    sums = positive_pass(everyone, keys, layout, lse)
     # The same layout on every rank, gradient or not, so that the all-reduce always matches.
     weighted_mean = torch.zeros_like(everyone)
     if local_mean is not None:
@@ -218,7 +206,7 @@ class _ShardedInfoNCE(torch.autograd.Function):
     """Eq. 4 of this rank's scaled unit queries [M,C] against every rank's shard of one bank.
 
     Summed over the shards, the packed partial sums give, per query, its negatives'
-    softmax-weighted mean key and then contrast.py's _PositiveSums (loss, pull,
+    softmax-weighted mean key and then streaming.py's PositiveSums (loss, pull,
     pull_keys, count), all taken with the global log-sum-exp; the forward builds the
     gradient for this rank's queries from them, and the backward only scales it.
     """
@@ -240,8 +228,8 @@ class _ShardedInfoNCE(torch.autograd.Function):
         totals = _all_reduce_sum(partial, group)[mine]  # [M,2C+3]
         negative_mean, pull_keys, scalars = totals.split([bank.dim, bank.dim, 3], dim=1)
         loss, pull, count = scalars.unbind(1)
-        weight = _query_weights(count)
-        query_grad = weight[:, None] * (pull[:, None] * negative_mean - pull_keys) if with_mean else None
+        weight = query_weights(count)
+        query_grad = query_gradient(weight, pull, negative_mean, pull_keys) if with_mean else None
         ctx.save_for_backward(query_grad)
         return (weight * loss).sum()
 
@@ -273,6 +261,7 @@ def sharded_region_contrast_loss(
         raise ValueError(
             f"the bank is shard {bank.rank} of {bank.world_size}, but this process is rank {rank} of {world}"
         )
-    with _full_precision(queries.device):
-        scaled = F.normalize(queries.float(), dim=1) / tau
-        return _ShardedInfoNCE.apply(scaled, query_labels, bank, chunk_size, group, torch.is_grad_enabled())
+    with full_precision(queries.device):
+        return _ShardedInfoNCE.apply(
+            scale_queries(queries, tau), query_labels, bank, chunk_size, group, torch.is_grad_enabled()
+        )

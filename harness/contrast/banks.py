@@ -1,0 +1,231 @@
+"""Memory banks, each beside the cost function that predicts its bytes.
+
+Every bank is an nn.Module of buffers (so state_dict checkpoints it) behind one
+small protocol, `Bank`. Banks are pure tensor code: the engine gathers what
+every rank pushes, so replicated banks stay bitwise identical across ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.contrast.centers import class_members, flatten_regions, weighted_centers
+from harness.contrast.sampling import flat_pixels, shuffle_within_groups
+from harness.contrast.streaming import full_precision
+from harness.labels import IGNORE_INDEX
+
+POINTER_BYTES = torch.int64.itemsize
+
+
+class Bank(Protocol):
+    """What the engine needs of any bank; `push` differs by kind and is called by its contrast term."""
+
+    # True: every rank holds the same state (checkpointed once); False: each rank holds its own shard.
+    replicated: bool
+
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """This rank's slots as keys [K,C], class labels [K] and valid [K]."""
+
+    def nbytes(self) -> int:
+        """Bytes of this rank's storage, as the bank's cost function predicts."""
+
+    def fill(self) -> Tensor:
+        """The fraction of this rank's slots that hold a key (a 0-dim tensor, no host sync)."""
+
+    def agreement_state(self) -> dict[str, Tensor]:
+        """The tensors that must be bitwise equal on every rank."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Everything a resume needs (nn.Module's)."""
+
+
+def buffer_bytes(module: nn.Module) -> int:
+    """Bytes held by a module's buffers (banks have no parameters)."""
+    return sum(buffer.numel() * buffer.element_size() for buffer in module.buffers())
+
+
+class ReplicatedBank(nn.Module):
+    """A bank every rank holds whole: all ranks push the same gathered entries in the same order."""
+
+    replicated = True
+
+    def agreement_state(self) -> dict[str, Tensor]:
+        """The whole state."""
+        return self.state_dict()
+
+    def nbytes(self) -> int:
+        """Bytes of storage; equals the bank's cost function for the same geometry."""
+        return buffer_bytes(self)
+
+
+# ---------------------------------------------------------------------------
+# Class queues: the region bank, and the two halves of the pixel bank
+# ---------------------------------------------------------------------------
+
+
+def region_bank_bytes(num_classes: int, size: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
+    """Keys [N,K,C] plus two int64 counters per class (write pointer, fill level).
+
+    Slots fill in order, so the fill level replaces a per-slot valid mask.
+    """
+    return num_classes * size * dim * dtype.itemsize + 2 * num_classes * POINTER_BYTES
+
+
+def class_ordinals(labels: Tensor, num_classes: int) -> Tensor:
+    """Each entry's position [M] among the entries of its class, in push order."""
+    one_hot = F.one_hot(labels, num_classes)  # [M,N]
+    return one_hot.cumsum(0).gather(1, labels[:, None]).squeeze(1) - 1
+
+
+class ClassQueues(ReplicatedBank):
+    """One FIFO queue of L2-normalised keys per class, stored as buffers [N,K,C]."""
+
+    def __init__(self, num_classes: int, size: int, dim: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.num_classes, self.size, self.dim = num_classes, size, dim
+        self.register_buffer("keys", torch.zeros(num_classes, size, dim, dtype=dtype))
+        self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("filled", torch.zeros(num_classes, dtype=torch.long))
+
+    @property
+    def valid(self) -> Tensor:
+        """Which slots hold a key [N,K]: a queue fills slots 0..K-1 before it wraps."""
+        slots = torch.arange(self.size, device=self.filled.device)
+        return slots[None, :] < self.filled[:, None]
+
+    @torch.no_grad()
+    def push(self, entries: Tensor, labels: Tensor) -> None:
+        """Enqueue entries [M,C] of classes [M], in order, as if pushed one at a time."""
+        if self.size == 0:
+            return
+        labels = labels.to(self.ptr.device)
+        rank = class_ordinals(labels, self.num_classes)
+        counts = torch.bincount(labels, minlength=self.num_classes)
+        # Only a class's last K entries survive; their slots continue from its pointer.
+        kept = rank >= counts[labels] - self.size
+        slots = (self.ptr[labels] + rank) % self.size
+        normalised = F.normalize(entries.detach().float(), dim=1).to(self.keys)
+        self.keys[labels[kept], slots[kept]] = normalised[kept]
+        self.ptr.add_(counts).remainder_(self.size)
+        self.filled.add_(counts).clamp_(max=self.size)
+
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """All slots as keys [NK,C], class labels [NK] and valid [NK]."""
+        keys = self.keys.reshape(self.num_classes * self.size, self.dim)  # [N,K,C] -> [NK,C]
+        labels = torch.arange(self.num_classes, device=keys.device).repeat_interleave(self.size)
+        return keys, labels, self.valid.flatten()  # [N,K] -> [NK]
+
+    def fill(self) -> Tensor:
+        """The fraction of slots holding a key."""
+        return self.filled.sum() / max(self.num_classes * self.size, 1)
+
+
+class RegionBank(ClassQueues):
+    """The paper's memory bank: a FIFO of region centers per class (size 0: in-batch contrast)."""
+
+
+# ---------------------------------------------------------------------------
+# ContrastiveSeg's pixel + segment queues
+# ---------------------------------------------------------------------------
+
+
+def pixel_bank_bytes(num_classes: int, memory_size: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
+    """A pixel queue and a segment queue, each laid out like a region bank."""
+    return 2 * region_bank_bytes(num_classes, memory_size, dim, dtype)
+
+
+class PixelBank(ReplicatedBank):
+    """ContrastiveSeg's pixel queue and segment queue per class, with correct pointers."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        memory_size: int = 5000,
+        dim: int = 256,
+        pixel_update_freq: int = 10,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.pixel_update_freq = num_classes, pixel_update_freq
+        self.pixels = ClassQueues(num_classes, memory_size, dim, dtype)
+        self.segments = ClassQueues(num_classes, memory_size, dim, dtype)
+
+    @torch.no_grad()
+    def push(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
+        """Enqueue each image's class means and up to pixel_update_freq random pixels per class."""
+        flat_labels = labels.flatten(1)  # [B,H,W] -> [B,P]
+        keep = flat_labels != IGNORE_INDEX
+        with full_precision(features.device):
+            truth = class_members(flat_labels, keep, self.num_classes)
+            means, present = weighted_centers(features, truth, truth.sum(2))
+        self.segments.push(*flatten_regions(means, present))
+        self.pixels.push(*self._sample_pixels(features, labels, keep.flatten(), generator))  # [B,P] -> [BP]
+
+    def _sample_pixels(
+        self, features: Tensor, labels: Tensor, keep: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Up to pixel_update_freq random kept pixels per image and class, image-major: [S,C], [S]."""
+        pixel_features, pixel_labels, images = flat_pixels(features, labels)
+        kept = keep.nonzero()[:, 0]
+        order, rank = shuffle_within_groups(images[kept] * self.num_classes + pixel_labels[kept], generator)
+        chosen = kept[order[rank < self.pixel_update_freq]]
+        return pixel_features[chosen], pixel_labels[chosen]
+
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Pixel then segment slots as keys [2NK,C], labels [2NK] and valid [2NK]."""
+        parts = zip(self.pixels.entries(), self.segments.entries())
+        keys, labels, valid = (torch.cat(pair) for pair in parts)
+        return keys, labels, valid
+
+    def fill(self) -> Tensor:
+        """The fraction of slots, over both queues, holding a key."""
+        return (self.pixels.fill() + self.segments.fill()) / 2
+
+
+# ---------------------------------------------------------------------------
+# Every pixel of the training set
+# ---------------------------------------------------------------------------
+
+
+def all_pixel_bank_bytes(
+    num_images: int, height: int, width: int, dim: int, dtype: torch.dtype = torch.float32
+) -> int:
+    """One key and one uint8 label (IGNORE_INDEX when unused) per feature pixel of every image."""
+    return num_images * height * width * (dim * dtype.itemsize + torch.uint8.itemsize)
+
+
+class AllPixelBank(ReplicatedBank):
+    """Every feature pixel of the training set, one slot per image overwritten on revisit.
+
+    Only for tiny datasets: at Cityscapes scale it needs all_pixel_bank_bytes = 28.7 GB.
+    Labels are stored as uint8, so classes must be numbered below IGNORE_INDEX, which marks
+    ignored pixels and slots never written.
+    """
+
+    def __init__(
+        self, num_images: int, height: int, width: int, dim: int, dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__()
+        self.register_buffer("keys", torch.zeros(num_images, height * width, dim, dtype=dtype))
+        self.register_buffer("labels", torch.full((num_images, height * width), IGNORE_INDEX, dtype=torch.uint8))
+
+    @torch.no_grad()
+    def push(self, features: Tensor, labels: Tensor, image_ids: Tensor) -> None:
+        """Store features [B,C,H,W] and labels [B,H,W] in the slots of dataset images `image_ids` [B]."""
+        pixels = features.detach().float().flatten(2).transpose(1, 2)  # [B,C,H,W] -> [B,P,C]
+        self.keys[image_ids] = F.normalize(pixels, dim=2).to(self.keys)
+        self.labels[image_ids] = labels.flatten(1).to(self.labels)  # [B,H,W] -> [B,P]
+
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every slot as keys [DP,C], labels [DP] and valid [DP]."""
+        keys = self.keys.flatten(0, 1)  # [D,P,C] -> [DP,C]
+        labels = self.labels.flatten().long()  # [D,P] -> [DP]
+        return keys, labels, labels != IGNORE_INDEX
+
+    def fill(self) -> Tensor:
+        """The fraction of pixel slots holding a labelled key."""
+        return (self.labels != IGNORE_INDEX).float().mean()

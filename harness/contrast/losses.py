@@ -1,0 +1,88 @@
+"""The Eq. 4 losses the engine calls: queries against a region bank, in-batch, and pixel anchors.
+
+Each is a thin layout of its keys over the streamed core (streaming.info_nce):
+positives are the keys of the query's class, negatives all other valid keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from harness.contrast.banks import AllPixelBank, PixelBank
+from harness.contrast.sampling import sample_anchors
+from harness.contrast.streaming import info_nce
+from harness.labels import IGNORE_INDEX
+
+QuerySelection = slice | Tensor | None
+
+
+def region_contrast_loss(
+    queries: Tensor,
+    query_labels: Tensor,
+    bank_keys: Tensor,
+    bank_valid: Tensor,
+    tau: float,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Eq. 4 for queries [M,C] of classes [M] against a per-class bank [N,K,C] with valid [N,K].
+
+    The bank is read chunk_size slots at a time (None: auto_chunk_size), in its
+    storage dtype; the result does not depend on the chunk size.
+    """
+    num_classes, size, dim = bank_keys.shape
+    keys = bank_keys.reshape(num_classes * size, dim)  # [N,K,C] -> [NK,C]
+    key_labels = torch.arange(num_classes, device=bank_keys.device).repeat_interleave(size)
+    valid = bank_valid.reshape(num_classes * size)  # [N,K] -> [NK]
+    return info_nce(queries, query_labels, keys, key_labels, valid, tau, chunk_size)
+
+
+def in_batch_contrast_loss(
+    centers: Tensor,
+    valid: Tensor,
+    tau: float,
+    query_images: QuerySelection = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Eq. 4 with the batch's own centers [B,N,C] as keys (bank size 0), each query excluded.
+
+    `centers` is the gathered global batch; `query_images` (slice, index or bool
+    tensor; None = all) picks the images whose centers are this rank's queries.
+    Gradients flow through every entry of `centers` that carries a graph, both as
+    a query and as a key; the engine decides which by detaching the rest.
+    `chunk_size` as in region_contrast_loss.
+    """
+    batch, num_classes, dim = centers.shape
+    keys = centers.reshape(batch * num_classes, dim)  # [B,N,C] -> [BN,C]
+    key_labels = torch.arange(num_classes, device=centers.device).repeat(batch)
+    chosen = torch.zeros(batch, dtype=torch.bool, device=centers.device)
+    chosen[slice(None) if query_images is None else query_images] = True
+    query_index = (valid & chosen[:, None]).flatten().nonzero()[:, 0]  # [B,N] -> [BN] -> [M]
+    key_valid = valid.flatten()  # [B,N] -> [BN]
+    queries, query_labels = keys[query_index], key_labels[query_index]
+    return info_nce(queries, query_labels, keys, key_labels, key_valid, tau, chunk_size, query_index)
+
+
+
+def pixel_contrast_loss(
+    features: Tensor,
+    labels: Tensor,
+    predictions: Tensor,
+    bank: PixelBank | AllPixelBank,
+    tau: float,
+    max_samples: int = 1024,
+    max_views: int = 100,
+    generator: torch.Generator | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Supervised contrast of sampled anchors against a pixel bank's entries (Eq. 4's core).
+
+    Positives are the bank's entries of the anchor's class, negatives all others.
+    ContrastiveSeg's extra factor tau / base_tau is left to the loss weight.
+    """
+    anchors, anchor_labels = sample_anchors(
+        features, labels, predictions, max_samples, max_views, generator, ignore_index
+    )
+    keys, key_labels, valid = bank.entries()
+    return info_nce(anchors, anchor_labels, keys, key_labels, valid, tau, chunk_size)

@@ -1,0 +1,258 @@
+"""Eq. 4's core, streamed over chunks of keys: shared by the region, in-batch, pixel and sharded losses.
+
+Eq. 4 reads the keys a chunk at a time (an online softmax over the negatives),
+so its extra memory grows with queries x chunk, never with queries x bank
+entries, and a bf16/fp16 bank is cast to fp32 one chunk at a time. The forward
+passes also build the gradient, so the backward recomputes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def full_precision(device: torch.device) -> torch.autocast:
+    """A context that switches autocast off, so sums and exponentials run in fp32."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+CHUNK_BUDGET_BYTES = 64 * 2**20
+# fp32 [M,S] tensors alive at once per chunk (scores, mask temporaries) and fp32
+# [S,C] copies of the chunk's keys (cast, normalised, its gradient in-batch).
+SCORE_COPIES = 2
+KEY_COPIES = 3
+
+
+def chunk_bytes(num_queries: int, dim: int, chunk_size: int) -> int:
+    """Working memory of one chunk: its fp32 scores [M,S] and key copies [S,C]."""
+    return torch.float32.itemsize * chunk_size * (SCORE_COPIES * num_queries + KEY_COPIES * dim)
+
+
+def auto_chunk_size(num_queries: int, dim: int, budget_bytes: int = CHUNK_BUDGET_BYTES) -> int:
+    """The most keys per chunk whose working memory fits in `budget_bytes` (at least 1)."""
+    return max(1, budget_bytes // chunk_bytes(num_queries, dim, 1))
+
+
+def resolve_chunk_size(chunk_size: int | None, num_queries: int, dim: int) -> int:
+    """The recipe's chunk size, or auto_chunk_size's when it names none."""
+    return auto_chunk_size(num_queries, dim) if chunk_size is None else chunk_size
+
+
+def scale_queries(queries: Tensor, tau: float) -> Tensor:
+    """Queries [M,C] as fp32 unit vectors divided by the temperature: q / (|q| tau)."""
+    return F.normalize(queries.float(), dim=1) / tau
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Who is whose positive or negative, and how the key slots are cut into chunks."""
+
+    query_labels: Tensor  # [M]
+    key_labels: Tensor  # [K]
+    key_valid: Tensor  # [K]
+    query_slots: Tensor | None  # [M]: each query's own key slot, never one of its keys
+    chunk_size: int
+
+    def __post_init__(self) -> None:
+        """Reject chunk sizes that would skip keys."""
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+
+    def spans(self) -> range:
+        """The first slot of each chunk; a chunk ends chunk_size slots later or at the end."""
+        return range(0, len(self.key_labels), self.chunk_size)
+
+    def masks(self, rows: Tensor | slice, start: int) -> tuple[Tensor, Tensor]:
+        """Whether each key of the chunk at `start` has the class of query `rows`, and is usable: [R,S]."""
+        stop = start + self.chunk_size
+        usable = self.key_valid[None, start:stop]  # [1,S]
+        if self.query_slots is not None:
+            slots = torch.arange(start, min(stop, len(self.key_labels)), device=usable.device)
+            usable = usable & (slots[None, :] != self.query_slots[rows, None])
+        return self.query_labels[rows, None] == self.key_labels[None, start:stop], usable
+
+    def rows_with_positives(self, start: int) -> Tensor:
+        """Indices [R] of the queries whose class has a valid key in the chunk at `start`."""
+        chunk = slice(start, start + self.chunk_size)
+        return torch.isin(self.query_labels, self.key_labels[chunk][self.key_valid[chunk]]).nonzero()[:, 0]
+
+
+def unit_keys(keys: Tensor) -> Tensor:
+    """One chunk of stored keys [S,C], in fp32 and L2-normalised; the bank itself is never cast whole."""
+    return F.normalize(keys.float(), dim=1)
+
+
+class OnlineSoftmax:
+    """Log-sum-exp of each query's negative scores and their softmax-weighted mean key, chunk by chunk."""
+
+    def __init__(self, queries: Tensor, with_mean: bool) -> None:
+        self.peak = queries.new_full(queries.shape[:1], float("-inf"))  # [M] running max
+        self.total = queries.new_zeros(queries.shape[:1])  # [M] sum of exp(score - peak)
+        self.weighted = torch.zeros_like(queries) if with_mean else None  # [M,C] sum of exp(score - peak) k
+
+    def add(self, scores: Tensor, keys: Tensor) -> None:
+        """Fold in scores [M,S] (-inf where not a negative) of keys [S,C]; overwrites `scores`."""
+        peak = torch.maximum(self.peak, scores.amax(1))
+        # Shift by the running max (0 while a query has seen no negative): no overflow at small tau.
+        shift = torch.where(peak.isfinite(), peak, 0.0)
+        rescale = (self.peak - shift).exp()
+        weights = scores.sub_(shift[:, None]).exp_()
+        self.total = self.total * rescale + weights.sum(1)
+        if self.weighted is not None:
+            self.weighted = torch.addmm(self.weighted * rescale[:, None], weights, keys)
+        self.peak = peak
+
+    def result(self) -> tuple[Tensor, Tensor | None]:
+        """Log-sum-exp [M] (-inf without negatives) and the mean negative key [M,C] (0 without)."""
+        lse = self.peak + self.total.log()
+        if self.weighted is None:
+            return lse, None
+        return lse, self.weighted / self.total.clamp_min(torch.finfo(self.total.dtype).tiny)[:, None]
+
+
+def negative_pass(
+    queries: Tensor, keys: Tensor, layout: KeyLayout, with_mean: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Pass 1 over every chunk: see OnlineSoftmax.result."""
+    softmax = OnlineSoftmax(queries, with_mean)
+    for start in layout.spans():
+        chunk = unit_keys(keys[start : start + layout.chunk_size])
+        same, usable = layout.masks(slice(None), start)
+        softmax.add((queries @ chunk.T).masked_fill_(same | ~usable, float("-inf")), chunk)  # [M,S]
+    return softmax.result()
+
+
+class PositiveSums(NamedTuple):
+    """Per-query sums over its positives p, with g_p = L - s_p (L: log-sum-exp of its negatives)."""
+
+    loss: Tensor  # [M] sum of softplus(g_p) = -log(e^s_p / (e^s_p + sum_n e^s_n))
+    pull: Tensor  # [M] sum of sigmoid(g_p) = d loss / d L
+    pull_keys: Tensor  # [M,C] sum of sigmoid(g_p) k_p = -d loss / d query, positive part
+    count: Tensor  # [M] number of positives
+
+
+def add_positives(
+    sums: PositiveSums, queries: Tensor, chunk: Tensor, rows: Tensor, lse: Tensor, positive: Tensor
+) -> None:
+    """Add the positives of queries `rows` among one chunk of unit keys [S,C] to `sums`."""
+    gap = lse[rows, None] - queries[rows] @ chunk.T  # [R,S]
+    # softplus(L - s) = -log(e^s / (e^s + e^L)): no exp overflow at small tau, and
+    # exactly 0 when a query has no negatives (L = -inf).
+    sums.loss.index_add_(0, rows, torch.where(positive, F.softplus(gap), 0.0).sum(1))
+    pull = torch.where(positive, gap.sigmoid(), 0.0)
+    sums.pull.index_add_(0, rows, pull.sum(1))
+    sums.pull_keys.index_add_(0, rows, pull @ chunk)
+    sums.count.index_add_(0, rows, positive.sum(1).to(sums.count.dtype))
+
+
+def positive_pass(queries: Tensor, keys: Tensor, layout: KeyLayout, lse: Tensor) -> PositiveSums:
+    """Pass 2, only over the chunks and queries that have positives there."""
+    count = queries.new_zeros(queries.shape[:1])
+    sums = PositiveSums(torch.zeros_like(count), torch.zeros_like(count), torch.zeros_like(queries), count)
+    for start in layout.spans():
+        rows = layout.rows_with_positives(start)
+        if len(rows):
+            same, usable = layout.masks(rows, start)
+            chunk = unit_keys(keys[start : start + layout.chunk_size])
+            add_positives(sums, queries, chunk, rows, lse, same & usable)
+    return sums
+
+
+def query_weights(count: Tensor) -> Tensor:
+    """Each query's weight in Eq. 4's double mean [M]: 1 / (its positives x queries with any), else 0."""
+    has_positive = count > 0
+    return has_positive / (count.clamp_min(1) * has_positive.sum().clamp_min(1))
+
+
+def query_gradient(weight: Tensor, pull: Tensor, negative_mean: Tensor, pull_keys: Tensor) -> Tensor:
+    """d loss / d scaled queries [M,C]: each positive term pulls towards its key, pushes to the negatives' mean."""
+    return weight[:, None] * (pull[:, None] * negative_mean - pull_keys)
+
+
+def score_gradient(
+    queries: Tensor, chunk: Tensor, layout: KeyLayout, start: int, lse: Tensor, pull: Tensor
+) -> Tensor:
+    """d (sum over queries of their loss) / d scores [M,S] for one chunk of unit keys [S,C]."""
+    same, usable = layout.masks(slice(None), start)
+    gap = lse[:, None] - queries @ chunk.T  # [M,S]
+    # A negative's score moves L by its softmax share e^(s - L), and L enters every positive's
+    # term with sigmoid(L - s) (summed in `pull`); a positive's own score enters with -sigmoid(L - s).
+    towards_negatives = torch.where(~same & usable, pull[:, None] * (-gap).exp(), 0.0)
+    return towards_negatives - torch.where(same & usable, gap.sigmoid(), 0.0)
+
+
+def key_gradient(
+    queries: Tensor, keys: Tensor, layout: KeyLayout, lse: Tensor, weight: Tensor, pull: Tensor
+) -> Tensor:
+    """Pass 3, only when the keys carry a graph (in-batch contrast): d loss / d keys [K,C]."""
+    grad = torch.zeros_like(keys)
+    for start in layout.spans():
+        stored = keys[start : start + layout.chunk_size].detach().requires_grad_(True)
+        with torch.enable_grad():
+            chunk = unit_keys(stored)
+        d_scores = weight[:, None] * score_gradient(queries, chunk.detach(), layout, start, lse, pull)
+        # The normalisation's own backward, on this chunk only.
+        grad[start : start + layout.chunk_size] = torch.autograd.grad(chunk, stored, d_scores.T @ queries)[0]
+    return grad
+
+
+class StreamedInfoNCE(torch.autograd.Function):
+    """Eq. 4 of scaled unit queries [M,C] against stored keys [K,C], never holding an [M,K] tensor.
+
+    The forward passes already accumulate the gradient (an online softmax gives the
+    negatives' share, pass 2 the positives'), so the backward only scales it:
+    nothing is recomputed, and only [M,C] (and in-batch [K,C]) tensors are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, queries: Tensor, keys: Tensor, layout: KeyLayout, grad_enabled: bool) -> Tensor:
+        """The loss; also d loss / d inputs when grad_enabled (autograd runs forward in no-grad mode)."""
+        query_grad_needed, key_grad_needed = (grad_enabled and needed for needed in ctx.needs_input_grad[:2])
+        lse, negative_mean = negative_pass(queries, keys, layout, query_grad_needed)
+        sums = positive_pass(queries, keys, layout, lse)
+        weight = query_weights(sums.count)
+        query_grad = key_grad = None
+        if query_grad_needed:
+            query_grad = query_gradient(weight, sums.pull, negative_mean, sums.pull_keys)
+        if key_grad_needed:
+            key_grad = key_gradient(queries, keys, layout, lse, weight, sums.pull)
+        ctx.save_for_backward(query_grad, key_grad)
+        return (weight * sums.loss).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        """The saved gradients times the incoming one (the loss is a scalar)."""
+        query_grad, key_grad = ctx.saved_tensors
+        return (
+            None if query_grad is None else grad_loss * query_grad,
+            None if key_grad is None else grad_loss * key_grad,
+            None,
+            None,
+        )
+
+
+def info_nce(
+    queries: Tensor,
+    query_labels: Tensor,
+    keys: Tensor,
+    key_labels: Tensor,
+    key_valid: Tensor,
+    tau: float,
+    chunk_size: int | None,
+    query_slots: Tensor | None = None,
+) -> Tensor:
+    """Eq. 4 averaged over queries with a positive, for keys [K,C] of any float dtype with valid [K].
+
+    Peak extra memory is O(M x chunk_size); chunk_size None picks it with auto_chunk_size.
+    """
+    with full_precision(queries.device):
+        size = resolve_chunk_size(chunk_size, len(queries), keys.shape[1])
+        layout = KeyLayout(query_labels, key_labels, key_valid, query_slots, size)
+        return StreamedInfoNCE.apply(scale_queries(queries, tau), keys, layout, torch.is_grad_enabled())

@@ -1,0 +1,234 @@
+"""Cityscapes, ADE20K and COCO-Stuff as they lie on disk: class tables, label maps, file indexes.
+
+Hugging Face `datasets` tables index the (image, label) file pairs; each row names the
+label map that turns the label file's pixel values into train ids, and is decoded with
+PIL on access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from harness.data.info import RGB, DatasetInfo, generated_palette
+from harness.labels import IGNORE_INDEX
+from harness.recipe import RecipeError
+
+Row = dict[str, Any]
+
+# ---------------------------------------------------------------- class tables
+
+# Cityscapes labelId -> (name, colour) of the 19 evaluated classes, in train-id order.
+_CITYSCAPES_CLASSES: dict[int, tuple[str, RGB]] = {
+    7: ("road", (128, 64, 128)),
+    8: ("sidewalk", (244, 35, 232)),
+    11: ("building", (70, 70, 70)),
+    12: ("wall", (102, 102, 156)),
+    13: ("fence", (190, 153, 153)),
+    17: ("pole", (153, 153, 153)),
+    19: ("traffic light", (250, 170, 30)),
+    20: ("traffic sign", (220, 220, 0)),
+    21: ("vegetation", (107, 142, 35)),
+    22: ("terrain", (152, 251, 152)),
+    23: ("sky", (70, 130, 180)),
+    24: ("person", (220, 20, 60)),
+    25: ("rider", (255, 0, 0)),
+    26: ("car", (0, 0, 142)),
+    27: ("truck", (0, 0, 70)),
+    28: ("bus", (0, 60, 100)),
+    31: ("train", (0, 80, 100)),
+    32: ("motorcycle", (0, 0, 230)),
+    33: ("bicycle", (119, 11, 32)),
+}
+
+_ADE20K_NAMES = [
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",
+    "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
+    "curtain", "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror",
+    "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
+    "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter",
+    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
+    "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
+    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
+    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
+    "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track",
+    "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
+    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer",
+    "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag",
+    "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave",
+    "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
+    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate",
+    "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+]  # fmt: skip
+
+# COCO-Stuff 164k: the 80 thing classes, then the 91 stuff classes (labels.txt order).
+_COCO_STUFF_NAMES = [
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator",
+    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage",
+    "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds",
+    "counter", "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence",
+    "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog",
+    "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill",
+    "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud",
+    "napkin", "net", "paper", "pavement", "pillow", "plant-other", "plastic", "platform",
+    "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug", "salad",
+    "sand", "sea", "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone",
+    "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
+    "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
+    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
+]  # fmt: skip
+
+# 0-based COCO ids with no annotations in COCO-Stuff (thing ids dropped from COCO's 91).
+_COCO_UNUSED_IDS = {11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90}
+_COCO_USED_IDS = [raw for raw in range(182) if raw not in _COCO_UNUSED_IDS]
+
+CITYSCAPES = DatasetInfo(
+    "cityscapes",
+    19,
+    [name for name, _ in _CITYSCAPES_CLASSES.values()],
+    [colour for _, colour in _CITYSCAPES_CLASSES.values()],
+)
+ADE20K = DatasetInfo("ade20k", 150, _ADE20K_NAMES, generated_palette(150))
+COCO_STUFF = DatasetInfo("coco_stuff", 171, _COCO_STUFF_NAMES, generated_palette(171))
+
+
+def _lookup(train_ids: dict[int, int]) -> np.ndarray:
+    """A 256-entry table sending raw label values to train ids and everything else to IGNORE_INDEX."""
+    table = np.full(256, IGNORE_INDEX, np.uint8)
+    table[list(train_ids)] = list(train_ids.values())
+    return table
+
+
+# How a label file's pixel values become train ids, by the `label_map` column of an index.
+_LABEL_MAPS: dict[str, np.ndarray] = {
+    "train_ids": np.arange(256, dtype=np.uint8),
+    "cityscapes_label_ids": _lookup({label_id: k for k, label_id in enumerate(_CITYSCAPES_CLASSES)}),
+    "ade20k": _lookup({k + 1: k for k in range(150)}),
+    "coco_stuff_raw": _lookup({raw: k for k, raw in enumerate(_COCO_USED_IDS)}),
+}
+
+# ---------------------------------------------------------------- real datasets on disk
+
+
+def _pair(image: Path, candidates: list[tuple[Path, str]]) -> Row:
+    """The index row of `image`: the first label candidate that exists, with its label map."""
+    for label, label_map in candidates:
+        if label.is_file():
+            return {"image": str(image), "label": str(label), "label_map": label_map}
+    expected = " or ".join(str(label) for label, _ in candidates)
+    raise RecipeError("data.root", f"label file missing for {image}: expected {expected}")
+
+
+def _cityscapes_rows(root: Path, split: str) -> list[Row]:
+    """leftImg8bit images paired with gtFine labelTrainIds (when present) or labelIds."""
+    rows = []
+    for image in sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png")):
+        stem = image.name.removesuffix("_leftImg8bit.png")
+        labels = root / "gtFine" / split / image.parent.name
+        candidates = [
+            (labels / f"{stem}_gtFine_labelTrainIds.png", "train_ids"),
+            (labels / f"{stem}_gtFine_labelIds.png", "cityscapes_label_ids"),
+        ]
+        rows.append(_pair(image, candidates))
+    return rows
+
+
+def _ade20k_rows(root: Path, split: str) -> list[Row]:
+    """images/<split>/*.jpg paired with annotations/<split>/*.png (0 = other)."""
+    if (root / "ADEChallengeData2016").is_dir():
+        root = root / "ADEChallengeData2016"
+    labels = root / "annotations" / split
+    images = sorted((root / "images" / split).glob("*.jpg"))
+    return [_pair(image, [(labels / f"{image.stem}.png", "ade20k")]) for image in images]
+
+
+def _coco_stuff_rows(root: Path, split: str) -> list[Row]:
+    """images/<split>/*.jpg paired with *_labelTrainIds.png, else the raw stuffthingmaps *.png."""
+    labels = root / "annotations" / split
+    rows = []
+    for image in sorted((root / "images" / split).glob("*.jpg")):
+        candidates = [
+            (labels / f"{image.stem}_labelTrainIds.png", "train_ids"),
+            (labels / f"{image.stem}.png", "coco_stuff_raw"),
+        ]
+        rows.append(_pair(image, candidates))
+    return rows
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one real dataset lies on disk."""
+
+    info: DatasetInfo
+    splits: tuple[str, str]  # folder names of the (train, val) splits
+    rows: Callable[[Path, str], list[Row]]
+    expected: str  # the layout, spelled out for error messages
+
+
+LAYOUTS = {
+    "cityscapes": Layout(
+        CITYSCAPES,
+        ("train", "val"),
+        _cityscapes_rows,
+        "<root>/leftImg8bit/{train,val}/<city>/<city>_*_leftImg8bit.png with "
+        "<root>/gtFine/{train,val}/<city>/<city>_*_gtFine_labelIds.png",
+    ),
+    "ade20k": Layout(
+        ADE20K,
+        ("training", "validation"),
+        _ade20k_rows,
+        "<root>[/ADEChallengeData2016]/images/{training,validation}/*.jpg with "
+        "annotations/{training,validation}/*.png",
+    ),
+    "coco_stuff": Layout(
+        COCO_STUFF,
+        ("train2017", "val2017"),
+        _coco_stuff_rows,
+        "<root>/images/{train2017,val2017}/*.jpg with "
+        "<root>/annotations/{train2017,val2017}/*_labelTrainIds.png (or raw stuffthingmaps *.png)",
+    ),
+}
+
+
+def index_files(name: str, root: Path | None) -> datasets.DatasetDict:
+    """Index a real dataset's (image, label) file pairs into train and val tables."""
+    layout = LAYOUTS[name]
+    if root is None or not Path(root).is_dir():
+        message = f"{name} needs data.root, an existing folder laid out as {layout.expected}; got {root}"
+        raise RecipeError("data.root", message)
+    tables = {}
+    for split, folder in zip(("train", "val"), layout.splits):
+        rows = layout.rows(Path(root), folder)
+        if not rows:
+            raise RecipeError("data.root", f"no {name} '{folder}' images under {root}; expected {layout.expected}")
+        tables[split] = datasets.Dataset.from_list(rows)
+    return datasets.DatasetDict(tables)
+
+
+
+
+def decode_files(row: Row) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image (as RGB) and its label (mapped to train ids) with PIL."""
+    with Image.open(row["image"]) as image, Image.open(row["label"]) as label:
+        pixels, raw = np.array(image.convert("RGB")), np.array(label)
+    if pixels.shape[:2] != raw.shape:
+        raise ValueError(f"{row['label']} is {raw.shape}, but {row['image']} is {pixels.shape[:2]}")
+    return pixels, _LABEL_MAPS[row["label_map"]][raw]
+
+

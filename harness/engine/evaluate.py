@@ -1,0 +1,137 @@
+"""Evaluation: whole / slide / multi-scale + flip prediction, exact distributed mIoU, val centers, samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from harness.contrast import flatten_regions, region_centers
+from harness.data import DatasetInfo, denormalize
+from harness.engine.step import input_dtype
+from harness.engine.terms import resize_labels
+from harness.losses import upsample_to
+from harness.metrics import confusion_matrix, iou_from_confusion
+from harness.recipe import EvalConfig
+
+QUALITATIVE_IMAGES = 4  # the paper's Fig. 4 shows four
+
+
+def forward_whole(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [B,N,H,W] from one whole-image forward."""
+    logits = model(images).logits
+    return upsample_to(logits.float(), tuple(images.shape[-2:])).softmax(1)
+
+
+def forward_slide(model: torch.nn.Module, images: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
+    """Class probabilities [B,N,H,W] averaged over overlapping crop x crop windows."""
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (0, max(crop - width, 0), 0, max(crop - height, 0)))
+    pad_h, pad_w = padded.shape[-2:]
+    total = count = None
+    for top in window_starts(pad_h, crop, stride):
+        for left in window_starts(pad_w, crop, stride):
+            probs = forward_whole(model, padded[..., top:top + crop, left:left + crop])
+            if total is None:
+                total = probs.new_zeros(probs.shape[0], probs.shape[1], pad_h, pad_w)
+                count = probs.new_zeros(1, 1, pad_h, pad_w)
+            total[..., top:top + crop, left:left + crop] += probs
+            count[..., top:top + crop, left:left + crop] += 1
+    return (total / count)[..., :height, :width]
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Window offsets covering [0, length), the last one flush with the end."""
+    starts = list(range(0, max(length - crop, 0) + 1, stride))
+    if starts[-1] + crop < length:
+        starts.append(length - crop)
+    return starts
+
+
+def predict(model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
+    """Probabilities [B,N,H,W] averaged over the recipe's scales and flips."""
+    size = tuple(images.shape[-2:])
+    total = None
+    for scale in cfg.scales:
+        scaled = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        views = [scaled, scaled.flip(-1)] if cfg.flip else [scaled]
+        for index, view in enumerate(views):
+            if cfg.mode == "slide":
+                probs = forward_slide(model, view, cfg.slide_crop, cfg.slide_stride)
+            else:
+                probs = forward_whole(model, view)
+            probs = upsample_to(probs.flip(-1) if index == 1 else probs, size)
+            total = probs if total is None else total + probs
+    return total / (len(cfg.scales) * (2 if cfg.flip else 1))
+
+
+@dataclass
+class Evaluation:
+    miou: float
+    per_class: torch.Tensor
+    centers: np.ndarray | None = None  # [M, C] ground-truth region centers of the val set
+    center_labels: np.ndarray | None = None  # [M]
+
+
+@torch.no_grad()
+def evaluate(
+    accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, cfg: EvalConfig,
+    num_classes: int, collect_centers: bool = False,
+) -> Evaluation:
+    """mIoU over the whole val set: per-image confusion matrices, gathered without padding duplicates."""
+    model.eval()
+    total = torch.zeros(num_classes, num_classes, dtype=torch.long, device=accelerator.device)
+    centers, center_labels = [], []
+    for batch_index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_main_process)):
+        if cfg.max_images is not None and batch_index * loader.total_batch_size >= cfg.max_images:
+            break
+        images, labels = batch["image"].to(input_dtype(accelerator)), batch["label"]
+        preds = predict(model, images, cfg).argmax(1)
+        per_image = torch.stack([confusion_matrix(p, t, num_classes) for p, t in zip(preds, labels)])  # [B,N,N]
+        total += accelerator.gather_for_metrics(per_image).sum(0)
+        if collect_centers:
+            batch_centers, valid = val_centers(model, images, labels, num_classes)
+            vectors, vector_labels = flatten_regions(*accelerator.gather_for_metrics((batch_centers, valid)))
+            centers.append(vectors.float().cpu())
+            center_labels.append(vector_labels.cpu())
+    model.train()
+    miou, per_class = iou_from_confusion(total.cpu())
+    if not collect_centers:
+        return Evaluation(miou, per_class)
+    return Evaluation(miou, per_class, torch.cat(centers).numpy(), torch.cat(center_labels).numpy())
+
+
+def val_centers(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth region centers [B,N,C] of the head features (for the paper's Fig. 3 t-SNE)."""
+    output = model(images)
+    small_labels = resize_labels(labels, tuple(output.features.shape[-2:]))
+    logits = upsample_to(output.logits, tuple(output.features.shape[-2:]))
+    return region_centers(output.features.float(), logits.float(), small_labels, num_classes, "ep_hp")
+
+
+@torch.no_grad()
+def qualitative_samples(
+    accelerator: Accelerator, model: torch.nn.Module, dataset: Dataset, cfg: EvalConfig, info: DatasetInfo,
+) -> dict[str, np.ndarray]:
+    """Image, ground truth and prediction for the first val images (the paper's Fig. 4).
+
+    Every rank runs the forward, so models sharded by DeepSpeed ZeRO-3 do not hang.
+    """
+    model.eval()
+    items = [dataset[index] for index in range(min(QUALITATIVE_IMAGES, len(dataset)))]
+    dtype = input_dtype(accelerator)
+    preds = [predict(model, item["image"][None].to(accelerator.device, dtype), cfg).argmax(1)[0] for item in items]
+    model.train()
+    return {
+        "images": np.stack([denormalize(item["image"]) for item in items]),
+        "labels": np.stack([item["label"].numpy().astype(np.uint8) for item in items]),
+        "preds": np.stack([pred.cpu().numpy().astype(np.uint8) for pred in preds]),
+        "palette": np.asarray(info.palette, dtype=np.uint8),
+        "class_names": np.asarray(info.class_names),
+        "indices": np.arange(len(items)),
+    }

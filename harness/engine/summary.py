@@ -1,0 +1,111 @@
+"""What summary.json records beyond the metrics: the launch, speed and memory per rank, bank digests."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import traceback
+from datetime import datetime, timezone
+from importlib.metadata import version
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from harness import measure
+from harness.contrast import Bank
+from harness.recipe import Recipe, Variant
+from harness.results import variant_fields
+
+DIGEST_CHUNK_BYTES = 64 * 2**20  # host memory a digest holds at once, whatever the bank's size
+
+
+def library_versions() -> dict[str, str]:
+    names = ["torch", "timm", "accelerate", "deepspeed", "datasets"]
+    return {"python": sys.version.split()[0], **{name: version(name) for name in names}}
+
+
+def run_info(accelerator: Accelerator) -> dict[str, Any]:
+    """How this run was launched: world size, precision, distributed type, device, versions."""
+    plugin = accelerator.state.deepspeed_plugin
+    return {
+        "world_size": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "distributed_type": accelerator.distributed_type.value,
+        "zero_stage": plugin.zero_stage if plugin is not None else None,
+        "device": measure.device_name(accelerator.device),
+        "versions": library_versions(),
+    }
+
+
+def finished_at() -> str:
+    """Now, in UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes and bytes): equal digests mean bitwise-equal state.
+
+    Bytes reach the host DIGEST_CHUNK_BYTES at a time, so a bank of tens of GB needs no host copy.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode() + str(tensor.dtype).encode())
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8)  # raw bytes, still on the device
+        for start in range(0, data.numel(), DIGEST_CHUNK_BYTES):
+            digest.update(data[start : start + DIGEST_CHUNK_BYTES].cpu().numpy())
+    return digest.hexdigest()
+
+
+def identical_on_all_ranks(accelerator: Accelerator, digest: str) -> bool:
+    """Whether every rank computed the same digest."""
+    local = torch.tensor([int(digest[:15], 16)], device=accelerator.device)  # 60 bits fit an int64
+    gathered = accelerator.gather(local)
+    return bool((gathered == gathered[0]).all())
+
+
+def per_rank_measurements(accelerator: Accelerator, seconds: float | None, peak_bytes: int) -> list[dict[str, Any]]:
+    """Step time and peak memory of every rank, gathered so the main process can record them."""
+    local = torch.tensor([[seconds or math.nan, float(peak_bytes)]], dtype=torch.float64, device=accelerator.device)
+    rows = accelerator.gather(local).cpu().tolist()  # [world, 2]
+    return [{"rank": rank, "s_per_iter": row[0], "peak_memory_bytes": int(row[1])} for rank, row in enumerate(rows)]
+
+
+def throughput_and_memory(
+    accelerator: Accelerator, recipe: Recipe, seconds: float | None, memory: measure.PeakMemory
+) -> dict[str, Any]:
+    """Per-rank and global speed and memory; the slowest rank sets the global pace."""
+    ranks = per_rank_measurements(accelerator, seconds, memory.peak_bytes)
+    slowest = max((rank["s_per_iter"] for rank in ranks), default=math.nan)
+    local_batch = recipe.data.batch_size * recipe.optim.grad_accum_steps
+    for rank in ranks:
+        rank["images_per_s"] = local_batch / rank["s_per_iter"]
+    return {
+        "s_per_iter": slowest, "train_images_per_s": local_batch * accelerator.num_processes / slowest,
+        "peak_memory_bytes": max(rank["peak_memory_bytes"] for rank in ranks), "memory_kind": memory.kind,
+        "per_rank": ranks,
+    }
+
+
+def bank_fields(accelerator: Accelerator, bank: Bank | None, bank_size: int | None) -> dict[str, Any]:
+    """Bank bytes, its resolved size, and proof that every rank holds the bank it should."""
+    if bank is None:
+        return {"bank_bytes": 0}
+    digest = state_digest(bank.state_dict())  # per rank for a sharded bank
+    shared = digest if bank.replicated else state_digest(bank.agreement_state())
+    fields = {"bank_bytes": bank.nbytes(), "bank_digest": digest,
+              "bank_identical_across_ranks": identical_on_all_ranks(accelerator, shared)}
+    if bank_size is not None:
+        fields["bank_size"] = bank_size  # "one slot per training image" resolved to a number
+    return fields
+
+
+def failed_summary(accelerator: Accelerator, variant: Variant, error: BaseException) -> dict[str, Any]:
+    """The summary of a variant that did not finish, with its error and traceback."""
+    return {
+        **variant_fields(variant.name, variant.recipe), "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": "".join(traceback.format_exception(error)),
+        **run_info(accelerator), "finished_at": finished_at(),
+    }

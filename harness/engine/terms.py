@@ -1,0 +1,169 @@
+"""The contrastive terms: which bank a recipe asks for, and each kind's loss and push.
+
+A term is where the gathers happen. Each rank computes its own queries into fixed
+shapes, gathers them, and pushes the gathered entries in the same order on every
+rank, so replicated banks stay bitwise identical. The loss reads the bank before
+this step's push: a query never meets its own center.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from harness import contrast
+from harness.contrast import Bank
+from harness.losses import upsample_to
+from harness.models import SegmentationModel, SegOutput
+from harness.recipe import ContrastConfig, Recipe
+
+Batch = dict[str, torch.Tensor]
+
+
+class ContrastTerm(Protocol):
+    """One contrast kind: its bank (None for in-batch) and its unweighted loss for a step."""
+
+    bank: Bank | None
+
+    def __call__(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        """The loss of this rank's batch; pushes the gathered batch into the bank afterwards."""
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour label map at the feature resolution: [B,H,W] -> [B,h,w]."""
+    resized = F.interpolate(labels[:, None].float(), size=size, mode="nearest")  # [B,1,h,w]
+    return resized[:, 0].long()
+
+
+def embedding(cfg: ContrastConfig, output: SegOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """The feature map that the contrast uses and the logits at its resolution."""
+    features = output.features if cfg.feature == "head" else output.backbone_features
+    return features, upsample_to(output.logits, tuple(features.shape[-2:]))
+
+
+class RegionTerm:
+    """Eq. 4 of this rank's region centers against a region bank (replicated or sharded), then a push."""
+
+    def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, bank: contrast.RegionBank | contrast.ShardedRegionBank,
+                 num_classes: int) -> None:
+        self.accelerator, self.cfg, self.bank, self.num_classes = accelerator, cfg, bank, num_classes
+
+    def centers(self, output: SegOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's centers [B,N,C] and valid [B,N], and the whole gathered batch's, detached."""
+        features, logits = embedding(self.cfg, output)
+        small_labels = resize_labels(labels, tuple(features.shape[-2:]))
+        centers, valid = contrast.region_centers(features, logits, small_labels, self.num_classes, self.cfg.variant)
+        # Fixed [B,N,C] + [B,N] per rank, so the gather never meets ragged shapes.
+        return centers, valid, self.accelerator.gather(centers.detach()), self.accelerator.gather(valid)
+
+    def loss(self, centers: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 of this rank's centers against the whole bank."""
+        queries, query_labels = contrast.flatten_regions(centers, valid)  # [M,C], [M]
+        if self.bank.replicated:
+            return contrast.region_contrast_loss(
+                queries, query_labels, self.bank.keys, self.bank.valid, self.cfg.tau, chunk_size=self.cfg.chunk_size
+            )
+        return contrast.sharded_region_contrast_loss(
+            queries, query_labels, self.bank, self.cfg.tau, chunk_size=self.cfg.chunk_size
+        )
+
+    def __call__(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        centers, valid, all_centers, all_valid = self.centers(output, batch["label"])
+        loss = self.loss(centers, valid)
+        self.bank.push(*contrast.flatten_regions(all_centers, all_valid))
+        return loss
+
+
+class InBatchTerm(RegionTerm):
+    """Bank size 0: this rank's centers contrasted with the whole gathered batch."""
+
+    def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, num_classes: int) -> None:
+        super().__init__(accelerator, cfg, None, num_classes)
+
+    def __call__(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        centers, _, all_centers, all_valid = self.centers(output, batch["label"])
+        count = centers.shape[0]
+        start = self.accelerator.process_index * count
+        # Put the local centers (with their graph) back in place of their detached copies.
+        keys = torch.cat([all_centers[:start], centers, all_centers[start + count:]])  # [world*B, N, C]
+        return contrast.in_batch_contrast_loss(
+            keys, all_valid, self.cfg.tau, query_images=slice(start, start + count), chunk_size=self.cfg.chunk_size
+        )
+
+
+class PixelTerm:
+    """Sampled anchors against ContrastiveSeg's pixel + segment queues; every rank pushes alike."""
+
+    def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, bank: contrast.PixelBank | contrast.AllPixelBank,
+                 generator: torch.Generator) -> None:
+        self.accelerator, self.cfg, self.bank, self.generator = accelerator, cfg, bank, generator
+
+    def __call__(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        features, logits = embedding(self.cfg, output)
+        small_labels = resize_labels(batch["label"], tuple(features.shape[-2:]))
+        pixel = self.cfg.pixel
+        loss = contrast.pixel_contrast_loss(
+            features, small_labels, logits.argmax(1), self.bank, self.cfg.tau,
+            max_samples=pixel.max_samples, max_views=pixel.max_views, chunk_size=self.cfg.chunk_size,
+        )
+        self.push(self.accelerator.gather(features.detach()), self.accelerator.gather(small_labels), batch)
+        return loss
+
+    def push(self, features: torch.Tensor, labels: torch.Tensor, batch: Batch) -> None:
+        """Push the gathered features [W*B,C,h,w] and labels [W*B,h,w]."""
+        # The same generator state on every rank: identical sampled pixels, identical banks.
+        self.bank.push(features, labels, generator=self.generator)
+
+
+class AllPixelTerm(PixelTerm):
+    """Sampled anchors against every feature pixel of the training set."""
+
+    def push(self, features: torch.Tensor, labels: torch.Tensor, batch: Batch) -> None:
+        """Overwrite the gathered images' slots."""
+        self.bank.push(features, labels, self.accelerator.gather(batch["index"]))
+
+
+def region_bank_size(cfg: ContrastConfig, train_images: int) -> int:
+    """Slots per class of a region bank; unset means one per training image, as in the paper."""
+    return train_images if cfg.bank_size is None else cfg.bank_size
+
+
+def contrast_feature_geometry(cfg: ContrastConfig, model: SegmentationModel) -> tuple[int, int]:
+    """(channels, stride) of the feature map the contrast reads: the head's F or the backbone's last stage."""
+    if cfg.feature == "head":
+        return model.feature_dim, model.feature_stride
+    info = model.backbone.feature_info
+    return info.channels()[-1], info.reduction()[-1]
+
+
+def build_term(
+    accelerator: Accelerator, recipe: Recipe, model: SegmentationModel, num_classes: int, train_images: int,
+    generator: torch.Generator,
+) -> ContrastTerm | None:
+    """The contrast term the recipe asks for (None for CE only), its bank on the accelerator's device."""
+    cfg = recipe.loss.contrast
+    dim, stride = contrast_feature_geometry(cfg, model)
+    dtype = getattr(torch, cfg.bank_dtype)
+    if cfg.kind == "none":
+        return None
+    if cfg.kind == "region":
+        size = region_bank_size(cfg, train_images)
+        if size == 0:
+            return InBatchTerm(accelerator, cfg, num_classes)
+        if cfg.bank_layout == "sharded":
+            bank = contrast.ShardedRegionBank(
+                num_classes, size, dim, dtype, rank=accelerator.process_index, world_size=accelerator.num_processes
+            )
+        else:
+            bank = contrast.RegionBank(num_classes, size, dim, dtype)
+        return RegionTerm(accelerator, cfg, bank.to(accelerator.device), num_classes)
+    if cfg.kind == "pixel":
+        bank = contrast.PixelBank(num_classes, cfg.pixel.memory_size, dim, cfg.pixel.pixel_update_freq, dtype)
+        return PixelTerm(accelerator, cfg, bank.to(accelerator.device), generator)
+    side = math.ceil(recipe.data.crop_size / stride)  # feature map of one training crop
+    bank = contrast.AllPixelBank(train_images, side, side, dim, dtype)
+    return AllPixelTerm(accelerator, cfg, bank.to(accelerator.device), generator)

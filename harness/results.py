@@ -1,0 +1,184 @@
+"""The results-folder contract: what a run writes, under which names, and how it is read back.
+
+    results/<recipe>/<variant>/
+        recipe.yaml       the resolved recipe the variant ran with (written before training)
+        metrics.jsonl     one JSON record per line: {"kind": "train", "iter", "loss", "loss_<part>", "lr",
+                          "step_time"} every log interval, {"kind": "eval", "iter", "val_miou"} per evaluation
+        summary.json      written once, at the end; `status` is "ok" or "failed" (see below)
+        val_centers.npz   centers [M,C] float32, labels [M]: ground-truth region centers of the val set
+        val_samples.npz   images [Q,H,W,3], labels / preds [Q,H,W] uint8, palette, class_names, indices
+        checkpoint/       the latest resumable state (checkpoint.old/ during a swap); removed when done
+
+summary.json always holds the VARIANT_FIELDS (what the variant is), `status`, `error` (and
+`traceback` when failed), the launch (world size, precision, distributed type, device,
+versions) and `finished_at`. A finished run adds the METRIC_FIELDS and per-class IoU.
+Everything here is plain files and no torch, so reports can be rebuilt anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from harness.recipe import Recipe, RecipeError, validate
+
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+VAL_CENTERS_FILE = "val_centers.npz"
+VAL_SAMPLES_FILE = "val_samples.npz"
+CHECKPOINT_DIR = "checkpoint"
+
+# Fields that only mean something for a finished run.
+METRIC_FIELDS = (
+    "val_miou", "train_images_per_s", "s_per_iter", "peak_memory_bytes", "bank_bytes",
+    "params", "flops_per_image",
+)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def publish(path: Path, write: Callable[[Path], None]) -> None:
+    """Create `path` (a file or a folder) by writing a private sibling and renaming it into place.
+
+    Readers see the old version or the new one, never half of one. A folder that another
+    process published first (the same content, e.g. a dataset cache built by every rank) wins.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    write(scratch)
+    try:
+        os.replace(scratch, path)
+    except OSError:  # a folder cannot replace a non-empty folder
+        shutil.rmtree(scratch)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic text file."""
+    publish(path, lambda scratch: scratch.write_text(text))
+
+
+def without_nan(value: Any) -> Any:
+    """NaN floats as None, recursively: strict JSON readers reject NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nan(item) for item in value]
+    return value
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic JSON; NaN becomes null so every JSON reader accepts the file."""
+    write_text(path, json.dumps(without_nan(payload), indent=2) + "\n")
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Atomic compressed .npz."""
+    def write(scratch: Path) -> None:
+        with scratch.open("wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    publish(path, write)
+
+
+def write_recipe(out_dir: Path, recipe: Recipe) -> None:
+    """The exact recipe a variant runs with, as YAML."""
+    write_text(out_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+
+
+class MetricsLog:
+    """metrics.jsonl of one variant, written by the main process only."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.path, self.enabled = Path(out_dir) / METRICS_FILE, enabled
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records past `iteration` (all of them for a fresh start): a resumed run rewrites them."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [record for record in read_metrics(self.path) if record.get("iter", iteration + 1) <= iteration]
+        write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record."""
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(without_nan(record)) + "\n")
+
+
+# ---------------------------------------------------------------- what a variant is
+
+
+def variant_fields(name: str, recipe: Recipe) -> dict[str, Any]:
+    """The summary fields that describe what a variant is (the same for a finished or a failed run)."""
+    contrast = recipe.loss.contrast
+    return {
+        "recipe": recipe.run.name, "variant": name,
+        "backbone": recipe.model.backbone, "head": recipe.model.head,
+        "output_stride": recipe.model.output_stride,
+        "contrast_kind": contrast.kind,
+        "center_variant": contrast.variant if contrast.kind == "region" else None,
+        "bank_size": contrast.bank_size if contrast.kind != "none" else None,
+        "paper": recipe.paper.model_dump() if recipe.paper else None,
+        "iterations": recipe.optim.iterations,
+    }
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a torn line (a run killed mid-write) is skipped."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def summary_from_recipe(folder: Path) -> dict[str, Any]:
+    """What a variant without summary.json can still tell: its configuration and progress."""
+    status = "running" if (folder / METRICS_FILE).exists() else "missing"
+    try:
+        recipe = validate(yaml.safe_load((folder / RECIPE_FILE).read_text()) or {})
+    except (OSError, yaml.YAMLError, RecipeError):
+        return {"status": status, "variant": folder.name}
+    return {**variant_fields(folder.name, recipe), "status": status}
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """summary.json of a variant, or a stand-in built from its recipe while it has none."""
+    path = Path(folder) / SUMMARY_FILE
+    summary = json.loads(path.read_text()) if path.exists() else summary_from_recipe(Path(folder))
+    return {**summary, "variant": Path(folder).name}  # the folder name is what the sweep named it
+
+
+def finished(folder: Path) -> bool:
+    """Whether a variant already has a successful summary (a resumed sweep skips it)."""
+    path = Path(folder) / SUMMARY_FILE
+    return path.exists() and json.loads(path.read_text()).get("status") == "ok"
+
+
+def variant_folders(results_dir: Path) -> list[Path]:
+    """Sub-folders that a run has started writing a variant into."""
+    markers = (RECIPE_FILE, METRICS_FILE, SUMMARY_FILE)
+    return sorted(
+        folder for folder in Path(results_dir).iterdir()
+        if folder.is_dir() and any((folder / name).exists() for name in markers)
+    )
