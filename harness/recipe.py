@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class RecipeError(ValueError):
@@ -196,19 +203,31 @@ class Recipe(Strict):
 
 
 class SweepSpec(Strict):
-    """How one recipe file expands into variants: a grid plus named extra points."""
+    """How one recipe file expands into runs: a grid plus named extra points, each once per seed."""
 
     grid: dict[str, list[Any]] = {}
     variants: dict[str, dict[str, Any]] = {}
     paper: dict[str, PaperRow] = {}
+    # Each variant once per seed (run.seed set to it), into <variant>/seed-<k>/; empty: once, at run.seed.
+    seeds: list[int] = []
+    # The CE variant deltas are paired against; unset: the only variant without a contrastive loss.
+    baseline: str | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be distinct")
+        return value
 
 
 class Variant(BaseModel):
-    """A named point of a sweep and its resolved recipe."""
+    """One run of a sweep: a named point, its seed (None outside a seeded sweep) and its resolved recipe."""
 
     model_config = ConfigDict(frozen=True)
     name: str
     recipe: Recipe
+    seed: int | None = None
 
 
 def set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
@@ -268,16 +287,25 @@ def _named_points(spec: SweepSpec) -> dict[str, dict[str, Any]]:
     return points or {"default": {}}
 
 
-def expand(tree: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> list[Variant]:
-    """Expand a raw recipe mapping into validated variants; `overrides` apply to all."""
-    base = copy.deepcopy(tree)
+def sweep_spec(tree: dict[str, Any]) -> SweepSpec:
+    """The validated `sweep` section of a raw recipe mapping."""
     try:
-        spec = SweepSpec.model_validate(base.pop("sweep", None) or {})
+        return SweepSpec.model_validate(tree.get("sweep") or {})
     except ValidationError as error:
         first = error.errors()[0]
         raise RecipeError("sweep." + _dotted_location(first["loc"]), first["msg"]) from None
+
+
+def expand(tree: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> list[Variant]:
+    """Expand a raw recipe mapping into validated runs, variant-major then seed; `overrides` apply to all.
+
+    An override of a `sweep.` key changes the sweep itself (e.g. `sweep.seeds=[0,1,2]`).
+    """
+    base = copy.deepcopy(tree)
     for key, value in overrides:
         set_dotted(base, key, value)
+    spec = sweep_spec(base)
+    base.pop("sweep", None)
     variants = []
     for name, point in _named_points(spec).items():
         resolved = copy.deepcopy(base)
@@ -285,14 +313,20 @@ def expand(tree: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> list[
             set_dotted(resolved, key, value)
         if name in spec.paper:
             resolved["paper"] = spec.paper[name].model_dump()
-        try:
-            recipe = validate(resolved)
-        except RecipeError as error:
-            raise RecipeError(error.key, f"{error.message} (sweep variant '{name}')") from None
-        variants.append(Variant(name=name, recipe=recipe))
-    unknown_paper = set(spec.paper) - {variant.name for variant in variants}
-    if unknown_paper:
-        raise RecipeError(f"sweep.paper.{sorted(unknown_paper)[0]}", "names no variant")
+        for seed in spec.seeds or [None]:
+            if seed is not None:
+                set_dotted(resolved, "run.seed", seed)
+            try:
+                recipe = validate(resolved)
+            except RecipeError as error:
+                raise RecipeError(error.key, f"{error.message} (sweep variant '{name}')") from None
+            variants.append(Variant(name=name, recipe=recipe, seed=seed))
+    names = {variant.name for variant in variants}
+    for section, named in (("paper", spec.paper), ("baseline", [spec.baseline] if spec.baseline else [])):
+        unknown = set(named) - names
+        if unknown:
+            key = f"sweep.{section}.{sorted(unknown)[0]}" if section == "paper" else "sweep.baseline"
+            raise RecipeError(key, "names no variant")
     return variants
 
 

@@ -32,7 +32,7 @@ from harness.results import (
     publish,
     read_metrics,
     read_summary,
-    variant_folders,
+    run_folders,
     write_text,
 )
 
@@ -560,7 +560,7 @@ def build_report(results_dir: Path, reports_root: Path = Path("reports")) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):  # a plot the data no longer supports must not linger
         stale.unlink()
-    summaries = [read_summary(folder) for folder in variant_folders(results_dir)]
+    summaries = [read_summary(folder) for folder in run_folders(results_dir)]
     if not summaries:
         raise FileNotFoundError(f"no variant folders under {results_dir}")
     frame = results_frame(summaries)

@@ -1,6 +1,7 @@
 """The results-folder contract: what a run writes, under which names, and how it is read back.
 
-    results/<recipe>/<variant>/
+    results/<recipe>/<variant>/           one run, or, in a sweep with `seeds`, one seed-<k>/ folder per seed,
+                                          each laid out like this:
         recipe.yaml       the resolved recipe the variant ran with (written before training)
         metrics.jsonl     one JSON record per line: {"kind": "train", "iter", "loss", "loss_<part>", "lr",
                           "step_time"} every log interval, {"kind": "eval", "iter", "val_miou"} per evaluation
@@ -30,6 +31,7 @@ import yaml
 
 from harness.recipe import Recipe, RecipeError, validate
 
+SEED_PREFIX = "seed-"
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -125,7 +127,7 @@ def variant_fields(name: str, recipe: Recipe) -> dict[str, Any]:
     """The summary fields that describe what a variant is (the same for a finished or a failed run)."""
     contrast = recipe.loss.contrast
     return {
-        "recipe": recipe.run.name, "variant": name,
+        "recipe": recipe.run.name, "variant": name, "seed": recipe.run.seed,
         "backbone": recipe.model.backbone, "head": recipe.model.head,
         "output_stride": recipe.model.output_stride,
         "contrast_kind": contrast.kind,
@@ -159,14 +161,26 @@ def summary_from_recipe(folder: Path) -> dict[str, Any]:
         recipe = validate(yaml.safe_load((folder / RECIPE_FILE).read_text()) or {})
     except (OSError, yaml.YAMLError, RecipeError):
         return {"status": status, "variant": folder.name}
-    return {**variant_fields(folder.name, recipe), "status": status}
+    return {**variant_fields(variant_of(folder), recipe), "status": status}
+
+
+def run_dir(recipe_dir: Path, variant: str, seed: int | None) -> Path:
+    """Where one run writes: <recipe>/<variant>/, or <recipe>/<variant>/seed-<k>/ in a seeded sweep."""
+    folder = Path(recipe_dir) / variant
+    return folder if seed is None else folder / f"{SEED_PREFIX}{seed}"
+
+
+def variant_of(folder: Path) -> str:
+    """The sweep's name for the variant a run folder belongs to (its folder, or the one above seed-<k>)."""
+    folder = Path(folder)
+    return folder.parent.name if folder.name.startswith(SEED_PREFIX) else folder.name
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
-    """summary.json of a variant, or a stand-in built from its recipe while it has none."""
+    """summary.json of a run, or a stand-in built from its recipe while it has none."""
     path = Path(folder) / SUMMARY_FILE
     summary = json.loads(path.read_text()) if path.exists() else summary_from_recipe(Path(folder))
-    return {**summary, "variant": Path(folder).name}  # the folder name is what the sweep named it
+    return {**summary, "variant": variant_of(folder)}  # the folder name is what the sweep named it
 
 
 def finished(folder: Path) -> bool:
@@ -175,10 +189,19 @@ def finished(folder: Path) -> bool:
     return path.exists() and json.loads(path.read_text()).get("status") == "ok"
 
 
-def variant_folders(results_dir: Path) -> list[Path]:
-    """Sub-folders that a run has started writing a variant into."""
-    markers = (RECIPE_FILE, METRICS_FILE, SUMMARY_FILE)
-    return sorted(
-        folder for folder in Path(results_dir).iterdir()
-        if folder.is_dir() and any((folder / name).exists() for name in markers)
-    )
+def _is_run(folder: Path) -> bool:
+    """Whether a run has started writing into `folder`."""
+    return any((folder / name).exists() for name in (RECIPE_FILE, METRICS_FILE, SUMMARY_FILE))
+
+
+def run_folders(results_dir: Path) -> list[Path]:
+    """Every run folder of a recipe: <variant>/ itself, or each of its seed-<k>/ sub-folders."""
+    runs = []
+    for folder in sorted(path for path in Path(results_dir).iterdir() if path.is_dir()):
+        seeds = sorted(
+            (sub for sub in folder.glob(f"{SEED_PREFIX}*") if sub.name.removeprefix(SEED_PREFIX).isdigit()
+             and sub.is_dir() and _is_run(sub)),
+            key=lambda sub: int(sub.name.removeprefix(SEED_PREFIX)),
+        )
+        runs += seeds or ([folder] if _is_run(folder) else [])
+    return runs

@@ -19,7 +19,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
     sys.path.pop(0)
 
 from harness.recipe import RecipeError, Variant, load  # noqa: E402
-from harness.results import SUMMARY_FILE, finished, write_json, write_recipe  # noqa: E402
+from harness.results import SUMMARY_FILE, finished, run_dir, write_json, write_recipe  # noqa: E402
 
 EXIT_FAILED_VARIANT, EXIT_BAD_RECIPE = 1, 2
 
@@ -42,11 +42,13 @@ def check_variants(variants: list[Variant]) -> None:
     from harness.data import index_files
     from harness.models import validate_model_config
 
-    indexed = set()  # a sweep's variants mostly share one dataset: glob its files once
+    indexed, validated = set(), set()  # a sweep's variants mostly share one dataset: glob its files once
     for variant in variants:
         data = variant.recipe.data
         try:
-            validate_model_config(variant.recipe.model)
+            if variant.recipe.model not in validated:  # the seeds of a variant share one model
+                validate_model_config(variant.recipe.model)
+                validated.add(variant.recipe.model)
             if data.dataset != "digit_scenes" and (data.dataset, data.root) not in indexed:
                 index_files(data.dataset, data.root)
                 indexed.add((data.dataset, data.root))
@@ -55,10 +57,10 @@ def check_variants(variants: list[Variant]) -> None:
 
 
 def select(variants: list[Variant], names: list[str]) -> list[Variant]:
-    """The variants named by --only, in sweep order."""
+    """The runs of the variants named by --only, in sweep order."""
     unknown = set(names) - {variant.name for variant in variants}
     if unknown:
-        valid = ", ".join(variant.name for variant in variants)
+        valid = ", ".join(dict.fromkeys(variant.name for variant in variants))
         raise RecipeError("--only", f"no variant named {sorted(unknown)}; the sweep has: {valid}")
     return [variant for variant in variants if not names or variant.name in names]
 
@@ -128,16 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     recipe_dir = run_cfg.output_dir / run_cfg.name
     failed = []
     for variant in variants:
-        out_dir = recipe_dir / variant.name
+        out_dir = run_dir(recipe_dir, variant.name, variant.seed)
+        label = variant.name if variant.seed is None else f"{variant.name} (seed {variant.seed})"
         if args.resume and finished(out_dir):
-            state.print(f"variant {variant.name} already finished: skipped")
+            state.print(f"variant {label} already finished: skipped")
             continue
         if not run_variant(variant, out_dir, args.resume):
-            failed.append(variant.name)
+            failed.append(label)
     if state.is_main_process and not args.no_report:
         write_report(recipe_dir, run_cfg.reports_dir)
     if failed:
-        state.print(f"{len(failed)} of {len(variants)} variants failed: {', '.join(failed)}")
+        state.print(f"{len(failed)} of {len(variants)} runs failed: {', '.join(failed)}")
     state.wait_for_everyone()
     return EXIT_FAILED_VARIANT if failed else 0
 

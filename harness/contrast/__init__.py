@@ -29,9 +29,17 @@ from harness.contrast.banks import (
     region_bank_bytes,
 )
 from harness.contrast.centers import CENTER_VARIANTS, flatten_regions, region_centers
-from harness.contrast.losses import in_batch_contrast_loss, pixel_contrast_loss, region_contrast_loss
+from harness.contrast.losses import (
+    in_batch_contrast_loss,
+    pixel_contrast_loss,
+    region_contrast_loss,
+)
 from harness.contrast.sampling import sample_anchors
-from harness.contrast.sharded import ShardedRegionBank, sharded_bank_bytes, sharded_region_contrast_loss
+from harness.contrast.sharded import (
+    ShardedRegionBank,
+    sharded_bank_bytes,
+    sharded_region_contrast_loss,
+)
 from harness.contrast.streaming import CHUNK_BUDGET_BYTES, auto_chunk_size, chunk_bytes
 
 __all__ = [

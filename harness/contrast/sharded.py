@@ -34,7 +34,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from harness.contrast.banks import POINTER_BYTES, ClassQueues, class_ordinals, region_bank_bytes
+from harness.contrast.banks import (
+    POINTER_BYTES,
+    ClassQueues,
+    class_ordinals,
+    region_bank_bytes,
+)
 from harness.contrast.streaming import (
     KeyLayout,
     full_precision,

@@ -19,9 +19,21 @@ import datasets
 import numpy as np
 import torch
 
-from harness.data.digit_scenes import DEFAULT_DIGIT_SCENES_ROOT, DIGIT_SCENES, decode_arrays, load_digit_scenes
+from harness.data.digit_scenes import (
+    DEFAULT_DIGIT_SCENES_ROOT,
+    DIGIT_SCENES,
+    decode_arrays,
+    load_digit_scenes,
+)
 from harness.data.info import DatasetInfo
-from harness.data.real import ADE20K, CITYSCAPES, COCO_STUFF, LAYOUTS, decode_files, index_files
+from harness.data.real import (
+    ADE20K,
+    CITYSCAPES,
+    COCO_STUFF,
+    LAYOUTS,
+    decode_files,
+    index_files,
+)
 from harness.data.transforms import TrainTransform, denormalize, pad_to, to_tensors
 from harness.recipe import DataConfig
 

@@ -14,7 +14,12 @@ from harness.engine.checkpoint import remove_checkpoints, resume_from, save_chec
 from harness.engine.evaluate import evaluate, qualitative_samples
 from harness.engine.setup import endless, set_up
 from harness.engine.step import input_dtype
-from harness.engine.summary import bank_fields, finished_at, run_info, throughput_and_memory
+from harness.engine.summary import (
+    bank_fields,
+    finished_at,
+    run_info,
+    throughput_and_memory,
+)
 from harness.engine.terms import region_bank_size
 from harness.recipe import OptimConfig, Variant
 from harness.results import (

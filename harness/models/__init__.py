@@ -6,7 +6,12 @@
     precision.py  fp32 batch norm under DeepSpeed bf16/fp16
 """
 
-from harness.models.build import SegmentationModel, SegOutput, build_model, validate_model_config
+from harness.models.build import (
+    SegmentationModel,
+    SegOutput,
+    build_model,
+    validate_model_config,
+)
 from harness.models.precision import batchnorm_in_float32
 
 __all__ = ["SegOutput", "SegmentationModel", "batchnorm_in_float32", "build_model", "validate_model_config"]

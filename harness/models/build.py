@@ -11,7 +11,12 @@ from timm.models import FeatureInfo
 from torch import Tensor, nn
 
 from harness.models.heads import FCNHead, head_factory
-from harness.models.weights import WEIGHT_SUFFIXES, hub_repo, load_backbone_weights, pretrained_file
+from harness.models.weights import (
+    WEIGHT_SUFFIXES,
+    hub_repo,
+    load_backbone_weights,
+    pretrained_file,
+)
 from harness.recipe import ModelConfig, RecipeError
 
 
