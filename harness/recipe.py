@@ -297,7 +297,12 @@ def sweep_spec(tree: dict[str, Any]) -> SweepSpec:
 
 
 def expand(tree: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> list[Variant]:
-    """Expand a raw recipe mapping into validated runs, variant-major then seed; `overrides` apply to all.
+    """Expand a raw recipe mapping into validated runs; see expand_sweep."""
+    return expand_sweep(tree, overrides)[0]
+
+
+def expand_sweep(tree: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> tuple[list[Variant], SweepSpec]:
+    """Validated runs, variant-major then seed, and the sweep section; `overrides` apply to all.
 
     An override of a `sweep.` key changes the sweep itself (e.g. `sweep.seeds=[0,1,2]`).
     """
@@ -327,11 +332,16 @@ def expand(tree: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> list[
         if unknown:
             key = f"sweep.{section}.{sorted(unknown)[0]}" if section == "paper" else "sweep.baseline"
             raise RecipeError(key, "names no variant")
-    return variants
+    return variants, spec
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> list[Variant]:
     """Read a recipe file, apply `--set` overrides and expand its sweep."""
+    return load_sweep(path, overrides)[0]
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[list[Variant], SweepSpec]:
+    """Read a recipe file, apply `--set` overrides; its runs and its sweep section."""
     path = Path(path)
     try:
         tree = yaml.safe_load(path.read_text()) or {}
@@ -343,6 +353,6 @@ def load(path: str | Path, overrides: list[str] = ()) -> list[Variant]:
         raise RecipeError("<root>", "a recipe must be a mapping of sections", path)
     tree.setdefault("run", {}).setdefault("name", path.stem)
     try:
-        return expand(tree, [parse_override(text) for text in overrides])
+        return expand_sweep(tree, [parse_override(text) for text in overrides])
     except RecipeError as error:
         raise error.located(path) from None

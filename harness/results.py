@@ -1,5 +1,6 @@
 """The results-folder contract: what a run writes, under which names, and how it is read back.
 
+    results/<recipe>/sweep.json           {"baseline": the CE variant named by sweep.baseline or null, "seeds": [...]}
     results/<recipe>/<variant>/           one run, or, in a sweep with `seeds`, one seed-<k>/ folder per seed,
                                           each laid out like this:
         recipe.yaml       the resolved recipe the variant ran with (written before training)
@@ -31,6 +32,7 @@ import yaml
 
 from harness.recipe import Recipe, RecipeError, validate
 
+SWEEP_FILE = "sweep.json"
 SEED_PREFIX = "seed-"
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -118,6 +120,17 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(without_nan(record)) + "\n")
+
+
+def write_sweep(recipe_dir: Path, baseline: str | None, seeds: list[int]) -> None:
+    """What the report must know of the sweep beyond its runs: the named baseline and the seeds."""
+    write_json(Path(recipe_dir) / SWEEP_FILE, {"baseline": baseline, "seeds": seeds})
+
+
+def read_sweep(results_dir: Path) -> dict[str, Any]:
+    """sweep.json, or its defaults where a run predates it."""
+    path = Path(results_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.exists() else {"baseline": None, "seeds": []}
 
 
 # ---------------------------------------------------------------- what a variant is

@@ -18,8 +18,15 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
     # data.py or models.py would shadow any top-level module of the same name.
     sys.path.pop(0)
 
-from harness.recipe import RecipeError, Variant, load  # noqa: E402
-from harness.results import SUMMARY_FILE, finished, run_dir, write_json, write_recipe  # noqa: E402
+from harness.recipe import RecipeError, Variant, load_sweep  # noqa: E402
+from harness.results import (  # noqa: E402
+    SUMMARY_FILE,
+    finished,
+    run_dir,
+    write_json,
+    write_recipe,
+    write_sweep,
+)
 
 EXIT_FAILED_VARIANT, EXIT_BAD_RECIPE = 1, 2
 
@@ -114,7 +121,8 @@ def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        variants = select(load(args.recipe, args.overrides), args.only)
+        every_run, sweep = load_sweep(args.recipe, args.overrides)
+        variants = select(every_run, args.only)
         check_variants(variants)
     except RecipeError as error:
         print(f"error: {error.located(args.recipe) if error.source is None else error}", file=sys.stderr)
@@ -128,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     use_the_cores(state.device.type == "cpu")
     run_cfg = variants[0].recipe.run
     recipe_dir = run_cfg.output_dir / run_cfg.name
+    if state.is_main_process:
+        write_sweep(recipe_dir, sweep.baseline, sweep.seeds)
     failed = []
     for variant in variants:
         out_dir = run_dir(recipe_dir, variant.name, variant.seed)
