@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from harness.recipe import Recipe
+from harness.results import run_dir, write_sweep
 
 RECIPE = "quick"
 CLASS_NAMES = ["background", "zero", "one", "two", "three"]
@@ -18,6 +19,25 @@ OOM_ERROR = (
     "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity) | see log"
 )
 PAPER_ROW = {"table": "Table 3", "row": "RegionContrast w/MB 1000", "miou": 78.5}
+SEEDED_RECIPE = "seeded"
+# variant -> (contrast kind, val mIoU per seed 0, 1, 2; None: that seed failed). Against `ce`:
+# `gain` is clearly better (its seed 0 failed), `loss` clearly worse, `overlap`'s CI straddles 0,
+# and `single` finished one seed only.
+SEEDED_MIOU = {
+    "ce": ("none", [0.50, 0.52, 0.51]),
+    "gain": ("region", [None, 0.60, 0.595]),
+    "loss": ("pixel", [0.40, 0.43, 0.41]),
+    "overlap": ("region", [0.53, 0.49, 0.52]),
+    "single": ("all_pixel", [None, None, 0.55]),
+}
+# contrast kind -> (s/iter, contrast ms/iter, training peak MiB, bank fill) of a seed-0 run; later seeds shift
+# them a little, so that pairing by seed matters.
+SEEDED_COST = {
+    "none": (0.16, 0.0, 300, None),
+    "region": (0.19, 4.0, 340, 0.8),
+    "pixel": (0.24, 9.5, 420, 1.0),
+    "all_pixel": (0.40, 30.0, 600, None),
+}
 
 
 def summary(
@@ -25,7 +45,7 @@ def summary(
 ) -> dict[str, Any]:
     """A finished variant's summary.json content; `fields` override any entry."""
     return {
-        "recipe": RECIPE, "variant": variant, "status": "ok", "error": None, "iterations": 40,
+        "recipe": RECIPE, "variant": variant, "seed": 0, "status": "ok", "error": None, "iterations": 40,
         "val_miou": val_miou, "per_class_iou": [0.9, None, val_miou, 0.4, 0.3], "class_names": CLASS_NAMES,
         "train_images_per_s": 50.0 if kind == "none" else 42.5, "s_per_iter": 0.16,
         "peak_memory_bytes": 300 * 2**20, "memory_kind": "rss", "params": 123456, "flops_per_image": 1.5e9,
@@ -86,9 +106,10 @@ def samples(seed: int) -> dict[str, np.ndarray]:
 
 
 def write_variant(results_dir: Path, name: str, kind: str, bank_size: int | None,
-                  content: dict[str, Any] | None, arrays: bool) -> None:
-    """One variant folder; `content` None leaves out summary.json (a run still going or killed)."""
-    folder = results_dir / name
+                  content: dict[str, Any] | None, arrays: bool, seed: int | None = None) -> None:
+    """One run folder (<name>/, or <name>/seed-<k>/ with a seed); `content` None leaves out summary.json
+    (a run still going or killed)."""
+    folder = run_dir(results_dir, name, seed)
     folder.mkdir(parents=True)
     (folder / "recipe.yaml").write_text(recipe_yaml(kind, bank_size))
     lines = metrics_lines(kind, scale=1 + len(name) / 20, evals=content is not None)
@@ -97,9 +118,9 @@ def write_variant(results_dir: Path, name: str, kind: str, bank_size: int | None
     if content is not None:
         (folder / "summary.json").write_text(json.dumps(content))
     if arrays:
-        seed = len(name)
-        np.savez(folder / "val_centers.npz", **centers(0.5 if kind == "none" else 4.0, seed))
-        np.savez(folder / "val_samples.npz", **samples(seed))
+        rng_seed = len(name) + (seed or 0)
+        np.savez(folder / "val_centers.npz", **centers(0.5 if kind == "none" else 4.0, rng_seed))
+        np.savez(folder / "val_samples.npz", **samples(rng_seed))
 
 
 def build_results(
@@ -118,4 +139,35 @@ def build_results(
                      train_images_per_s=None, s_per_iter=None, peak_memory_bytes=None, per_class_iou=None)
     write_variant(results_dir, "broken", "pixel", None, failed, arrays=False)
     write_variant(results_dir, "pending", "region", 500, None, arrays=False)
+    return results_dir
+
+
+def seeded_summary(variant: str, kind: str, seed: int, val_miou: float | None) -> dict[str, Any]:
+    """A seed's summary.json with the newer cost fields; a failed run where `val_miou` is None."""
+    s_per_iter, contrast_ms, train_mib, bank_fill = SEEDED_COST[kind]
+    content = summary(
+        variant, kind, None if kind == "none" else 0, val_miou, recipe=SEEDED_RECIPE, seed=seed,
+        s_per_iter=s_per_iter + 0.003 * seed, contrast_ms_per_iter=contrast_ms * (1 + seed / 10),
+        train_peak_memory_bytes=(train_mib + 2 * seed) * 2**20, eval_peak_memory_bytes=200 * 2**20,
+        peak_memory_bytes=(train_mib + 2 * seed) * 2**20, bank_fill=bank_fill,
+    )
+    if val_miou is None:
+        content.update(status="failed", error=OOM_ERROR, traceback="Traceback (most recent call last): ...")
+    return content
+
+
+def build_seeded_results(
+    root: Path, runs: dict[str, tuple[str, list[float | None]]] = SEEDED_MIOU, baseline: str | None = None,
+    arrays: tuple[str, ...] = (),
+) -> Path:
+    """results/seeded/<variant>/seed-<k>/ for every variant and seed in `runs` (mIoUs per seed), with
+    sweep.json naming `baseline`; finished runs of the variants in `arrays` save centers and samples."""
+    results_dir = root / "results" / SEEDED_RECIPE
+    seeds = range(max(len(mious) for _, mious in runs.values()))
+    for variant, (kind, mious) in runs.items():
+        for seed, miou in zip(seeds, mious):
+            content = seeded_summary(variant, kind, seed, miou)
+            write_variant(results_dir, variant, kind, content["bank_size"], content,
+                          arrays=variant in arrays and miou is not None, seed=seed)
+    write_sweep(results_dir, baseline, list(seeds))
     return results_dir

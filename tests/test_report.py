@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import dropwhile, takewhile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 
 from harness.report import (
+    NO_DIFFERENCE,
+    aggregate_frame,
+    baseline_choice,
     build_report,
     colorize,
     ignore_color,
@@ -22,7 +27,9 @@ from harness.report import (
 from tests.report_fixtures import (
     OOM_ERROR,
     PALETTE,
+    SEEDED_MIOU,
     build_results,
+    build_seeded_results,
     recipe_yaml,
     summary,
 )
@@ -30,7 +37,8 @@ from tests.report_fixtures import (
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALL_PLOTS = (
-    "miou.png", "miou_vs_bank.png", "throughput_memory.png", "curves.png", "tsne.png", "qualitative.png"
+    "miou.png", "cost_benefit.png", "miou_vs_bank.png", "throughput_memory.png", "curves.png", "tsne.png",
+    "qualitative.png",
 )
 
 
@@ -55,6 +63,19 @@ def full_report(cli_run: subprocess.CompletedProcess[str]) -> Path:
 def read_results(report: Path) -> pd.DataFrame:
     """results.csv next to a report.md, indexed by variant."""
     return pd.read_csv(report.parent / "results.csv").set_index("variant")
+
+
+def read_aggregate(report: Path) -> pd.DataFrame:
+    """aggregate.csv next to a report.md, indexed by variant."""
+    return pd.read_csv(report.parent / "aggregate.csv").set_index("variant")
+
+
+def table_under(report: Path, heading: str) -> pd.DataFrame:
+    """The markdown table that follows `heading` in report.md, as string cells under its header."""
+    section = report.read_text().split(f"\n{heading}\n", 1)[1].splitlines()
+    lines = list(takewhile(lambda line: line.startswith("| "), dropwhile(lambda line: not line, section)))
+    rows = [[cell.strip() for cell in line.strip()[1:-1].split("|")] for line in lines]
+    return pd.DataFrame(rows[2:], columns=rows[0])
 
 
 def test_report_lands_in_reports_recipe(full_report: Path) -> None:
@@ -89,15 +110,10 @@ def test_variant_without_summary_is_running_with_recipe_config(full_report: Path
 
 
 def test_markdown_table_matches_results(full_report: Path) -> None:
-    lines = full_report.read_text().splitlines()
-    header = next(line for line in lines if line.startswith("| variant |"))
-    cells = [cell.strip() for cell in header.strip("|").split("|")]
-    assert {"val mIoU (%)", "Δ mIoU vs CE (pp)", "paper mIoU (%)", "paper row", "status"} <= set(cells)
-    table = [line for line in lines if line.startswith("| ")][2:]
-    assert [line.split("|")[1].strip() for line in table[:5]] == [
-        "ce", "broken", "pending", "region_bank-0", "region_bank-1000"
-    ]
-    region = dict(zip(cells, (cell.strip() for cell in table[4].strip("|").split("|"))))
+    table = table_under(full_report, "## Runs")
+    assert {"val mIoU (%)", "Δ mIoU vs CE (pp)", "paper mIoU (%)", "paper row", "status"} <= set(table.columns)
+    assert list(table["variant"]) == ["ce", "broken", "pending", "region_bank-0", "region_bank-1000"]
+    region = table.iloc[4]
     numbers = (region["val mIoU (%)"], region["Δ mIoU vs CE (pp)"], region["paper mIoU (%)"])
     assert numbers == ("56.00", "+6.00", "78.5")
     assert region["paper row"] == "Table 3: RegionContrast w/MB 1000"
@@ -117,7 +133,7 @@ def test_every_plot_is_a_png_linked_from_the_report(full_report: Path) -> None:
 
 def test_curves_csv_is_tidy(full_report: Path) -> None:
     curves = pd.read_csv(full_report.parent / "curves.csv")
-    assert list(curves.columns) == ["variant", "iter", "metric", "value"]
+    assert list(curves.columns) == ["variant", "seed", "iter", "metric", "value"]
     ce = curves[curves["variant"] == "ce"]
     assert "loss_contrast" not in set(ce["metric"])
     assert ce.loc[(ce["metric"] == "loss") & (ce["iter"] == 20), "value"].item() == pytest.approx(2.2 / 20)
@@ -205,3 +221,165 @@ def test_cli_builds_without_importing_torch(
     assert "matplotlib" in imported and "sklearn.manifold" in imported  # importtime really listed modules
     assert not [name for name in imported if name == "torch" or name.startswith("torch.")]
     assert full_report.exists() and (full_report.parent / "tsne.png").exists()  # t-SNE ran in that process
+
+
+# ---------------------------------------------------------------- seeds and paired statistics
+
+
+@pytest.fixture(scope="module")
+def seeded_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Report of SEEDED_MIOU: five variants x 3 seeds, CE baseline `ce`, failed seeds in `gain` and `single`;
+    `ce` and `gain` save centers and samples."""
+    root = tmp_path_factory.mktemp("seeded")
+    return build_report(build_seeded_results(root, arrays=("ce", "gain")), root / "reports")
+
+
+def finished_by_seed(results_dir: Path, variant: str) -> dict[int, dict]:
+    """The finished runs' summary.json of a variant, read directly, by seed."""
+    summaries = [json.loads(path.read_text()) for path in (results_dir / variant).glob("seed-*/summary.json")]
+    return {content["seed"]: content for content in summaries if content["status"] == "ok"}
+
+
+def expected_pairs(results_dir: Path, variant: str, baseline: str = "ce") -> dict[str, float]:
+    """The paired comparison computed straight from summary.json with scipy: Δ, its t CI, the p-value, costs."""
+    runs, base = finished_by_seed(results_dir, variant), finished_by_seed(results_dir, baseline)
+    seeds = sorted(set(runs) & set(base))
+    miou, base_miou = (np.array([group[seed]["val_miou"] for seed in seeds]) for group in (runs, base))
+    deltas = miou - base_miou
+    half = stats.t.ppf(0.975, len(seeds) - 1) * deltas.std(ddof=1) / np.sqrt(len(seeds))
+    extra = {
+        field: np.mean([runs[seed][field] - base[seed][field] for seed in seeds])
+        for field in ("s_per_iter", "train_peak_memory_bytes")
+    }
+    return {
+        "n_pairs": len(seeds), "delta_mean": deltas.mean(), "delta_ci95_low": deltas.mean() - half,
+        "delta_ci95_high": deltas.mean() + half, "p_value": stats.ttest_rel(miou, base_miou).pvalue,
+        "extra_s_per_iter": extra["s_per_iter"], "extra_train_memory_bytes": extra["train_peak_memory_bytes"],
+    }
+
+
+@pytest.mark.parametrize("variant", ["gain", "loss", "overlap"])
+def test_aggregate_is_a_paired_t_test_over_seeds(seeded_report: Path, variant: str) -> None:
+    row = read_aggregate(seeded_report).loc[variant]
+    expected = expected_pairs(seeded_report.parents[2] / "results" / "seeded", variant)
+    assert {key: row[key] for key in expected} == pytest.approx(expected)
+
+
+def test_failed_seed_is_left_out_of_the_pairs(seeded_report: Path) -> None:
+    gain = read_aggregate(seeded_report).loc["gain"]
+    assert (gain["n_seeds"], gain["n_pairs"], gain["runs"]) == (2, 2, "2 ok, 1 failed")
+    assert gain["delta_mean"] == pytest.approx(np.mean([0.60 - 0.52, 0.595 - 0.51]))
+    assert gain["miou_mean"] == pytest.approx(0.5975)
+    assert gain["miou_std"] == pytest.approx(np.std([0.6, 0.595], ddof=1))
+
+
+def test_one_pair_has_no_ci_and_no_p_value(seeded_report: Path) -> None:
+    single = read_aggregate(seeded_report).loc["single"]
+    assert (single["n_seeds"], single["n_pairs"]) == (1, 1)
+    assert single["delta_mean"] == pytest.approx(0.55 - 0.51)
+    assert single[["miou_std", "miou_ci95_low", "delta_ci95_low", "delta_ci95_high", "p_value"]].isna().all()
+    assert single["verdict"] == "one seed: no CI"
+
+
+def test_baseline_row_has_zero_delta_and_no_interval(seeded_report: Path) -> None:
+    rows = read_aggregate(seeded_report)
+    ce = rows.loc["ce"]
+    assert bool(ce["is_baseline"]) and rows["is_baseline"].sum() == 1 and rows.index[0] == "ce"
+    assert (ce["delta_mean"], ce["extra_s_per_iter"], ce["n_pairs"]) == (0, 0, 0)
+    assert ce[["delta_ci95_low", "delta_ci95_high", "p_value"]].isna().all()
+    mious = [0.50, 0.52, 0.51]
+    half = stats.t.ppf(0.975, 2) * np.std(mious, ddof=1) / np.sqrt(3)
+    assert (ce["miou_ci95_low"], ce["miou_ci95_high"]) == pytest.approx((np.mean(mious) - half, np.mean(mious) + half))
+
+
+def test_aggregate_columns_and_cost_means(seeded_report: Path) -> None:
+    rows = read_aggregate(seeded_report)
+    assert {"n_seeds", "miou_mean", "miou_std", "delta_mean", "delta_ci95_low", "delta_ci95_high", "p_value",
+            "s_per_iter_mean", "contrast_ms_per_iter_mean", "train_peak_memory_bytes_mean", "extra_s_per_iter",
+            "extra_train_memory_bytes"} <= set(rows.columns)
+    loss = rows.loc["loss"]
+    assert loss["contrast_ms_per_iter_mean"] == pytest.approx(9.5 * 1.1) and loss["bank_fill_mean"] == 1.0
+    assert loss["train_peak_memory_bytes_mean"] == (420 + 2) * 2**20
+    assert loss["extra_train_memory_bytes"] == 120 * 2**20 and loss["extra_s_per_iter"] == pytest.approx(0.08)
+
+
+def test_results_csv_has_one_row_per_run(seeded_report: Path) -> None:
+    runs = pd.read_csv(seeded_report.parent / "results.csv")
+    assert len(runs) == 15 and not runs.duplicated(["variant", "seed"]).any()
+    assert "traceback" not in runs.columns
+    failed = runs[(runs["variant"] == "gain") & (runs["seed"] == 0)].iloc[0]
+    assert failed["status"] == "failed" and pd.isna(failed["delta_miou_pp"])
+    overlap = runs[runs["variant"] == "overlap"].set_index("seed")["delta_miou_pp"]
+    assert overlap.tolist() == pytest.approx([3.0, -3.0, 1.0])  # paired with ce's run of the same seed
+    table = table_under(seeded_report, "## Runs")
+    assert table.loc[(table["variant"] == "gain") & (table["seed"] == "0"), "status"].item().startswith("failed")
+
+
+def test_verdicts_follow_the_confidence_interval(seeded_report: Path) -> None:
+    table = table_under(seeded_report, "## Variants").set_index("variant")
+    assert table.loc["gain", "verdict"] == "better" and table.loc["loss", "verdict"] == "worse"
+    assert table.loc["overlap", "verdict"] == NO_DIFFERENCE and table.loc["ce", "verdict"] == "baseline"
+    gain = read_aggregate(seeded_report).loc["gain"]
+    low, high = gain["delta_ci95_low"] * 100, gain["delta_ci95_high"] * 100
+    assert table.loc["gain", "Δ mIoU vs CE (pp) [95 % CI]"] == f"+8.25 [{low:+.2f}, {high:+.2f}]"
+    assert table.loc["gain", "mIoU (%) mean ± std"] == f"59.75 ± {gain['miou_std'] * 100:.2f}"
+    assert table.loc["single", "Δ mIoU vs CE (pp) [95 % CI]"] == "+4.00"
+
+
+def test_multi_seed_report_is_no_anecdote(seeded_report: Path) -> None:
+    text = seeded_report.read_text()
+    assert "anecdote" not in text and "seeds 0, 1, 2" in text
+    assert "CE baseline: `ce` (the only contrast-free variant)" in text
+
+
+def test_one_seed_report_says_it_is_an_anecdote(full_report: Path) -> None:
+    text = full_report.read_text()
+    assert "**One seed: an anecdote, not a measurement.**" in text and "(seed 0)" in text
+    assert "`recipes/digit_scenes_ablations.yaml`" in text and "`reports/digit_scenes_ablations/`" in text
+    assert read_aggregate(full_report).loc["region_bank-1000", "verdict"] == "one seed: no CI"
+
+
+def test_paired_figures_use_the_first_finished_seed(seeded_report: Path) -> None:
+    text = seeded_report.read_text()
+    assert "CE baseline `ce` (seed 0) vs RegionContrast `gain` (seed 1)" in text  # gain's seed 0 failed
+    assert (seeded_report.parent / "qualitative.png").exists()
+
+
+def test_cost_benefit_figure_only_with_a_baseline(seeded_report: Path, flat_report: Path) -> None:
+    figure = seeded_report.parent / "cost_benefit.png"
+    assert figure.read_bytes()[:8] == PNG_SIGNATURE and "](cost_benefit.png)" in seeded_report.read_text()
+    assert "`train_peak_memory_bytes`" in seeded_report.read_text()
+    assert not (flat_report.parent / "cost_benefit.png").exists() and "cost_benefit" not in flat_report.read_text()
+
+
+def test_old_summaries_leave_new_columns_blank(full_report: Path) -> None:
+    rows = read_aggregate(full_report)
+    assert rows[["contrast_ms_per_iter_mean", "bank_fill_mean", "eval_peak_memory_bytes_mean"]].isna().all().all()
+    # without a training-only peak the overall one stands in, and the report says so
+    assert rows.loc["ce", "train_peak_memory_bytes_mean"] == 300 * 2**20
+    assert "the overall peak, `peak_memory_bytes`" in full_report.read_text()
+
+
+def test_curves_keep_every_seed(seeded_report: Path) -> None:
+    curves = pd.read_csv(seeded_report.parent / "curves.csv")
+    assert sorted(curves.loc[curves["variant"] == "overlap", "seed"].unique()) == [0, 1, 2]
+
+
+def test_named_baseline_wins_over_the_default(tmp_path: Path) -> None:
+    runs = {"ce": SEEDED_MIOU["ce"], "plain": ("none", [0.45, 0.47, 0.44]), "gain": SEEDED_MIOU["gain"]}
+    report = build_report(build_seeded_results(tmp_path, runs, baseline="plain"), tmp_path / "reports")
+    rows = read_aggregate(report)
+    assert rows.index[0] == "plain" and rows["is_baseline"].tolist() == [True, False, False]
+    expected = expected_pairs(tmp_path / "results" / "seeded", "gain", baseline="plain")
+    assert rows.loc["gain", "delta_mean"] == pytest.approx(expected["delta_mean"])
+    assert "CE baseline: `plain` (named by `sweep.baseline`)" in report.read_text()
+
+
+def test_several_contrast_free_variants_without_ce_or_name_have_no_baseline() -> None:
+    summaries = [summary(name, "none", None, 0.5) for name in ("a_plain", "b_plain")]
+    frame = results_frame([*summaries, summary("region", "region", 0, 0.7)])
+    assert not frame["is_baseline"].any()
+    assert baseline_choice(frame, None) == (None, "2 contrast-free variants and `sweep.baseline` names none of them")
+    aggregate = aggregate_frame(frame)
+    assert aggregate["delta_mean"].isna().all() and (aggregate["verdict"] == "").all()
+    assert baseline_choice(results_frame(summaries[:1]), None) == ("a_plain", "the only contrast-free variant")
