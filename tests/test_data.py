@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from harness import data
 from harness.data import digit_scenes, transforms
-from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, RecipeError
+from harness.engine.setup import make_loaders
+from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, Recipe, RecipeError
 from tests.data_fixtures import (
     HEIGHT,
     WIDTH,
@@ -66,10 +70,11 @@ def test_train_and_val_use_disjoint_sklearn_samples(scenes: Scenes) -> None:
 def test_digit_items_have_documented_types_and_cover_every_class(scenes: Scenes) -> None:
     train, val = scenes
     assert (len(train), len(val)) == (60, 30)
-    item = val[7]
-    assert item["image"].dtype == torch.float32 and item["image"].shape == (3, 64, 64)
-    assert item["label"].dtype == torch.int64 and item["label"].shape == (64, 64)
-    assert item["index"] == 7
+    for item, size in ((val[7], 64), (train[7], DataConfig().crop_size)):
+        assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, size, size)
+        assert item["label"].dtype == torch.int64 and item["label"].shape == (size, size)
+        assert item["index"] == 7
+    assert np.array_equal(val[7]["image"].permute(1, 2, 0).numpy(), val.table[7]["image"])  # [3,H,W] -> [H,W,3]
     assert np.unique(train.table["label"]).tolist() == list(range(11))
 
 
@@ -84,26 +89,45 @@ def test_digits_stand_out_from_their_background(scenes: Scenes) -> None:
         assert (nearest == is_digit).float().mean() > 0.9
 
 
-def test_denormalize_inverts_the_normalisation(scenes: Scenes) -> None:
+def old_normalisation(image: np.ndarray) -> torch.Tensor:
+    """The pre-uint8 pipeline's dataset-side normalisation of a uint8 [H,W,3] image, to float32 [3,H,W]."""
+    mean, std = torch.tensor(transforms.IMAGENET_MEAN), torch.tensor(transforms.IMAGENET_STD)
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255  # [H,W,3] -> [3,H,W]
+    return (pixels - mean.view(3, 1, 1)) / std.view(3, 1, 1)  # [3] -> [3,1,1]
+
+
+def test_normalize_matches_the_old_normalisation(scenes: Scenes) -> None:
     _, val = scenes
-    assert np.array_equal(data.denormalize(val[3]["image"]), val.table[3]["image"])
+    batch = data.collate([val[3], val[4]])
+    normalised = data.normalize(batch["image"], torch.float32)
+    assert normalised.dtype == torch.float32 and normalised.shape == (2, 3, 64, 64)
+    for row, image in zip((3, 4), normalised):
+        assert torch.equal(image, old_normalisation(val.table[row]["image"]))
+    half = data.normalize(batch["image"], torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), normalised, atol=2e-2)
+    # Padding with the mean colour is padding with the old 0, within half an intensity level.
+    mean_colour = torch.tensor(transforms.MEAN_COLOUR, dtype=torch.uint8).view(1, 3, 1, 1)  # [3] -> [1,3,1,1]
+    assert data.normalize(mean_colour, torch.float32).abs().max() <= 0.5 / 255 / min(transforms.IMAGENET_STD)
 
 
 def test_digit_scenes_cache_is_reused_and_keyed_by_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = small_config(tmp_path)
-    _, val, _ = data.build_datasets(cfg, seed=3)
+    cfg = small_config(tmp_path, seed=3)
+    _, val, _ = data.build_datasets(cfg, seed=0)
     assert (tmp_path / digit_scenes.digit_scenes_key(cfg.digit_scenes, 3)).is_dir()
 
     def refuse(*_: object) -> None:
         raise AssertionError("rebuilt although a cache exists")
 
     monkeypatch.setattr(digit_scenes, "build_digit_scenes", refuse)
-    _, cached_val, _ = data.build_datasets(cfg, seed=3)
+    _, cached_val, _ = data.build_datasets(cfg, seed=0)
     assert torch.equal(cached_val[5]["label"], val[5]["label"])
+    # The run's seed (a sweep's seeds) augments differently but draws the same scenes.
+    _, same_scenes, _ = data.build_datasets(cfg, seed=4)
+    assert torch.equal(same_scenes[5]["label"], val[5]["label"])
     with pytest.raises(AssertionError, match="rebuilt"):
-        data.build_datasets(small_config(tmp_path, val_images=31), seed=3)
+        data.build_datasets(small_config(tmp_path, val_images=31, seed=3), seed=0)
     with pytest.raises(AssertionError, match="rebuilt"):
-        data.build_datasets(cfg, seed=4)
+        data.build_datasets(small_config(tmp_path, seed=4), seed=0)
 
 
 def test_digit_scenes_cache_defaults_to_dot_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,21 +228,98 @@ def test_missing_label_file_is_named(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- transforms
 
 
-def column_labels(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A label whose value is its column, and an image whose channel 0 repeats it."""
-    label = torch.arange(width).expand(height, width).clone()
-    image = torch.randn(3, height, width)
-    image[0] = label.float()
-    return image, label
+def column_labels(height: int, width: int) -> tuple[Image.Image, np.ndarray]:
+    """A uint8 label [H,W] whose value is its column, and an image whose red channel repeats it."""
+    label = np.broadcast_to(np.arange(width, dtype=np.uint8), (height, width)).copy()
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image[..., 0] = label
+    return Image.fromarray(image), label
 
 
-def test_small_images_are_padded_with_ignore() -> None:
-    image, label = torch.randn(3, 40, 50), torch.randint(0, 11, (40, 50))
+def smooth_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A uint8 [H,W,3] picture of smooth colour blobs with a little noise, like a photograph."""
+    rng = np.random.default_rng(seed)
+    blobs = torch.from_numpy(rng.uniform(0, 255, (1, 3, 6, 8)))
+    smooth = F.interpolate(blobs, size=(height, width), mode="bicubic")[0].permute(1, 2, 0).numpy()  # -> [H,W,3]
+    return (smooth + rng.normal(0, 8, (height, width, 3))).clip(0, 255).round().astype(np.uint8)
+
+
+def random_labels(height: int, width: int, seed: int) -> np.ndarray:
+    """A uint8 label [H,W] of random classes: every pixel on an edge."""
+    return np.random.default_rng(seed).integers(0, 19, (height, width), dtype=np.uint8)
+
+
+def whole_image_window(
+    image: np.ndarray, label: np.ndarray, window: transforms.Window
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The old way to the window's pixels: resize the whole image (float, antialiased) and label, then slice."""
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float()[None]  # [H,W,3] -> [1,3,H,W]
+    labels = torch.from_numpy(label).float()[None, None]  # [H,W] -> [1,1,H,W]
+    pixels = F.interpolate(pixels, size=window.scaled, mode="bilinear", antialias=True)[0]  # -> [3,h,w]
+    labels = F.interpolate(labels, size=window.scaled, mode="nearest-exact")[0, 0].long()  # -> [h,w]
+    rows = slice(window.top, window.top + window.height)
+    cols = slice(window.left, window.left + window.width)
+    return pixels[:, rows, cols], labels[rows, cols]
+
+
+# Odd image sizes: no scaled pixel's centre lies exactly on a source pixel edge, a tie that
+# resize_window breaks towards the later pixel and torch's float32 arithmetic either way.
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.61, 1.0, 1.37, 2.0])
+def test_window_resize_equals_the_window_of_the_whole_image_resized(factor: float) -> None:
+    image, label = smooth_photo(89, 141), random_labels(89, 141, seed=1)
+    for seed in range(6):
+        window = transforms.random_window(label.shape, 48, (factor, factor), torch.Generator().manual_seed(seed))
+        pixels, labels = transforms.to_tensors(*transforms.resize_window(Image.fromarray(image), label, window))
+        expected_pixels, expected_labels = whole_image_window(image, label, window)
+        assert torch.equal(labels, expected_labels) and (pixels.float() - expected_pixels).abs().max() <= 1.5
+
+
+def old_train_transform(
+    image: np.ndarray, label: np.ndarray, transform: transforms.TrainTransform, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-uint8 training transform on unnormalised floats: scale the whole image, pad, crop, flip."""
+    crop, (low, high) = transform.crop_size, transform.scale
+    factor = low + (high - low) * torch.rand((), generator=generator).item()
+    size = [max(1, round(side * factor)) for side in label.shape]
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float()[None]  # [H,W,3] -> [1,3,H,W]
+    pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True)[0]  # -> [3,h,w]
+    labels = torch.from_numpy(label).float()[None, None]  # [H,W] -> [1,1,H,W]
+    labels = F.interpolate(labels, size=size, mode="nearest-exact")[0, 0].long()  # -> [h,w]
+    mean_colour = torch.tensor(transforms.MEAN_COLOUR, dtype=torch.float32).view(3, 1, 1)  # [3] -> [3,1,1]
+    padded = mean_colour.repeat(1, max(size[0], crop), max(size[1], crop))
+    padded[:, : size[0], : size[1]] = pixels
+    padded_labels = torch.full(padded.shape[1:], 255, dtype=torch.long)
+    padded_labels[: size[0], : size[1]] = labels
+    top = int(torch.randint(padded.shape[1] - crop + 1, (), generator=generator))
+    left = int(torch.randint(padded.shape[2] - crop + 1, (), generator=generator))
+    rows, cols = slice(top, top + crop), slice(left, left + crop)
+    pixels, labels = padded[:, rows, cols], padded_labels[rows, cols]
+    if transform.flip and torch.rand((), generator=generator) < 0.5:
+        pixels, labels = pixels.flip(-1), labels.flip(-1)
+    return pixels, labels
+
+
+def test_train_transform_draws_what_the_old_one_drew() -> None:
+    """Same generator, same scale, window and flip as the whole-image transform: only the resampling cost changed."""
+    image, label = smooth_photo(61, 101), random_labels(61, 101, seed=2)
+    transform = transforms.TrainTransform(56, (0.5, 2.0), flip=True)
+    for seed in range(12):
+        pixels, labels = transform(Image.fromarray(image), label, torch.Generator().manual_seed(seed))
+        old = old_train_transform(image, label, transform, torch.Generator().manual_seed(seed))
+        assert pixels.dtype == torch.uint8 and labels.dtype == torch.int64
+        assert torch.equal(labels, old[1]) and (pixels.float() - old[0]).abs().max() <= 1.5
+
+
+def test_small_images_are_padded_with_ignore_and_the_mean_colour() -> None:
+    image, label = Image.new("RGB", (50, 40), (9, 9, 9)), random_labels(40, 50, seed=0)
     transform = transforms.TrainTransform(64, (0.5, 0.5), flip=False)
     out_image, out_label = transform(image, label, torch.Generator().manual_seed(0))
     assert out_image.shape == (3, 64, 64) and out_label.shape == (64, 64)
-    assert out_label[20:].eq(255).all() and out_label[:, 25:].eq(255).all()
-    assert out_image[:, 20:].eq(0).all() and out_label[:20, :25].lt(11).all()
+    assert out_label[20:].eq(255).all() and out_label[:, 25:].eq(255).all() and out_label[:20, :25].lt(19).all()
+    mean_colour = torch.tensor(transforms.MEAN_COLOUR, dtype=torch.uint8).view(3, 1)  # [3] -> [3,1]
+    assert out_image[:, 20:].flatten(1).eq(mean_colour).all() and out_image[:, :20, :25].eq(9).all()
 
 
 def test_crop_keeps_image_and_label_aligned_and_flips_both() -> None:
@@ -227,9 +328,26 @@ def test_crop_keeps_image_and_label_aligned_and_flips_both() -> None:
     directions = set()
     for seed in range(16):
         out_image, out_label = transform(image, label, torch.Generator().manual_seed(seed))
-        assert out_label.shape == (32, 32) and torch.equal(out_image[0], out_label.float())
+        assert out_label.shape == (32, 32) and torch.equal(out_image[0].long(), out_label)
         directions.add(int(torch.sign(out_label[0, 1] - out_label[0, 0])))
     assert directions == {1, -1}
+
+
+def test_colour_coded_labels_stay_aligned_under_scale_crop_and_flip() -> None:
+    """Blocks whose colour names their class: away from block edges, every pixel's colour still names its label."""
+    palette = np.random.default_rng(3).integers(0, 256, (19, 3), dtype=np.uint8)
+    label = random_labels(6, 10, seed=4).repeat(12, 0).repeat(12, 1)  # [6,10] -> [72,120]
+    image = Image.fromarray(palette[label])  # [72,120] -> [72,120,3]
+    transform = transforms.TrainTransform(64, (0.5, 2.0), flip=True)
+    for seed in range(24):
+        out_image, out_label = transform(image, label, torch.Generator().manual_seed(seed))
+        # Pixels whose 5x5 neighbourhood holds one label lie inside a block, out of the filter's reach of an
+        # edge; the crop's outer 2 pixels may see an edge beyond the crop.
+        labels = out_label[None, None].float()  # [H,W] -> [1,1,H,W]
+        uniform = (F.max_pool2d(labels, 5, 1) == -F.max_pool2d(-labels, 5, 1))[0, 0]  # -> [H-4,W-4]
+        inside = F.pad(uniform, (2, 2, 2, 2)) & (out_label != 255)
+        expected = torch.from_numpy(palette).long()[out_label[inside]]  # [P] -> [P,3]
+        assert inside.sum() > 100 and (out_image.permute(1, 2, 0)[inside].long() - expected).abs().max() <= 2
 
 
 def test_no_flip_when_disabled() -> None:
@@ -242,7 +360,7 @@ def test_no_flip_when_disabled() -> None:
 
 
 def test_train_transform_is_reproducible_from_its_generator() -> None:
-    image, label = torch.randn(3, 50, 60), torch.randint(0, 5, (50, 60))
+    image, label = Image.fromarray(smooth_photo(50, 60)), random_labels(50, 60, seed=0)
     transform = transforms.TrainTransform(32, (0.5, 2.0), flip=True)
     first, again, other = (transform(image, label, torch.Generator().manual_seed(s)) for s in (7, 7, 8))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
@@ -268,11 +386,74 @@ def test_training_items_are_crops_and_validation_items_whole(tmp_path: Path) -> 
 
 
 def test_collate_pads_mixed_sizes() -> None:
-    items = [
-        {"image": torch.randn(3, 20, 30), "label": torch.zeros(20, 30, dtype=torch.long), "index": 4},
-        {"image": torch.randn(3, 25, 10), "label": torch.ones(25, 10, dtype=torch.long), "index": 9},
-    ]
+    images = torch.full((3, 20, 30), 7, dtype=torch.uint8), torch.full((3, 25, 10), 9, dtype=torch.uint8)
+    labels = torch.zeros(20, 30, dtype=torch.long), torch.ones(25, 10, dtype=torch.long)
+    items = [{"image": image, "label": label, "index": index} for image, label, index in zip(images, labels, (4, 9))]
     batch = data.collate(items)
     assert batch["image"].shape == (2, 3, 25, 30) and batch["label"].shape == (2, 25, 30)
+    assert batch["image"].dtype == torch.uint8 and batch["image"][1, :, :, :10].eq(9).all()
+    assert batch["image"][0, :, 20:].flatten(1).eq(torch.tensor(transforms.MEAN_COLOUR).view(3, 1)).all()
     assert batch["label"][0, 20:].eq(255).all() and batch["label"][1, :, 10:].eq(255).all()
     assert batch["index"].tolist() == [4, 9]
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def loader_recipe(root: Path, num_workers: int | None) -> Recipe:
+    """Tiny augmented digit scenes read by `num_workers` workers."""
+    scenes = {"train_images": 6, "val_images": 2, "image_size": 32, "digits_per_image": [1, 2]}
+    loading = {"crop_size": 24, "batch_size": 2, "num_workers": num_workers}
+    return Recipe.model_validate({"data": {"root": str(root), **loading, "digit_scenes": scenes}})
+
+
+def by_index(loader: torch.utils.data.DataLoader) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's (image, label) by dataset index.
+
+    Plain DataLoaders' orders drift apart: each new iterator (per epoch, unless persistent) draws
+    a seed from the generator that also shuffles.
+    """
+    return {
+        int(i): (image, label)
+        for batch in loader
+        for i, image, label in zip(batch["index"], batch["image"], batch["label"], strict=True)
+    }
+
+
+def test_persistent_workers_augment_each_epoch_as_the_main_process_would(tmp_path: Path) -> None:
+    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0)
+    with_workers, _ = make_loaders(train, val, loader_recipe(tmp_path, 2))
+    in_process, _ = make_loaders(train, val, loader_recipe(tmp_path, 0))
+    assert with_workers.persistent_workers and not in_process.persistent_workers
+    crops = []
+    for epoch in (0, 1):
+        train.set_epoch(epoch)  # in epoch 1, after the workers started: only shared memory can tell them
+        items, expected = (by_index(loader) for loader in (with_workers, in_process))
+        assert items.keys() == expected.keys() == set(range(6))
+        assert all(torch.equal(items[i][0], expected[i][0]) and torch.equal(items[i][1], expected[i][1]) for i in items)
+        crops.append(items)
+    assert not any(torch.equal(crops[0][i][0], crops[1][i][0]) for i in range(6))
+
+
+@pytest.mark.parametrize(
+    ("cores", "local_world_size", "workers"), [(2, 1, 1), (16, 1, 15), (16, 8, 1), (128, 8, 15), (8, 8, 1)]
+)
+def test_auto_num_workers_leaves_each_local_process_a_core(
+    monkeypatch: pytest.MonkeyPatch, cores: int, local_world_size: int, workers: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cores)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world_size))
+    assert data.auto_num_workers() == workers
+
+
+def test_loaders_default_to_auto_workers_and_keep_an_explicit_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert DataConfig().num_workers is None
+    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0)
+    for requested, expected in ((None, data.auto_num_workers()), (0, 0), (2, 2)):
+        loaders = make_loaders(train, val, loader_recipe(tmp_path, requested))
+        assert [loader.num_workers for loader in loaders] == [expected, expected]
+        assert all(loader.persistent_workers == (expected > 0) for loader in loaders)
+        assert all(loader.pin_memory == torch.cuda.is_available() for loader in loaders)

@@ -6,18 +6,21 @@
     transforms.py    normalisation and training augmentation
 
 `SegmentationDataset` turns a row into torch tensors,
-`{"image": float32 [3,H,W], "label": int64 [H,W], "index": int}`, normalised with the
-ImageNet statistics; training items are also randomly scaled, padded, cropped and flipped.
+`{"image": uint8 [3,H,W], "label": int64 [H,W], "index": int}`; training items are also
+randomly scaled, padded, cropped and flipped. Images are normalised on the model's device,
+by `normalize`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 
 from harness.data.digit_scenes import (
     DEFAULT_DIGIT_SCENES_ROOT,
@@ -34,19 +37,19 @@ from harness.data.real import (
     decode_files,
     index_files,
 )
-from harness.data.transforms import TrainTransform, denormalize, pad_to, to_tensors
+from harness.data.transforms import TrainTransform, normalize, pad_to, to_tensors
 from harness.recipe import DataConfig
 
 Row = dict[str, Any]
 
 __all__ = [
-    "ADE20K", "CITYSCAPES", "COCO_STUFF", "DIGIT_SCENES", "DatasetInfo", "SegmentationDataset", "build_datasets",
-    "collate", "denormalize", "index_files",
+    "ADE20K", "CITYSCAPES", "COCO_STUFF", "DIGIT_SCENES", "DatasetInfo", "SegmentationDataset", "auto_num_workers",
+    "build_datasets", "collate", "index_files", "normalize",
 ]
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """One split: a `datasets` table, a row decoder and an optional training transform.
+    """One split: a `datasets` table, a row decoder (RGB image, uint8 label) and an optional training transform.
 
     Each item's augmentation draws from its own generator seeded by (seed, epoch, index):
     the same crop whatever the worker count, the sharding or a resume mid-epoch.
@@ -55,31 +58,39 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         table: datasets.Dataset,
-        decode: Callable[[Row], tuple[np.ndarray, np.ndarray]],
+        decode: Callable[[Row], tuple[Image.Image, np.ndarray]],
         transform: TrainTransform | None = None,
         seed: int = 0,
     ) -> None:
         self.table, self.decode, self.transform, self.seed = table, decode, transform, seed
-        self.epoch = 0
+        # Persistent DataLoader workers keep the copy of the dataset they started with; an epoch
+        # held in shared memory is the one attribute that set_epoch still changes for them.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose augmentation items get."""
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Augment the coming epoch differently from the last one."""
-        self.epoch = epoch
+        """Augment the coming epoch differently from the last one, in every worker."""
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = to_tensors(*self.decode(self.table[index]))
-        if self.transform is not None:
+        image, label = self.decode(self.table[index])
+        if self.transform is None:
+            image, label = to_tensors(image, label)
+        else:
             item_seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
-            generator = torch.Generator().manual_seed(int(item_seed))
-            image, label = self.transform(image, label, generator)
+            image, label = self.transform(image, label, torch.Generator().manual_seed(int(item_seed)))
         return {"image": image, "label": label, "index": index}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Batch items; differently sized ones (ADE20K / COCO val) are padded with 0 / IGNORE_INDEX."""
+    """Batch items; differently sized ones (ADE20K / COCO val) are padded with the mean colour / IGNORE_INDEX."""
     height = max(item["label"].shape[0] for item in items)
     width = max(item["label"].shape[1] for item in items)
     images, labels = zip(*(pad_to(item["image"], item["label"], height, width) for item in items))
@@ -88,13 +99,27 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 def build_datasets(cfg: DataConfig, seed: int) -> tuple[SegmentationDataset, SegmentationDataset, DatasetInfo]:
-    """The (train, val, info) of `cfg.dataset`; train items are augmented, val items are whole."""
+    """The (train, val, info) of `cfg.dataset`; train items are augmented by `seed`, val items are whole.
+
+    The digit scenes themselves come from their own data.digit_scenes.seed, fixed across a sweep's seeds.
+    """
     if cfg.dataset == "digit_scenes":
         root = cfg.root or DEFAULT_DIGIT_SCENES_ROOT
-        tables = load_digit_scenes(cfg.digit_scenes, seed, root).with_format("numpy")
+        tables = load_digit_scenes(cfg.digit_scenes, cfg.digit_scenes.seed, root).with_format("numpy")
         decode, info = decode_arrays, DIGIT_SCENES
     else:
         tables, decode, info = index_files(cfg.dataset, cfg.root), decode_files, LAYOUTS[cfg.dataset].info
     augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip)
     train = SegmentationDataset(tables["train"], decode, augment, seed)
     return train, SegmentationDataset(tables["val"], decode), info
+
+
+def auto_num_workers() -> int:
+    """DataLoader workers per local process when the recipe names none: its share of the usable cores, less one.
+
+    Each process launching a GPU's kernels keeps one core for itself, so the workers of all
+    LOCAL_WORLD_SIZE processes (set by torchrun / accelerate launch) never outnumber the cores
+    left; at least one, so that decoding overlaps the step even on a crowded node.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)

@@ -12,6 +12,7 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from harness.data.info import DatasetInfo, generated_palette
@@ -146,8 +147,6 @@ def build_digit_scenes(cfg: DigitScenesConfig, seed: int) -> datasets.DatasetDic
     )
 
 
-
-
 def load_digit_scenes(cfg: DigitScenesConfig, seed: int, root: Path) -> datasets.DatasetDict:
     """The digit-scenes splits from `root/<key>`, generated and saved there on first use."""
     path = Path(root) / digit_scenes_key(cfg, seed)
@@ -157,6 +156,6 @@ def load_digit_scenes(cfg: DigitScenesConfig, seed: int, root: Path) -> datasets
     return datasets.load_from_disk(str(path))
 
 
-def decode_arrays(row: dict) -> tuple[np.ndarray, np.ndarray]:
-    """A digit-scenes row (numpy format) as uint8 image [H,W,3] and label [H,W]."""
-    return np.asarray(row["image"], np.uint8), np.asarray(row["label"], np.uint8)
+def decode_arrays(row: dict) -> tuple[Image.Image, np.ndarray]:
+    """A digit-scenes row (numpy format) as an RGB image and a uint8 label [H,W]."""
+    return Image.fromarray(np.asarray(row["image"], np.uint8)), np.asarray(row["label"], np.uint8)

@@ -1,4 +1,10 @@
-"""Normalisation and training augmentation: scale, pad, crop, flip, each from a given generator."""
+"""Tensor conversion, normalisation and training augmentation: scale, pad, crop, flip, from a given generator.
+
+Images stay uint8 until they reach the model's device, where `normalize` turns them
+into ImageNet-normalised floats: a quarter of the bytes through worker queues, pinning and
+host-to-device copies. The training crop is resampled from the window of the original image
+it covers, never from the whole image scaled first.
+"""
 
 from __future__ import annotations
 
@@ -6,71 +12,111 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from harness.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)  # [3] -> [3,1,1]
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)  # [3] -> [3,1,1]
+# The uint8 colour closest to the mean: padding with it normalises to (almost exactly) 0.
+MEAN_COLOUR = tuple(round(255 * mean) for mean in IMAGENET_MEAN)
 
 
-def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 arrays [H,W,3], [H,W] -> ImageNet-normalised float32 [3,H,W] and int64 [H,W]."""
-    pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255  # [H,W,3] -> [3,H,W]
-    return (pixels - _MEAN) / _STD, torch.from_numpy(label.astype(np.int64))
+def to_tensors(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """An RGB image and a uint8 label [H,W] -> uint8 [3,H,W] and int64 [H,W]."""
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [H,W,3] -> [3,H,W]
+    return pixels, torch.from_numpy(label.astype(np.int64))
 
 
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """A normalised float image [3,H,W] as displayable uint8 [H,W,3]."""
-    pixels = (image.detach().float().cpu() * _STD + _MEAN).clamp(0, 1) * 255
-    return pixels.round().to(torch.uint8).permute(1, 2, 0).numpy()  # [3,H,W] -> [H,W,3]
-
-
-def random_scale(
-    image: torch.Tensor, label: torch.Tensor, scale: tuple[float, float], generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize by a factor drawn uniformly from `scale`: image bilinear, label nearest."""
-    low, high = scale
-    factor = low + (high - low) * torch.rand((), generator=generator).item()
-    size = [max(1, round(side * factor)) for side in label.shape]
-    image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]  # [3,H,W] -> [3,h,w]
-    label = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0]  # [H,W] -> [h,w]
-    return image, label.long()
+def normalize(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 images [B,3,H,W] on any device -> ImageNet-normalised `dtype`, computed in float32."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)  # [3] -> [3,1,1]
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)  # [3] -> [3,1,1]
+    return ((images.float() / 255 - mean) / std).to(dtype)
 
 
 def pad_to(image: torch.Tensor, label: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad bottom/right to at least height x width: image with 0 (the mean colour), label with IGNORE_INDEX."""
-    extra = (0, max(width - label.shape[1], 0), 0, max(height - label.shape[0], 0))
-    return F.pad(image, extra, value=0.0), F.pad(label, extra, value=IGNORE_INDEX)
+    """Pad bottom/right to at least height x width: image with MEAN_COLOUR, label with IGNORE_INDEX."""
+    rows, cols = label.shape
+    height, width = max(height, rows), max(width, cols)
+    if (height, width) == (rows, cols):
+        return image, label
+    pixels = torch.tensor(MEAN_COLOUR, dtype=image.dtype).view(3, 1, 1).repeat(1, height, width)  # [3] -> [3,H,W]
+    pixels[:, :rows, :cols] = image
+    labels = label.new_full((height, width), IGNORE_INDEX)
+    labels[:rows, :cols] = label
+    return pixels, labels
 
 
-def random_crop(
-    image: torch.Tensor, label: torch.Tensor, size: int, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A size x size window at a uniformly random position (inputs at least that large)."""
-    top = int(torch.randint(label.shape[0] - size + 1, (), generator=generator))
-    left = int(torch.randint(label.shape[1] - size + 1, (), generator=generator))
-    return image[:, top : top + size, left : left + size], label[top : top + size, left : left + size]
+@dataclass(frozen=True)
+class Window:
+    """A crop of the scaled image: that image's size, and the crop's part inside it (the rest is padding)."""
+
+    scaled: tuple[int, int]  # (height, width) of the whole image after scaling
+    top: int
+    left: int
+    height: int  # at most crop_size: fewer rows where the scaled image is shorter than the crop
+    width: int
+
+
+def random_window(
+    size: tuple[int, int], crop_size: int, scale: tuple[float, float], generator: torch.Generator | None = None
+) -> Window:
+    """Scale by a factor drawn uniformly from `scale`, pad to crop_size, and place a crop uniformly."""
+    low, high = scale
+    factor = low + (high - low) * torch.rand((), generator=generator).item()
+    scaled_height, scaled_width = (max(1, round(side * factor)) for side in size)
+    # Padding goes bottom/right, so a crop of a scaled image smaller than it starts at 0.
+    top = int(torch.randint(max(scaled_height, crop_size) - crop_size + 1, (), generator=generator))
+    left = int(torch.randint(max(scaled_width, crop_size) - crop_size + 1, (), generator=generator))
+    height, width = min(crop_size, scaled_height - top), min(crop_size, scaled_width - left)
+    return Window((scaled_height, scaled_width), top, left, height, width)
+
+
+def _nearest(start: int, count: int, source: int, scaled: int) -> np.ndarray:
+    """Source indices of scaled pixels start..start+count-1: floor((i + 0.5) * source / scaled), "nearest-exact".
+
+    In integers, so that a centre exactly on a source pixel edge always picks the later pixel
+    (torch's float32 rounding picks either).
+    """
+    return (2 * np.arange(start, start + count) + 1) * source // (2 * scaled)
+
+
+def resize_window(image: Image.Image, label: np.ndarray, window: Window) -> tuple[Image.Image, np.ndarray]:
+    """The window's part of the scaled image and uint8 label [h,w], resampled from the originals: bilinear, nearest.
+
+    PIL's bilinear resize widens its filter when it shrinks (antialiasing, as torch's
+    antialias=True did on the whole image) and, given a box, reads the pixels around that box
+    too: the result equals the same window of the whole image resized, at a fraction of the cost.
+    """
+    height, width = label.shape
+    scaled_height, scaled_width = window.scaled
+    box = (
+        window.left * width / scaled_width,
+        window.top * height / scaled_height,
+        (window.left + window.width) * width / scaled_width,
+        (window.top + window.height) * height / scaled_height,
+    )
+    pixels = image.resize((window.width, window.height), Image.Resampling.BILINEAR, box=box)
+    rows = _nearest(window.top, window.height, height, scaled_height)
+    cols = _nearest(window.left, window.width, width, scaled_width)
+    return pixels, label[rows[:, None], cols]  # [H,W] -> [h,w]
 
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Training augmentation on a normalised image and its label: scale, pad, crop, flip."""
+    """Training augmentation of a decoded (image, label): scale, pad, crop, flip, into uint8 / int64 tensors."""
 
     crop_size: int
     scale: tuple[float, float]
     flip: bool
 
     def __call__(
-        self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None
+        self, image: Image.Image, label: np.ndarray, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = random_scale(image, label, self.scale, generator)
-        image, label = pad_to(image, label, self.crop_size, self.crop_size)
-        image, label = random_crop(image, label, self.crop_size, generator)
+        window = random_window(label.shape, self.crop_size, self.scale, generator)
+        pixels, labels = to_tensors(*resize_window(image, label, window))
+        pixels, labels = pad_to(pixels, labels, self.crop_size, self.crop_size)
         if self.flip and torch.rand((), generator=generator) < 0.5:
-            image, label = image.flip(-1), label.flip(-1)
-        return image, label
-
-
+            pixels, labels = pixels.flip(-1), labels.flip(-1)
+        return pixels, labels
