@@ -128,6 +128,9 @@ def test_failing_variant_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> No
     root = tmp_path / "results" / "tiny"
     failed = json.loads((root / "broken" / "summary.json").read_text())
     assert failed["status"] == "failed" and str(broken) in failed["error"]
+    message = failed["error"].split(": ", 1)[1]  # the error's own message, without its type
+    assert isinstance(failed["traceback"], str)
+    assert "Traceback" in failed["traceback"] and message in failed["traceback"]
     assert json.loads((root / "fine" / "summary.json").read_text())["status"] == "ok"
 
 
