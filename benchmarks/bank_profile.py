@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import ctypes.util
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +29,9 @@ import torch
 from matplotlib.lines import Line2D
 from torch import Tensor, nn
 
-from benchmarks.common import GEOMETRIES, GEOMETRY_NOTES, TAU, Geometry
+from benchmarks.common import GEOMETRIES, GEOMETRY_NOTES, TAU, Geometry, fill_queues
 from harness import contrast
-from harness.measure import PeakMemory, StepTimer
+from harness.measure import PeakMemory, SpanTimer
 from harness.recipe import ContrastConfig
 from harness.report import markdown_table, save
 
@@ -42,7 +42,6 @@ CPU_MAX_BYTES = 8 * GB
 CUDA_FREE_FRACTION = 0.75  # the rest absorbs allocator rounding and the loss's misestimate
 BATCH_IMAGES = 8  # the paper's Cityscapes batch
 REGIONS_PER_IMAGE = 10  # classes present per synthetic image: 8 x 10 = ~80 region queries
-FILL_CHUNK = 65536  # entries pushed per call while filling a bank, to bound the temporaries
 TIMED_CALLS = 3
 LONG_CALL_S = 1.0  # a first call this long is timed alone: warm-up costs vanish next to it
 # Besides the streamed chunks (contrast.CHUNK_BUDGET_BYTES), the loss holds per key at most
@@ -70,8 +69,9 @@ class Batch:
     logits: Tensor  # [B,N,h,w]
     labels: Tensor  # [B,h,w]
     image_ids: Tensor  # [B]
-    centers: Tensor  # [M,C] the batch's region centers, detached: what a region bank update pushes
+    centers: Tensor  # [M,C] every (image, class) slot's region center, detached: what a region bank update pushes
     center_labels: Tensor  # [M]
+    center_valid: Tensor  # [M]: False where the class is absent from the image (fixed-shape padding)
     generator: torch.Generator
 
 
@@ -95,18 +95,10 @@ def synthetic_batch(geometry: Geometry, device: torch.device, seed: int = 0) -> 
     image_ids = torch.arange(BATCH_IMAGES, device=device)
     # Gradients reach the features as in training, so the loss timing includes the backward.
     features.requires_grad_()
-    return Batch(features, logits, labels, image_ids, *contrast.flatten_regions(centers, valid), generator)
+    return Batch(features, logits, labels, image_ids, *contrast.region_entries(centers, valid), generator)
 
 
 # ---------------------------------------------------------------- bank kinds
-
-
-def _fill_queues(queues: contrast.ClassQueues, generator: torch.Generator) -> None:
-    """Push random keys until every slot of every class holds one."""
-    device = queues.keys.device
-    labels = torch.arange(queues.num_classes, device=device).repeat_interleave(queues.size)  # [NK]
-    for part in labels.split(FILL_CHUNK):
-        queues.push(torch.randn(len(part), queues.dim, generator=generator, device=device), part)
 
 
 @dataclass(frozen=True)
@@ -129,8 +121,10 @@ class BankKind:
 def _region_loss(bank: contrast.RegionBank, batch: Batch) -> Tensor:
     """The batch's region centers (Eq. 3), then Eq. 4 for them against the whole bank."""
     centers, valid = contrast.region_centers(batch.features, batch.logits, batch.labels, bank.num_classes, VARIANT)
-    queries, query_labels = contrast.flatten_regions(centers, valid)
-    return contrast.region_contrast_loss(queries, query_labels, bank.keys, bank.valid, TAU)
+    queries, query_labels, query_valid = contrast.region_entries(centers, valid)
+    return contrast.region_contrast_loss(
+        queries, query_labels, bank.keys, bank.valid, TAU, query_valid=query_valid, keys_unit=True
+    )
 
 
 def _pixel_loss(bank: contrast.PixelBank | contrast.AllPixelBank, batch: Batch) -> Tensor:
@@ -151,8 +145,8 @@ def _anchor_count(batch: Batch) -> int:
 
 def _fill_pixel_bank(bank: contrast.PixelBank, batch: Batch) -> None:
     """Fill the pixel and the segment queue."""
-    _fill_queues(bank.pixels, batch.generator)
-    _fill_queues(bank.segments, batch.generator)
+    fill_queues(bank.pixels, batch.generator)
+    fill_queues(bank.segments, batch.generator)
 
 
 def _fill_all_pixels(bank: contrast.AllPixelBank, batch: Batch) -> None:
@@ -168,10 +162,10 @@ REGION = BankKind(
     predicted_bytes=lambda g: contrast.region_bank_bytes(g.num_classes, g.train_images, g.dim, g.dtype),
     entries=lambda g: g.num_classes * g.train_images,
     build=lambda g: contrast.RegionBank(g.num_classes, g.train_images, g.dim, g.dtype),
-    fill=lambda bank, batch: _fill_queues(bank, batch.generator),
-    update=lambda bank, batch: bank.push(batch.centers, batch.center_labels),
+    fill=lambda bank, batch: fill_queues(bank, batch.generator),
+    update=lambda bank, batch: bank.push(batch.centers, batch.center_labels, batch.center_valid),
     loss=_region_loss,
-    queries=lambda batch: len(batch.centers),
+    queries=lambda batch: int(batch.center_valid.sum()),
 )
 PIXEL_QUEUES = BankKind(
     name="pixel",
@@ -272,22 +266,23 @@ def build_measured(kind: BankKind, geometry: Geometry, device: torch.device) -> 
     return bank, peak.peak_bytes - baseline
 
 
-def timed_call(step: Callable[[], object], timer: StepTimer) -> float:
+def timed_call(step: Callable[[], object], timer: SpanTimer) -> float:
     """Run `step` once under `timer`; its wall time in seconds."""
     timer.start()
     step()
-    return timer.stop()
+    timer.stop()
+    return timer.flush()[-1]
 
 
 def median_ms(step: Callable[[], object], device: torch.device) -> float:
     """Wall time of `step` in ms: median of TIMED_CALLS after a warm-up call, or that call alone if slow."""
-    timer = StepTimer(device, warmup=1)
+    timer = SpanTimer(device, warmup=1)
     first = timed_call(step, timer)
     if first >= LONG_CALL_S:
         return 1000 * first
     for _ in range(TIMED_CALLS):
         timed_call(step, timer)
-    return 1000 * timer.seconds_per_iter()
+    return 1000 * timer.median()
 
 
 def loss_bytes_bound(kind: BankKind, geometry: Geometry) -> int:

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from harness import contrast
 from harness.data import ADE20K, CITYSCAPES, COCO_STUFF, DIGIT_SCENES
 from harness.recipe import ContrastConfig, DataConfig, DigitScenesConfig, ModelConfig
 
 TAU = ContrastConfig().tau
 DIM = ModelConfig().head_channels
+FILL_CHUNK = 65536  # entries pushed per call while filling a bank, to bound the temporaries
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,32 @@ def batch_queries(
     """Region centers [M,C] and labels [M] of `images` images with `present` distinct classes each."""
     labels = torch.cat([torch.randperm(classes, generator=generator)[:present] for _ in range(images)])
     return torch.randn(len(labels), dim, generator=generator), labels
+
+
+def fill_queues(queues: contrast.ClassQueues, generator: torch.Generator) -> None:
+    """Push random keys until every slot of every class holds one (a bank at steady state)."""
+    device = queues.slots.device
+    labels = torch.arange(queues.num_classes, device=device).repeat_interleave(queues.size)  # [NK]
+    for part in labels.split(FILL_CHUNK):
+        queues.push(torch.randn(len(part), queues.dim, generator=generator, device=device), part)
+
+
+def fill_all_pixels(bank: contrast.AllPixelBank, num_classes: int, generator: torch.Generator) -> None:
+    """Every pixel slot of every image: a random unit key of a random class."""
+    keys = torch.randn(bank.keys.shape, generator=generator, device=bank.keys.device)
+    bank.keys.copy_(F.normalize(keys, dim=2))
+    classes = torch.randint(num_classes, bank.labels.shape, generator=generator, device=bank.labels.device)
+    bank.labels.copy_(classes)
+
+
+def fill_bank(bank: contrast.Bank, num_classes: int, generator: torch.Generator) -> None:
+    """Fill any bank kind to the brim, as a long run leaves it."""
+    if isinstance(bank, contrast.AllPixelBank):
+        fill_all_pixels(bank, num_classes, generator)
+        return
+    queues = {contrast.PixelBank: lambda b: [b.pixels, b.segments], contrast.ShardedRegionBank: lambda b: [b.queues]}
+    for part in queues.get(type(bank), lambda b: [b])(bank):
+        fill_queues(part, generator)
 
 
 def dense_info_nce(

@@ -1,76 +1,119 @@
-"""What a contrastive loss costs per training step, on the quickstart model.
+"""What a contrastive loss costs per training step at steady state, on the quickstart model.
 
-Times the harness's own training step (forward, CE + aux [+ contrast], backward, SGD/AdamW
-step, bank push) for CE only, RegionContrast with the paper's bank (one slot per training
-image), the in-batch variant, ContrastiveSeg's pixel + segment queues and the all-pixel bank.
+Times the harness's own training step (forward, CE + aux [+ contrast], backward, optimizer
+step, bank push) for CE only and for each contrast kind, with every bank filled to the brim
+before timing (a long run's steady state; an empty bank makes the loss look cheaper).
 Steps alternate between the kinds in rounds, so a load change on a shared machine hits all
-of them alike. Prints a markdown table:
+of them alike, and each round gives one ratio per kind: its step over that round's CE step.
+The figure is the median of those ratios. Prints a markdown table:
 
-    python benchmarks/contrast_overhead.py [--steps 40] [--set key=value ...]
+    python -m benchmarks.contrast_overhead [--rounds 200] [--repeats 3] [--kinds region in_batch] [--set key=value ...]
+
+--repeats runs the whole measurement again (fresh models and banks) to show how far
+repeated runs land apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import yaml
 
-from harness import engine
-from harness.recipe import expand, parse_override
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import fill_bank  # noqa: E402
+from harness import engine  # noqa: E402
+from harness.recipe import expand, parse_override  # noqa: E402
+
+WARMUP_ROUNDS = 10
 KINDS = {
-    "CE only": ["loss.contrast.kind=none"],
-    "RegionContrast (bank = train set)": ["loss.contrast.kind=region"],
-    "RegionContrast in-batch (bank 0)": ["loss.contrast.kind=region", "loss.contrast.bank_size=0"],
-    "pixel + segment queues": ["loss.contrast.kind=pixel", "loss.contrast.tau=0.07"],
-    "all-pixel bank": ["loss.contrast.kind=all_pixel", "loss.contrast.tau=0.07"],
+    "ce": ("CE only", ["loss.contrast.kind=none"]),
+    "region": ("RegionContrast (bank = train set)", ["loss.contrast.kind=region"]),
+    "in_batch": ("RegionContrast in-batch (bank 0)", ["loss.contrast.kind=region", "loss.contrast.bank_size=0"]),
+    "pixel": ("pixel + segment queues", ["loss.contrast.kind=pixel", "loss.contrast.tau=0.07"]),
+    "all_pixel": ("all-pixel bank", ["loss.contrast.kind=all_pixel", "loss.contrast.tau=0.07"]),
 }
 
 
-def trainer_for(recipe_path: Path, overrides: list[str]) -> tuple[engine.Trainer, Iterator]:
-    """The recipe's trainer (its sweep ignored) and an endless batch iterator for one contrast kind."""
+@dataclass
+class Timed:
+    """One kind's trainer, its batches and its step times."""
+
+    trainer: engine.Trainer
+    batches: Iterator
+    seconds: list[float]
+
+
+def timed_kind(recipe_path: Path, overrides: list[str]) -> Timed:
+    """The recipe's trainer for one contrast kind (its sweep ignored), its bank full."""
     tree = yaml.safe_load(recipe_path.read_text())
     tree.pop("sweep", None)
     (variant,) = expand(tree, [parse_override(text) for text in overrides])
     accelerator = engine.make_accelerator(variant.recipe)
     setup = engine.set_up(accelerator, variant.recipe)
-    return setup.trainer, engine.endless(setup.train_loader, setup.train_set, 0)
+    bank = setup.trainer.bank
+    if bank is not None:
+        generator = torch.Generator(accelerator.device).manual_seed(0)
+        fill_bank(bank, setup.info.num_classes, generator)
+        assert float(bank.fill()) == 1.0, "the bank must be full before timing"
+    return Timed(setup.trainer, engine.endless(setup.train_loader, setup.train_set, 0), [])
 
 
-def time_step(trainer: engine.Trainer, batches: Iterator, iteration: int) -> float:
+def time_step(timed: Timed, iteration: int) -> float:
     """Seconds for one training step (the batch is fetched before the clock starts)."""
-    batch = next(batches)
+    batch = next(timed.batches)
+    device = timed.trainer.accelerator.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
-    trainer.step(batch, iteration)
+    timed.trainer.step(batch, iteration)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def measure(recipe_path: Path, overrides: list[str], kinds: list[str], rounds: int) -> dict[str, list[float]]:
+    """Per kind, its step time over CE's in each timed round (CE itself included, all 1.0)."""
+    timed = {kind: timed_kind(recipe_path, overrides + KINDS[kind][1]) for kind in ["ce", *kinds]}
+    for round_index in range(WARMUP_ROUNDS + rounds):
+        for kind, entry in timed.items():
+            seconds = time_step(entry, round_index)
+            if round_index >= WARMUP_ROUNDS:
+                entry.seconds.append(seconds)
+    ce = timed["ce"].seconds
+    return {kind: [own / base for own, base in zip(entry.seconds, ce)] for kind, entry in timed.items()} | {
+        "ce_seconds": ce
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", type=Path, default=Path("recipes/quickstart.yaml"))
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per kind (after 5 warm-up steps)")
+    parser.add_argument("--rounds", type=int, default=200, help="timed rounds (one step of each kind per round)")
+    parser.add_argument("--repeats", type=int, default=3, help="independent measurements, fresh models and banks")
+    parser.add_argument("--kinds", nargs="+", choices=[kind for kind in KINDS if kind != "ce"],
+                        default=["region", "in_batch", "pixel"])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    trainers = {name: trainer_for(args.recipe, args.overrides + extra) for name, extra in KINDS.items()}
-    times: dict[str, list[float]] = {name: [] for name in KINDS}
-    for iteration in range(args.steps + 5):
-        for name, (trainer, batches) in trainers.items():
-            elapsed = time_step(trainer, batches, iteration)
-            if iteration >= 5:
-                times[name].append(elapsed)
-    baseline = statistics.median(times["CE only"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps per kind, median step time")
-    print("| loss | s/step | vs CE | bank MB |")
-    print("|---|--:|--:|--:|")
-    for name, (trainer, _) in trainers.items():
-        median = statistics.median(times[name])
-        bank_mb = trainer.bank.nbytes() / 1e6 if trainer.bank is not None else 0.0
-        print(f"| {name} | {median:.4f} | {median / baseline:.3f} | {bank_mb:.2f} |")
+    runs = [measure(args.recipe, args.overrides, args.kinds, args.rounds) for _ in range(args.repeats)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds after "
+          f"{WARMUP_ROUNDS} warm-up rounds, banks full; ratio = median over rounds of (kind step / CE step)")
+    ce_ms = [1000 * statistics.median(run["ce_seconds"]) for run in runs]
+    print(f"CE step: median {', '.join(f'{ms:.1f}' for ms in ce_ms)} ms in the {args.repeats} repeats\n")
+    print("| loss | step / CE step, per repeat | median of repeats |")
+    print("|---|---|--:|")
+    for kind in args.kinds:
+        ratios = [statistics.median(run[kind]) for run in runs]
+        print(f"| {KINDS[kind][0]} | {', '.join(f'{ratio:.3f}' for ratio in ratios)} | "
+              f"{statistics.median(ratios):.3f} |")
 
 
 if __name__ == "__main__":

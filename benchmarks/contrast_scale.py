@@ -36,8 +36,21 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import DIM, GEOMETRIES, TAU, Geometry, batch_queries, dense_bank_loss, random_unit_bank  # noqa: E402
-from harness.contrast import CHUNK_BUDGET_BYTES, auto_chunk_size, chunk_bytes, region_contrast_loss  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DIM,
+    GEOMETRIES,
+    TAU,
+    Geometry,
+    batch_queries,
+    dense_bank_loss,
+    random_unit_bank,
+)
+from harness.contrast import (  # noqa: E402
+    CHUNK_BUDGET_BYTES,
+    auto_chunk_size,
+    chunk_bytes,
+    region_contrast_loss,
+)
 from harness.measure import PeakMemory  # noqa: E402
 
 MB = 1e6
@@ -115,7 +128,7 @@ def run_geometry(geometry: Geometry, images: int, seed: int) -> list[Row]:
     queries, labels = batch_queries(geometry.num_classes, generator, images)
     valid = torch.ones(geometry.num_classes, geometry.train_images, dtype=torch.bool)
     direct, note = measure_direct(geometry, queries, labels, bank)
-    streamed = measure(lambda q: region_contrast_loss(q, labels, bank, valid, TAU), queries)
+    streamed = measure(lambda q, full=bank: region_contrast_loss(q, labels, full, valid, TAU), queries)
     low = bank.bfloat16()
     del bank  # the bf16 run holds only the bf16 bank
     bf16 = measure(lambda q: region_contrast_loss(q, labels, low, valid, TAU), queries)

@@ -104,7 +104,9 @@ def measure_layouts(geometry: Geometry, images: int, repeats: int, seed: int) ->
     queries, labels = batch_queries(geometry.num_classes, torch.Generator().manual_seed(seed + rank + 1), images)
     bank = replicated_bank(geometry, seed)
     valid = bank.valid
-    timing = slowest_median(lambda q: region_contrast_loss(q, labels, bank.keys, valid, TAU), queries, repeats)
+    timing = slowest_median(
+        lambda q, keys=bank.keys, usable=valid: region_contrast_loss(q, labels, keys, usable, TAU), queries, repeats
+    )
     predicted = region_bank_bytes(geometry.num_classes, geometry.train_images, DIM)
     results = [Result("replicated", bank.nbytes(), predicted, *timing)]
     del bank, valid  # only one layout's bank alive at a time

@@ -19,17 +19,20 @@ def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def ohem_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, thresh: float, min_kept: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
-    """CE over the hard pixels: true-class probability below `thresh`, at least `min_kept` of them."""
+    """CE over the hard pixels: true-class probability at most `thresh`, and at least the `min_kept` least confident.
+
+    Masks and a device-side threshold, never a host round trip; all pixels ignored gives 0 with a graph.
+    """
     pixel_loss = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none").flatten()
     valid = labels.flatten() != ignore_index
-    # p(true class) = exp(-CE); hard pixels are the least confident ones.
-    true_prob = torch.exp(-pixel_loss.detach())[valid]
-    if true_prob.numel() == 0:
-        return pixel_loss.sum() * 0.0
-    kth = min(min_kept, true_prob.numel()) - 1
-    threshold = max(true_prob.kthvalue(kth + 1).values.item(), thresh)
-    hard = pixel_loss[valid][true_prob <= threshold]
-    return hard.mean()
+    # p(true class) = exp(-CE); ignored pixels get 2, above any probability, so they sort last.
+    true_prob = torch.where(valid, torch.exp(-pixel_loss.detach()), 2.0)
+    smallest = true_prob.topk(min(min_kept, true_prob.numel()), largest=False).values  # ascending
+    # The min_kept-th least confident valid pixel (or the last valid one) raises the threshold.
+    kth = (valid.sum().clamp(max=min_kept) - 1).clamp_min(0)
+    threshold = smallest[kth].clamp_min(thresh)
+    hard = valid & (true_prob <= threshold)
+    return (pixel_loss * hard).sum() / hard.sum().clamp_min(1)
 
 
 def pixel_loss(cfg: LossConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import torch
@@ -18,11 +19,13 @@ class PeakMemory:
 
     RSS is sampled by a thread because ru_maxrss is a whole-process peak that never
     goes down, which would charge one sweep variant for the memory of an earlier one.
+    `mark(phase)` charges the peak since the previous mark to `phase` (training, evaluation).
     """
 
     def __init__(self, device: torch.device, interval_s: float = 0.01) -> None:
         self.device, self.interval_s = device, interval_s
         self.peak_bytes = 0
+        self.phases: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -50,6 +53,14 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated(self.device)
         return max(self.peak_bytes, psutil.Process().memory_info().rss)
 
+    def mark(self, phase: str) -> None:
+        """Charge the peak since the previous mark to `phase`, then start afresh from what is in use now."""
+        self.phases[phase] = max(self.phases.get(phase, 0), self.read())
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak_bytes = psutil.Process().memory_info().rss
+
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -58,36 +69,51 @@ class PeakMemory:
 
 
 @dataclass
-class StepTimer:
-    """Wall time per training iteration; the first `warmup` iterations are not counted."""
+class SpanTimer:
+    """Durations of a repeated span of work (a training step, the contrast term), with no host sync per span.
+
+    On CUDA each span records two events, read only at flush() (at log intervals); elsewhere
+    the clock is read at once. The first `warmup` spans are not kept in `seconds`.
+    """
 
     device: torch.device
-    warmup: int = 5
-    times: list[float] = field(default_factory=list)
+    warmup: int = 0
+    seconds: list[float] = field(default_factory=list)
     _seen: int = 0
     _start: float = 0.0
+    _open: list[tuple[Any, Any]] = field(default_factory=list)  # CUDA event pairs not yet read
+    _done: list[float] = field(default_factory=list)  # CPU spans not yet flushed
 
     def start(self) -> None:
-        self._sync()
-        self._start = time.perf_counter()
-
-    def stop(self) -> float:
-        """End the iteration; returns its duration in seconds."""
-        self._sync()
-        elapsed = time.perf_counter() - self._start
-        self._seen += 1
-        if self._seen > self.warmup:
-            self.times.append(elapsed)
-        return elapsed
-
-    def _sync(self) -> None:
-        # CUDA kernels are asynchronous: without a sync the clock measures launch time.
+        """Open a span."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            self._open.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            self._open[-1][0].record()
+        else:
+            self._start = time.perf_counter()
 
-    def seconds_per_iter(self) -> float | None:
-        """Median iteration time: robust to the odd evaluation or checkpoint stall."""
-        return statistics.median(self.times) if self.times else None
+    def stop(self) -> None:
+        """Close the span opened last."""
+        if self.device.type == "cuda":
+            self._open[-1][1].record()
+        else:
+            self._done.append(time.perf_counter() - self._start)
+
+    def flush(self) -> list[float]:
+        """Seconds of every span closed since the last flush (warm-up ones too); waits for the device once."""
+        if self._open:
+            self._open[-1][1].synchronize()
+            self._done = [begin.elapsed_time(end) / 1000 for begin, end in self._open]
+            self._open = []
+        spans, self._done = self._done, []
+        kept = spans[max(0, self.warmup - self._seen):]
+        self._seen += len(spans)
+        self.seconds.extend(kept)
+        return spans
+
+    def median(self) -> float | None:
+        """Median span in seconds: robust to the odd evaluation or checkpoint stall."""
+        return statistics.median(self.seconds) if self.seconds else None
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -55,6 +55,8 @@ class RunConfig(Strict):
     deterministic: bool = False
     log_interval: int = Field(10, ge=1)
     checkpoint_interval: int = Field(0, ge=0)  # iterations between checkpoints; 0 = none
+    # torch.compile the model (only: the contrast's shapes depend on the data). Slow first steps.
+    compile: bool = False
 
 
 class AugmentConfig(Strict):
@@ -76,6 +78,9 @@ class DigitScenesConfig(Strict):
     image_size: int = Field(64, ge=16)
     digits_per_image: tuple[int, int] = (2, 4)
     digit_scale: tuple[float, float] = (0.25, 0.4375)  # digit side as a fraction of the image side
+    # The dataset's own seed: which digit samples are train or val, and the scenes drawn from them.
+    # Fixed across a sweep's seeds (run.seed), as a real dataset is.
+    seed: int = 0
 
     @field_validator("digits_per_image")
     @classmethod
@@ -97,7 +102,8 @@ class DataConfig(Strict):
     root: Path | None = None
     crop_size: int = Field(64, ge=8)
     batch_size: int = Field(8, ge=1)
-    num_workers: int = Field(0, ge=0)
+    # DataLoader workers per process; None: harness.data.auto_num_workers (a share of the usable cores).
+    num_workers: int | None = Field(None, ge=0)
     augment: AugmentConfig = AugmentConfig()
     digit_scenes: DigitScenesConfig = DigitScenesConfig()
 
@@ -105,6 +111,9 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     backbone: str = "resnet50"
     pretrained: bool = False
+    # timm: timm's weights (ImageNet) from the Hugging Face cache; digits: the local stand-in,
+    # the backbone pretrained on classifying the digit scenes' train-split digits (harness/pretrain.py).
+    pretrained_source: Literal["timm", "digits"] = "timm"
     weights: Path | None = None
     output_stride: Literal[8, 16, 32] = 8
     head: Literal["deeplabv3", "fcn", "hrnetv2"] = "deeplabv3"
@@ -112,6 +121,8 @@ class ModelConfig(Strict):
     aux_head: bool = True
     aux_channels: int = Field(256, ge=1)
     sync_bn: bool = False
+    # NHWC activations and weights: faster convolutions with bf16 tensor cores on a GPU.
+    channels_last: bool = False
 
 
 class PixelBankConfig(Strict):
@@ -139,6 +150,9 @@ class ContrastConfig(Strict):
     chunk_size: int | None = Field(None, ge=1)
     # Storage of the bank's keys; the loss always accumulates in float32.
     bank_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # CE only before this iteration (ContrastiveSeg uses 5000); the bank fills meanwhile, so the
+    # contrast starts against a full bank rather than an empty one.
+    warmup_iters: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _sharding_needs_a_region_bank(self) -> "ContrastConfig":
@@ -202,6 +216,13 @@ class Recipe(Strict):
     paper: PaperRow | None = None
 
 
+def _check_across_sections(recipe: Recipe) -> None:
+    """Rules that tie keys of different sections together, each error located at one key."""
+    model = recipe.model
+    if model.pretrained and model.pretrained_source == "digits" and recipe.data.dataset != "digit_scenes":
+        raise RecipeError("model.pretrained_source", "the digits stand-in only fits data.dataset: digit_scenes")
+
+
 class SweepSpec(Strict):
     """How one recipe file expands into runs: a grid plus named extra points, each once per seed."""
 
@@ -257,10 +278,12 @@ def _dotted_location(loc: tuple[int | str, ...]) -> str:
 def validate(tree: dict[str, Any]) -> Recipe:
     """Validate a raw mapping into a Recipe; the first error becomes a RecipeError."""
     try:
-        return Recipe.model_validate(tree)
+        recipe = Recipe.model_validate(tree)
     except ValidationError as error:
         first = error.errors()[0]
         raise RecipeError(_dotted_location(first["loc"]), first["msg"]) from None
+    _check_across_sections(recipe)
+    return recipe
 
 
 def _variant_name(overrides: dict[str, Any]) -> str:

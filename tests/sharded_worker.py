@@ -21,6 +21,7 @@ from harness.contrast import (
     RegionBank,
     ShardedRegionBank,
     region_contrast_loss,
+    region_entries,
     sharded_region_contrast_loss,
 )
 
@@ -46,12 +47,12 @@ def random_centers(rank: int, step: int) -> tuple[Tensor, Tensor]:
     return centers, valid & ((rank, step) != (1, 2))
 
 
-def loss_and_grad(loss_fn, queries: Tensor) -> tuple[float, Tensor]:
-    """A loss of fresh leaf copies of `queries`, and its gradient w.r.t. them."""
+def loss_and_grad(loss_fn, queries: Tensor, present: Tensor) -> tuple[float, Tensor]:
+    """A loss of fresh leaf copies of `queries`, and its gradient w.r.t. the `present` ones."""
     leaf = queries.clone().requires_grad_(True)
     loss = loss_fn(leaf)
     loss.backward()
-    return loss.item(), leaf.grad
+    return loss.item(), leaf.grad[present]
 
 
 def run_geometry(rank: int, size: int, dtype: torch.dtype) -> tuple[dict, RegionBank, ShardedRegionBank]:
@@ -61,17 +62,22 @@ def run_geometry(rank: int, size: int, dtype: torch.dtype) -> tuple[dict, Region
     records = []
     for step, chunk in zip(range(STEPS), SHARDED_CHUNKS):
         centers, valid = random_centers(rank, step)
-        queries, labels = centers[valid], valid.nonzero()[:, 1]
+        queries, labels, present = region_entries(centers, valid)  # every rank holds B x N query rows
         records.append({
-            "queries": len(queries),
+            "queries": int(present.sum()),
             "replicated": loss_and_grad(
-                lambda q: region_contrast_loss(q, labels, replicated.keys, replicated.valid, TAU, chunk_size=3), queries
+                lambda q: region_contrast_loss(
+                    q, labels, replicated.keys, replicated.valid, TAU, chunk_size=3, query_valid=present
+                ), queries, present,
             ),
-            "sharded": loss_and_grad(lambda q: sharded_region_contrast_loss(q, labels, sharded, TAU, chunk), queries),
+            "sharded": loss_and_grad(
+                lambda q: sharded_region_contrast_loss(q, labels, sharded, TAU, chunk, query_valid=present),
+                queries, present,
+            ),
         })
         all_centers, all_valid = gather(centers), gather(valid)
         for bank in (replicated, sharded):
-            bank.push(all_centers[all_valid], all_valid.nonzero()[:, 1])
+            bank.push(*region_entries(all_centers, all_valid))
     summary = {"size": size, "dtype": dtype, "steps": records, "replicated": replicated.state_dict(), "sharded": sharded.state_dict(),
                "sharded_nbytes": sharded.nbytes(), "replicated_nbytes": replicated.nbytes()}
     return summary, replicated, sharded
@@ -81,11 +87,12 @@ def ddp_gradients(rank: int, replicated: RegionBank, sharded: ShardedRegionBank)
     """Weight gradients of a DDP linear layer that makes this rank's queries, under either layout's loss."""
     torch.manual_seed(0)  # the same layer on every rank
     model = DistributedDataParallel(torch.nn.Linear(4, DIM))
-    inputs = torch.randn(7 + rank, 4, generator=torch.Generator().manual_seed(rank))
-    labels = torch.arange(7 + rank) % NUM_CLASSES
+    inputs = torch.randn(8, 4, generator=torch.Generator().manual_seed(rank))
+    labels = torch.arange(8) % NUM_CLASSES
+    present = torch.arange(8) < 7 + rank  # 7 queries on rank 0, 8 on rank 1
     losses = {
-        "replicated": lambda q: region_contrast_loss(q, labels, replicated.keys, replicated.valid, TAU),
-        "sharded": lambda q: sharded_region_contrast_loss(q, labels, sharded, TAU),
+        "replicated": lambda q: region_contrast_loss(q, labels, replicated.keys, replicated.valid, TAU, query_valid=present),
+        "sharded": lambda q: sharded_region_contrast_loss(q, labels, sharded, TAU, query_valid=present),
     }
     grads = {}
     for name, loss_fn in losses.items():

@@ -13,13 +13,13 @@ from harness.contrast import (
     PixelBank,
     RegionBank,
     all_pixel_bank_bytes,
-    flatten_regions,
     in_batch_contrast_loss,
     pixel_bank_bytes,
     pixel_contrast_loss,
     region_bank_bytes,
     region_centers,
     region_contrast_loss,
+    region_entries,
     sample_anchors,
 )
 from harness.labels import IGNORE_INDEX
@@ -195,12 +195,22 @@ def test_unknown_variant_names_the_choices():
         region_centers(*hand_case(), num_classes=3, variant="median")
 
 
-def test_flatten_regions_is_image_major():
+def test_region_entries_are_image_major_with_fixed_shapes():
     centers = torch.arange(12.0).reshape(2, 3, 2)  # [BNC] -> [B,N,C]
     valid = torch.tensor([[True, False, True], [False, True, False]])
-    vectors, labels = flatten_regions(centers, valid)
-    assert labels.tolist() == [0, 2, 1]
-    assert torch.equal(vectors, centers[[0, 0, 1], [0, 2, 1]])
+    vectors, labels, present = region_entries(centers, valid)
+    assert vectors.shape == (6, 2) and labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert present.tolist() == [True, False, True, False, True, False]
+    assert torch.equal(vectors[present], centers[[0, 0, 1], [0, 2, 1]])
+
+
+def test_padding_queries_count_for_nothing():
+    bank_keys, bank_valid = random_bank(3, 4, 5, 6)
+    queries, labels = torch.randn(7, 6, generator=seeded(4)), torch.arange(7) % 4
+    present = torch.tensor([True, False, True, True, False, False, True])
+    padded = region_contrast_loss(queries, labels, bank_keys, bank_valid, 0.1, query_valid=present)
+    dropped = region_contrast_loss(queries[present], labels[present], bank_keys, bank_valid, 0.1)
+    assert padded.item() == pytest.approx(dropped.item(), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -338,8 +348,8 @@ def test_size_zero_bank_is_empty_and_the_engine_falls_back_to_in_batch():
     assert bank.nbytes() == region_bank_bytes(3, 0, 4)
     centers = torch.randn(2, 3, 4)
     valid = all_valid(2, 3)
-    queries, labels = flatten_regions(centers, valid)
-    assert region_contrast_loss(queries, labels, bank.keys, bank.valid, 0.1).item() == 0.0
+    queries, labels, present = region_entries(centers, valid)
+    assert region_contrast_loss(queries, labels, bank.keys, bank.valid, 0.1, query_valid=present).item() == 0.0
     expected = brute_in_batch(centers, valid, 0.1, [0, 1])
     assert in_batch_contrast_loss(centers, valid, 0.1).item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -407,7 +417,7 @@ def test_bank_state_dict_round_trip_resumes_identically():
     more = torch.randn(3, 5), torch.tensor([2, 2, 0])
     bank.push(*more)
     restored.push(*more)
-    assert set(bank.state_dict()) == {"keys", "ptr", "filled"}
+    assert set(bank.state_dict()) == {"slots", "ptr", "filled"}
     for name in ["keys", "ptr", "filled", "valid"]:
         assert torch.equal(getattr(bank, name), getattr(restored, name))
 

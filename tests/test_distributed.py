@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from harness import contrast
-from harness.data import build_datasets
+from harness.data import build_datasets, normalize
 from harness.losses import upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
 from harness.models import build_model
@@ -73,7 +73,7 @@ def test_banks_are_bitwise_identical_and_match_one_process(two_ranks: list[dict]
     for step in range(4):
         features, logits, labels = (torch.cat(parts) for parts in zip(*(rank["inputs"][step] for rank in two_ranks)))
         centers, valid = contrast.region_centers(features, logits, labels, 11, "weighted")
-        reference.push(*contrast.flatten_regions(centers, valid))
+        reference.push(*contrast.region_entries(centers, valid))
     assert all(torch.equal(reference.state_dict()[name], bank0[name]) for name in bank0)
     assert reference.filled.sum() > 0
 
@@ -100,7 +100,7 @@ def test_distributed_evaluation_counts_each_image_once(two_ranks: list[dict], tm
     with torch.no_grad():
         for index in range(len(val)):  # 5 images: 2 ranks x batch 2 pad the last batch with repeats
             item = val[index]
-            probs = upsample_to(model(item["image"][None]).logits, (32, 32))
+            probs = upsample_to(model(normalize(item["image"][None], torch.float32)).logits, (32, 32))
             total += confusion_matrix(probs.argmax(1)[0], item["label"], 11)
     expected, _ = iou_from_confusion(total)
     assert [rank["miou"] for rank in two_ranks] == [pytest.approx(expected)] * 2

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.recipe import RecipeError, load, parse_override
+from harness.recipe import RecipeError, load, load_sweep, parse_override
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
 
@@ -111,4 +111,38 @@ def test_recipes_are_shipped() -> None:
 @pytest.mark.parametrize("path", RECIPES, ids=[path.stem for path in RECIPES])
 def test_every_shipped_recipe_loads(path: Path) -> None:
     variants = load(path)
-    assert variants and len({variant.name for variant in variants}) == len(variants)
+    assert variants and len({(variant.name, variant.seed) for variant in variants}) == len(variants)
+
+
+def test_seeds_repeat_every_variant_with_its_run_seed(tmp_path: Path) -> None:
+    tree = {"sweep": {"seeds": [3, 5], "variants": {"ce": {"loss.contrast.kind": "none"}, "region": {}}}}
+    variants, sweep = load_sweep(write_recipe(tmp_path, tree))
+    assert [(variant.name, variant.seed, variant.recipe.run.seed) for variant in variants] == [
+        ("ce", 3, 3), ("ce", 5, 5), ("region", 3, 3), ("region", 5, 5)
+    ]
+    assert sweep.seeds == [3, 5] and sweep.baseline is None
+
+
+def test_seeds_and_baseline_can_be_set_from_the_command_line(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, {"sweep": {"variants": {"ce": {"loss.contrast.kind": "none"}, "region": {}}}})
+    variants, sweep = load_sweep(path, ["sweep.seeds=[0,1,2]", "sweep.baseline=ce"])
+    assert len(variants) == 6 and sweep.seeds == [0, 1, 2] and sweep.baseline == "ce"
+    (unseeded,) = load(write_recipe(tmp_path, {}, "plain.yaml"))
+    assert unseeded.seed is None  # no seeds: one run, in the variant's own folder
+
+
+@pytest.mark.parametrize(("sweep", "key"), [
+    ({"seeds": [1, 1]}, "sweep.seeds"),
+    ({"baseline": "nobody", "variants": {"ce": {}}}, "sweep.baseline"),
+])
+def test_bad_seeds_or_baseline_name_the_key(tmp_path: Path, sweep: dict, key: str) -> None:
+    with pytest.raises(RecipeError) as caught:
+        load(write_recipe(tmp_path, {"sweep": sweep}))
+    assert caught.value.key == key
+
+
+def test_digit_stand_in_needs_the_digit_scenes(tmp_path: Path) -> None:
+    tree = {"data": {"dataset": "cityscapes"}, "model": {"pretrained": True, "pretrained_source": "digits"}}
+    with pytest.raises(RecipeError) as caught:
+        load(write_recipe(tmp_path, tree))
+    assert caught.value.key == "model.pretrained_source"

@@ -35,12 +35,17 @@ def random_pushes(seed: int, pushes: int = 4, entries: int = 9) -> list[tuple[to
     return [*batches, (torch.randn(12, DIM, generator=generator), torch.zeros(12, dtype=torch.long))]
 
 
+def keys_of(state: dict[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
+    """The queues [N,K,C] of a ClassQueues state dict (its slots without the spare)."""
+    return state[f"{prefix}slots"][:-1].view(NUM_CLASSES, -1, DIM)
+
+
 def merge_shards(shards: list[dict], size: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The replicated bank's state rebuilt from every rank's shard state: local slot j of rank r is global slot jW + r."""
     world = len(shards)
     keys = torch.zeros(NUM_CLASSES, size, DIM, dtype=dtype)
     for rank, shard in enumerate(shards):
-        keys[:, rank::world] = shard["queues.keys"]
+        keys[:, rank::world] = keys_of(shard, "queues.")
     return {"keys": keys, "ptr": shards[0]["ptr"], "filled": sum(shard["queues.filled"] for shard in shards)}
 
 
@@ -48,7 +53,8 @@ def assert_same_bank(replicated: dict, shards: list[dict], size: int, dtype: tor
     """Every rank agrees on the write pointers and the shards together are the replicated bank, bitwise."""
     assert all(torch.equal(shard["ptr"], shards[0]["ptr"]) for shard in shards)
     merged = merge_shards(shards, size, dtype)
-    assert all(torch.equal(merged[name], replicated[name]) for name in ("keys", "ptr", "filled"))
+    assert torch.equal(merged["keys"], keys_of(replicated))
+    assert all(torch.equal(merged[name], replicated[name]) for name in ("ptr", "filled"))
 
 
 # ---------------------------------------------------------------- one process
@@ -79,7 +85,8 @@ def test_each_rank_holds_its_share_of_the_slots(size: int, world: int) -> None:
         sharded_bank_bytes(19, size, 16, rank, world, torch.bfloat16) for rank in range(world)
     ]
     key_bytes = [bank.queues.keys.nbytes for bank in banks]
-    assert sum(key_bytes) == region_bank_bytes(19, size, 16, torch.bfloat16) - 2 * 19 * 8  # less the counters
+    spare = 16 * torch.bfloat16.itemsize  # each rank's queues keep one spare key
+    assert sum(key_bytes) == region_bank_bytes(19, size, 16, torch.bfloat16) - 2 * 19 * 8 - spare  # less the counters
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, None])
@@ -116,7 +123,7 @@ def test_a_shard_of_another_world_is_refused() -> None:
 def test_size_zero_bank_takes_no_entries() -> None:
     bank = ShardedRegionBank(NUM_CLASSES, 0, DIM, rank=1, world_size=2)
     bank.push(*random_pushes(seed=5, pushes=1)[0])
-    assert bank.nbytes() == 3 * NUM_CLASSES * 8 and not bank.ptr.any()
+    assert bank.nbytes() == 3 * NUM_CLASSES * 8 + DIM * 4 and not bank.ptr.any()  # counters and the spare key
 
 
 def test_checkpoint_keeps_each_rank_its_own_shard(tmp_path: Path) -> None:
@@ -171,14 +178,14 @@ def test_model_gradients_after_ddp_averaging_equal_the_replicated_ones(two_ranks
 @pytest.mark.distributed
 def test_each_rank_holds_half_the_bank(two_ranks: list[dict]) -> None:
     geometry = [rank["geometries"][0] for rank in two_ranks]  # 6 slots per class, fp32
-    assert [summary["sharded"]["queues.keys"].shape for summary in geometry] == [(NUM_CLASSES, 3, DIM)] * 2
+    assert [keys_of(summary["sharded"], "queues.").shape for summary in geometry] == [(NUM_CLASSES, 3, DIM)] * 2
     # While a queue fills, rank r holds its global slots r, r + 2, ...: half, rounded its way.
     for rank, summary in enumerate(geometry):
         expected = [shard_size(int(filled), rank, 2) for filled in summary["replicated"]["filled"]]
         assert summary["sharded"]["queues.filled"].tolist() == expected
     assert geometry[0]["replicated"]["filled"].sum() > NUM_CLASSES * 4  # most queues were full
-    replicated_keys = geometry[0]["replicated"]["keys"].nbytes
-    assert all(summary["sharded"]["queues.keys"].nbytes * 2 == replicated_keys for summary in geometry)
+    replicated_keys = keys_of(geometry[0]["replicated"]).nbytes
+    assert all(keys_of(summary["sharded"], "queues.").nbytes * 2 == replicated_keys for summary in geometry)
     assert all(summary["sharded_nbytes"] < 0.6 * summary["replicated_nbytes"] for summary in geometry)
 
 
@@ -186,5 +193,5 @@ def test_each_rank_holds_half_the_bank(two_ranks: list[dict]) -> None:
 def test_union_of_the_rank_shards_is_the_replicated_bank(two_ranks: list[dict]) -> None:
     for summaries in zip(*(rank["geometries"] for rank in two_ranks)):
         size, dtype = summaries[0]["size"], summaries[0]["dtype"]
-        assert torch.equal(summaries[0]["replicated"]["keys"], summaries[1]["replicated"]["keys"])
+        assert torch.equal(keys_of(summaries[0]["replicated"]), keys_of(summaries[1]["replicated"]))
         assert_same_bank(summaries[0]["replicated"], [summary["sharded"] for summary in summaries], size, dtype)

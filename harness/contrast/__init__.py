@@ -24,11 +24,15 @@ from harness.contrast.banks import (
     PixelBank,
     RegionBank,
     all_pixel_bank_bytes,
-    class_ordinals,
     pixel_bank_bytes,
     region_bank_bytes,
 )
-from harness.contrast.centers import CENTER_VARIANTS, flatten_regions, region_centers
+from harness.contrast.centers import (
+    CENTER_VARIANTS,
+    region_centers,
+    region_entries,
+    truth_sums,
+)
 from harness.contrast.losses import (
     in_batch_contrast_loss,
     pixel_contrast_loss,
@@ -44,7 +48,8 @@ from harness.contrast.streaming import CHUNK_BUDGET_BYTES, auto_chunk_size, chun
 
 __all__ = [
     "CENTER_VARIANTS", "CHUNK_BUDGET_BYTES", "POINTER_BYTES", "AllPixelBank", "Bank", "ClassQueues", "PixelBank",
-    "RegionBank", "ShardedRegionBank", "all_pixel_bank_bytes", "auto_chunk_size", "chunk_bytes", "class_ordinals",
-    "flatten_regions", "in_batch_contrast_loss", "pixel_bank_bytes", "pixel_contrast_loss", "region_bank_bytes",
-    "region_centers", "region_contrast_loss", "sample_anchors", "sharded_bank_bytes", "sharded_region_contrast_loss",
+    "RegionBank", "ShardedRegionBank", "all_pixel_bank_bytes", "auto_chunk_size", "chunk_bytes",
+    "in_batch_contrast_loss", "pixel_bank_bytes", "pixel_contrast_loss", "region_bank_bytes",
+    "region_centers", "region_contrast_loss", "region_entries", "sample_anchors", "sharded_bank_bytes", "sharded_region_contrast_loss",
+    "truth_sums",
 ]

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.contrast.centers import class_members, flatten_regions, weighted_centers
+from harness.contrast.centers import region_entries, truth_sums
 from harness.contrast.sampling import flat_pixels, shuffle_within_groups
-from harness.contrast.streaming import full_precision
 from harness.labels import IGNORE_INDEX
 
 POINTER_BYTES = torch.int64.itemsize
@@ -68,28 +67,41 @@ class ReplicatedBank(nn.Module):
 
 
 def region_bank_bytes(num_classes: int, size: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
-    """Keys [N,K,C] plus two int64 counters per class (write pointer, fill level).
+    """Keys [N,K,C], one spare key, and two int64 counters per class (write pointer, fill level).
 
-    Slots fill in order, so the fill level replaces a per-slot valid mask.
+    Slots fill in order, so the fill level replaces a per-slot valid mask. The spare key
+    absorbs the writes a push masks out (see ClassQueues.push).
     """
-    return num_classes * size * dim * dtype.itemsize + 2 * num_classes * POINTER_BYTES
+    return (num_classes * size + 1) * dim * dtype.itemsize + 2 * num_classes * POINTER_BYTES
 
 
-def class_ordinals(labels: Tensor, num_classes: int) -> Tensor:
-    """Each entry's position [M] among the entries of its class, in push order."""
-    one_hot = F.one_hot(labels, num_classes)  # [M,N]
-    return one_hot.cumsum(0).gather(1, labels[:, None]).squeeze(1) - 1
+def class_members(labels: Tensor, valid: Tensor, num_classes: int) -> Tensor:
+    """Indicator [M,N] of entry m being valid and of class n (arithmetic: no host round trip)."""
+    classes = torch.arange(num_classes, device=labels.device)
+    return (labels[:, None] == classes[None, :]) & valid[:, None]
+
+
+def class_ordinals(members: Tensor, labels: Tensor) -> Tensor:
+    """Each entry's position [M] among the valid entries of its class, in push order (garbage if invalid)."""
+    return members.long().cumsum(0).gather(1, labels[:, None]).squeeze(1) - 1
 
 
 class ClassQueues(ReplicatedBank):
-    """One FIFO queue of L2-normalised keys per class, stored as buffers [N,K,C]."""
+    """One FIFO queue of L2-normalised keys per class: `keys` [N,K,C], class-major in one buffer."""
 
     def __init__(self, num_classes: int, size: int, dim: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.num_classes, self.size, self.dim = num_classes, size, dim
-        self.register_buffer("keys", torch.zeros(num_classes, size, dim, dtype=dtype))
+        # N*K slots, then one spare that absorbs the writes a push masks out: a push then never
+        # needs the host to count which entries it keeps.
+        self.register_buffer("slots", torch.zeros(num_classes * size + 1, dim, dtype=dtype))
         self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("filled", torch.zeros(num_classes, dtype=torch.long))
+
+    @property
+    def keys(self) -> Tensor:
+        """The queues [N,K,C], a view of the slots without the spare."""
+        return self.slots[:-1].view(self.num_classes, self.size, self.dim)
 
     @property
     def valid(self) -> Tensor:
@@ -98,26 +110,29 @@ class ClassQueues(ReplicatedBank):
         return slots[None, :] < self.filled[:, None]
 
     @torch.no_grad()
-    def push(self, entries: Tensor, labels: Tensor) -> None:
-        """Enqueue entries [M,C] of classes [M], in order, as if pushed one at a time."""
+    def push(self, entries: Tensor, labels: Tensor, valid: Tensor | None = None) -> None:
+        """Enqueue the valid ones (None: all) of entries [M,C] of classes [M], in order, as if one at a time."""
         if self.size == 0:
             return
         labels = labels.to(self.ptr.device)
-        rank = class_ordinals(labels, self.num_classes)
-        counts = torch.bincount(labels, minlength=self.num_classes)
+        valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.to(self.ptr.device)
+        members = class_members(labels, valid, self.num_classes)  # [M,N]
+        rank = class_ordinals(members, labels)
+        counts = members.sum(0)  # [N]
         # Only a class's last K entries survive; their slots continue from its pointer.
-        kept = rank >= counts[labels] - self.size
-        slots = (self.ptr[labels] + rank) % self.size
-        normalised = F.normalize(entries.detach().float(), dim=1).to(self.keys)
-        self.keys[labels[kept], slots[kept]] = normalised[kept]
+        kept = valid & (rank >= counts[labels] - self.size)
+        slot = labels * self.size + (self.ptr[labels] + rank) % self.size
+        spare = self.num_classes * self.size
+        normalised = F.normalize(entries.detach().float(), dim=1).to(self.slots)
+        # Kept entries land in distinct slots; every other entry lands in the spare.
+        self.slots.index_copy_(0, torch.where(kept, slot, spare), normalised)
         self.ptr.add_(counts).remainder_(self.size)
         self.filled.add_(counts).clamp_(max=self.size)
 
     def entries(self) -> tuple[Tensor, Tensor, Tensor]:
-        """All slots as keys [NK,C], class labels [NK] and valid [NK]."""
-        keys = self.keys.reshape(self.num_classes * self.size, self.dim)  # [N,K,C] -> [NK,C]
-        labels = torch.arange(self.num_classes, device=keys.device).repeat_interleave(self.size)
-        return keys, labels, self.valid.flatten()  # [N,K] -> [NK]
+        """All slots as keys [NK,C] (a view: no copy), class labels [NK] and valid [NK]."""
+        labels = torch.arange(self.num_classes, device=self.slots.device).repeat_interleave(self.size)
+        return self.slots[:-1], labels, self.valid.flatten()  # [N,K] -> [NK]
 
     def fill(self) -> Tensor:
         """The fraction of slots holding a key."""
@@ -157,13 +172,10 @@ class PixelBank(ReplicatedBank):
     @torch.no_grad()
     def push(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
         """Enqueue each image's class means and up to pixel_update_freq random pixels per class."""
-        flat_labels = labels.flatten(1)  # [B,H,W] -> [B,P]
-        keep = flat_labels != IGNORE_INDEX
-        with full_precision(features.device):
-            truth = class_members(flat_labels, keep, self.num_classes)
-            means, present = weighted_centers(features, truth, truth.sum(2))
-        self.segments.push(*flatten_regions(means, present))
-        self.pixels.push(*self._sample_pixels(features, labels, keep.flatten(), generator))  # [B,P] -> [BP]
+        sums, counts = truth_sums(features, labels, self.num_classes)
+        self.segments.push(*region_entries(sums / counts.clamp_min(1)[..., None], counts > 0))
+        keep = labels.flatten() != IGNORE_INDEX  # [B,H,W] -> [BP]
+        self.pixels.push(*self._sample_pixels(features, labels, keep, generator))
 
     def _sample_pixels(
         self, features: Tensor, labels: Tensor, keep: Tensor, generator: torch.Generator | None

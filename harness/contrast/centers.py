@@ -15,7 +15,7 @@ from harness.contrast.streaming import full_precision
 from harness.labels import IGNORE_INDEX
 
 
-def class_members(index: Tensor, keep: Tensor, num_classes: int) -> Tensor:
+def pixel_members(index: Tensor, keep: Tensor, num_classes: int) -> Tensor:
     """Indicator [B,N,P] of pixel p having class n in `index` [B,P] (kept pixels only)."""
     classes = torch.arange(num_classes, device=index.device)
     return ((index[:, None, :] == classes[None, :, None]) & keep[:, None, :]).float()
@@ -53,6 +53,14 @@ def weighted_centers(features: Tensor, weights: Tensor, counts: Tensor) -> tuple
     return sums / counts.clamp_min(1)[..., None], counts > 0
 
 
+def truth_sums(features: Tensor, labels: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Per image and class, the fp32 sum of the features [B,N,C] of its ground-truth pixels, and their count [B,N]."""
+    with full_precision(features.device):
+        flat_labels = labels.flatten(1)  # [B,H,W] -> [B,P]
+        truth = pixel_members(flat_labels, flat_labels != ignore_index, num_classes)  # [B,N,P]
+        return torch.einsum("bnp,bcp->bnc", truth, features.float().flatten(2)), truth.sum(2)  # [B,C,H,W] -> [B,C,P]
+
+
 def region_centers(
     features: Tensor,
     logits: Tensor,
@@ -71,12 +79,17 @@ def region_centers(
         # the paper gives them no gradient path, so the logits are detached.
         probs = logits.detach().float().flatten(2).softmax(1)  # [B,N,H,W] -> [B,N,P]
         confidence, predicted_labels = probs.max(1)
-        truth = class_members(truth_labels, keep, num_classes)
-        predicted = class_members(predicted_labels, keep, num_classes)
+        truth = pixel_members(truth_labels, keep, num_classes)
+        predicted = pixel_members(predicted_labels, keep, num_classes)
         weights, counts = CENTER_VARIANTS[variant](truth, predicted, confidence)
         return weighted_centers(features, weights, counts)
 
 
-def flatten_regions(centers: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """The valid centers [M,C] and their class labels [M], image-major then class order."""
-    return centers[valid], valid.nonzero()[:, 1]
+def region_entries(centers: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Every slot of centers [B,N,C] as entries [BN,C], class labels [BN] and valid [BN], image-major.
+
+    Fixed shapes (the padding masked by `valid`, never dropped), so nothing waits for the host.
+    """
+    batch, num_classes, dim = centers.shape
+    labels = torch.arange(num_classes, device=centers.device).repeat(batch)
+    return centers.reshape(batch * num_classes, dim), labels, valid.reshape(batch * num_classes)  # [B,N,*] -> [BN,*]

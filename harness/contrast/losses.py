@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from harness.contrast.banks import AllPixelBank, PixelBank
+from harness.contrast.centers import region_entries
 from harness.contrast.sampling import sample_anchors
 from harness.contrast.streaming import info_nce
 from harness.labels import IGNORE_INDEX
@@ -24,17 +25,21 @@ def region_contrast_loss(
     bank_valid: Tensor,
     tau: float,
     chunk_size: int | None = None,
+    query_valid: Tensor | None = None,
+    keys_unit: bool = False,
 ) -> Tensor:
     """Eq. 4 for queries [M,C] of classes [M] against a per-class bank [N,K,C] with valid [N,K].
 
     The bank is read chunk_size slots at a time (None: auto_chunk_size), in its
-    storage dtype; the result does not depend on the chunk size.
+    storage dtype; the result does not depend on the chunk size. query_valid [M]
+    masks padding queries (None: all count); keys_unit says the keys are stored
+    L2-normalised (a bank's are), so fp32 ones are read without a copy.
     """
     num_classes, size, dim = bank_keys.shape
     keys = bank_keys.reshape(num_classes * size, dim)  # [N,K,C] -> [NK,C]
     key_labels = torch.arange(num_classes, device=bank_keys.device).repeat_interleave(size)
     valid = bank_valid.reshape(num_classes * size)  # [N,K] -> [NK]
-    return info_nce(queries, query_labels, keys, key_labels, valid, tau, chunk_size)
+    return info_nce(queries, query_labels, keys, key_labels, valid, tau, chunk_size, query_valid, keys_unit=keys_unit)
 
 
 def in_batch_contrast_loss(
@@ -52,15 +57,13 @@ def in_batch_contrast_loss(
     a query and as a key; the engine decides which by detaching the rest.
     `chunk_size` as in region_contrast_loss.
     """
-    batch, num_classes, dim = centers.shape
-    keys = centers.reshape(batch * num_classes, dim)  # [B,N,C] -> [BN,C]
-    key_labels = torch.arange(num_classes, device=centers.device).repeat(batch)
-    chosen = torch.zeros(batch, dtype=torch.bool, device=centers.device)
+    keys, key_labels, key_valid = region_entries(centers, valid)  # [BN,C], [BN], [BN]
+    chosen = torch.zeros(valid.shape[0], dtype=torch.bool, device=centers.device)
     chosen[slice(None) if query_images is None else query_images] = True
-    query_index = (valid & chosen[:, None]).flatten().nonzero()[:, 0]  # [B,N] -> [BN] -> [M]
-    key_valid = valid.flatten()  # [B,N] -> [BN]
-    queries, query_labels = keys[query_index], key_labels[query_index]
-    return info_nce(queries, query_labels, keys, key_labels, key_valid, tau, chunk_size, query_index)
+    # Every slot is a query row, masked unless valid and chosen: fixed shapes, no host round trip.
+    query_valid = key_valid & chosen.repeat_interleave(valid.shape[1])  # [B] -> [BN]
+    own_slots = torch.arange(len(keys), device=keys.device)
+    return info_nce(keys, key_labels, keys, key_labels, key_valid, tau, chunk_size, query_valid, own_slots)
 
 
 
@@ -85,4 +88,4 @@ def pixel_contrast_loss(
         features, labels, predictions, max_samples, max_views, generator, ignore_index
     )
     keys, key_labels, valid = bank.entries()
-    return info_nce(anchors, anchor_labels, keys, key_labels, valid, tau, chunk_size)
+    return info_nce(anchors, anchor_labels, keys, key_labels, valid, tau, chunk_size, keys_unit=True)

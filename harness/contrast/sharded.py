@@ -37,6 +37,7 @@ from torch.autograd.function import once_differentiable
 from harness.contrast.banks import (
     POINTER_BYTES,
     ClassQueues,
+    class_members,
     class_ordinals,
     region_bank_bytes,
 )
@@ -96,16 +97,17 @@ class ShardedRegionBank(nn.Module):
         self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))
 
     @torch.no_grad()
-    def push(self, entries: Tensor, labels: Tensor) -> None:
-        """Enqueue the gathered entries [M,C] of classes [M] (the same on every rank); keep this rank's slots."""
+    def push(self, entries: Tensor, labels: Tensor, valid: Tensor | None = None) -> None:
+        """Enqueue the gathered valid entries [M,C] of classes [M] (the same on every rank); keep this rank's slots."""
         if self.size == 0:
             return
         labels = labels.to(self.ptr.device)
-        slots = (self.ptr[labels] + class_ordinals(labels, self.num_classes)) % self.size
-        mine = slots % self.world_size == self.rank
+        valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.to(self.ptr.device)
+        members = class_members(labels, valid, self.num_classes)  # [M,N]
+        slots = (self.ptr[labels] + class_ordinals(members, labels)) % self.size
         # This rank's entries arrive at local slots 0, 1, ... shard_size - 1, 0, ...: its own FIFO.
-        self.queues.push(entries[mine.to(entries.device)], labels[mine])
-        self.ptr.add_(torch.bincount(labels, minlength=self.num_classes)).remainder_(self.size)
+        self.queues.push(entries, labels, valid & (slots % self.world_size == self.rank))
+        self.ptr.add_(members.sum(0)).remainder_(self.size)
 
     def entries(self) -> tuple[Tensor, Tensor, Tensor]:
         """This rank's slots as keys [NK_r,C], class labels [NK_r] and valid [NK_r]."""
@@ -143,25 +145,16 @@ def _all_gather(tensor: Tensor, group: Group) -> Tensor:
     return torch.stack(parts)
 
 
-def _pad_rows(rows: Tensor, length: int) -> Tensor:
-    """`rows` [M,...] followed by zero rows up to `length`."""
-    padded = rows.new_zeros((length, *rows.shape[1:]))
-    padded[: len(rows)] = rows
-    return padded
+def _gather_queries(queries: Tensor, labels: Tensor, valid: Tensor, group: Group) -> tuple[Tensor, Tensor, Tensor, slice]:
+    """All ranks' queries [WM,C], labels [WM] and valid [WM] in rank order, and the rows that are this rank's.
 
-
-def _gather_queries(queries: Tensor, labels: Tensor, group: Group) -> tuple[Tensor, Tensor, slice]:
-    """All ranks' queries [Mg,C] and labels [Mg] in rank order, and the rows that are this rank's."""
+    Every rank holds M query rows (padding masked by `valid`), so the gathers need no sizes first.
+    """
     rank, world = _rank_and_world(group)
     if world == 1:
-        return queries, labels, slice(None)
-    counts = _all_gather(torch.tensor(len(queries), device=queries.device), group)  # [W]
-    longest = int(counts.max())
-    # Ranks hold different numbers of queries; all_gather needs equal shapes, so pad, then drop the padding.
-    real = torch.arange(longest, device=counts.device)[None, :] < counts[:, None]  # [W,longest]
-    everyone, everyone_labels = (_all_gather(_pad_rows(part, longest), group)[real] for part in (queries, labels))
-    start = int(counts[:rank].sum())
-    return everyone, everyone_labels, slice(start, start + len(queries))
+        return queries, labels, valid, slice(None)
+    gathered = (_all_gather(part, group).flatten(0, 1) for part in (queries, labels, valid))  # [W,M,...] -> [WM,...]
+    return *gathered, slice(rank * len(queries), (rank + 1) * len(queries))
 
 
 def _all_reduce_sum(tensor: Tensor, group: Group) -> Tensor:
@@ -190,13 +183,13 @@ def _negative_share(local_lse: Tensor, lse: Tensor) -> Tensor:
 
 
 def _partial_sums(
-    everyone: Tensor, everyone_labels: Tensor, bank: ShardedRegionBank, chunk_size: int | None,
-    group: Group, with_mean: bool,
+    everyone: Tensor, everyone_labels: Tensor, everyone_valid: Tensor, bank: ShardedRegionBank,
+    chunk_size: int | None, group: Group, with_mean: bool,
 ) -> Tensor:
     """This shard's sums for all ranks' queries, packed [Mg,2C+3]: see _ShardedInfoNCE.forward."""
     keys, key_labels, key_valid = bank.entries()
     size = resolve_chunk_size(chunk_size, len(everyone), bank.dim)
-    layout = KeyLayout(everyone_labels, key_labels, key_valid, None, size)
+    layout = KeyLayout(everyone_labels, everyone_valid, key_labels, key_valid, None, size, keys_unit=True)
     local_lse, local_mean = negative_pass(everyone, keys, layout, with_mean)
     lse = _global_lse(local_lse, group)
     sums = positive_pass(everyone, keys, layout, lse)
@@ -221,6 +214,7 @@ class _ShardedInfoNCE(torch.autograd.Function):
         ctx,
         queries: Tensor,
         query_labels: Tensor,
+        query_valid: Tensor,
         bank: ShardedRegionBank,
         chunk_size: int | None,
         group: Group,
@@ -228,8 +222,8 @@ class _ShardedInfoNCE(torch.autograd.Function):
     ) -> Tensor:
         """This rank's loss; also d loss / d queries when grad_enabled (autograd runs forward in no-grad mode)."""
         with_mean = grad_enabled and ctx.needs_input_grad[0]
-        everyone, everyone_labels, mine = _gather_queries(queries, query_labels, group)
-        partial = _partial_sums(everyone, everyone_labels, bank, chunk_size, group, with_mean)
+        everyone, everyone_labels, everyone_valid, mine = _gather_queries(queries, query_labels, query_valid, group)
+        partial = _partial_sums(everyone, everyone_labels, everyone_valid, bank, chunk_size, group, with_mean)
         totals = _all_reduce_sum(partial, group)[mine]  # [M,2C+3]
         negative_mean, pull_keys, scalars = totals.split([bank.dim, bank.dim, 3], dim=1)
         loss, pull, count = scalars.unbind(1)
@@ -240,10 +234,10 @@ class _ShardedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, None, None, None, None, None, None]:
         """The saved gradient times the incoming one (the loss is a scalar)."""
         (query_grad,) = ctx.saved_tensors
-        return None if query_grad is None else grad_loss * query_grad, None, None, None, None, None
+        return None if query_grad is None else grad_loss * query_grad, None, None, None, None, None, None
 
 
 def sharded_region_contrast_loss(
@@ -253,20 +247,24 @@ def sharded_region_contrast_loss(
     tau: float,
     chunk_size: int | None = None,
     group: Group = None,
+    query_valid: Tensor | None = None,
 ) -> Tensor:
     """Eq. 4 for this rank's queries [M,C] of classes [M] against the whole sharded bank.
 
     Equal in value and gradient to region_contrast_loss on the replicated bank.
     Every rank of `group` (None: the default group) must call it at the same
-    step, with its shard of the same bank. The shard is
-    read chunk_size slots at a time (None: auto_chunk_size for all ranks' queries).
+    step, with its shard of the same bank and the same number M of query rows
+    (query_valid [M] masks padding; None: all count). The shard is read
+    chunk_size slots at a time (None: auto_chunk_size for all ranks' queries).
     """
     rank, world = _rank_and_world(group)
     if (bank.rank, bank.world_size) != (rank, world):
         raise ValueError(
             f"the bank is shard {bank.rank} of {bank.world_size}, but this process is rank {rank} of {world}"
         )
+    if query_valid is None:
+        query_valid = torch.ones_like(query_labels, dtype=torch.bool)
     with full_precision(queries.device):
         return _ShardedInfoNCE.apply(
-            scale_queries(queries, tau), query_labels, bank, chunk_size, group, torch.is_grad_enabled()
+            scale_queries(queries, tau), query_labels, query_valid, bank, chunk_size, group, torch.is_grad_enabled()
         )

@@ -4,6 +4,10 @@ Eq. 4 reads the keys a chunk at a time (an online softmax over the negatives),
 so its extra memory grows with queries x chunk, never with queries x bank
 entries, and a bf16/fp16 bank is cast to fp32 one chunk at a time. The forward
 passes also build the gradient, so the backward recomputes nothing.
+
+Every tensor has a shape fixed by the inputs' shapes: queries that are padding
+(`query_valid` False) and keys that are empty slots are masked, never selected,
+so the loss never waits for the host to learn how many there are.
 """
 
 from __future__ import annotations
@@ -54,10 +58,12 @@ class KeyLayout:
     """Who is whose positive or negative, and how the key slots are cut into chunks."""
 
     query_labels: Tensor  # [M]
+    query_valid: Tensor  # [M]: False for padding queries, which then count for nothing
     key_labels: Tensor  # [K]
     key_valid: Tensor  # [K]
     query_slots: Tensor | None  # [M]: each query's own key slot, never one of its keys
     chunk_size: int
+    keys_unit: bool = False  # fp32 keys stored L2-normalised (a bank's) are read as they are
 
     def __post_init__(self) -> None:
         """Reject chunk sizes that would skip keys."""
@@ -68,24 +74,21 @@ class KeyLayout:
         """The first slot of each chunk; a chunk ends chunk_size slots later or at the end."""
         return range(0, len(self.key_labels), self.chunk_size)
 
-    def masks(self, rows: Tensor | slice, start: int) -> tuple[Tensor, Tensor]:
-        """Whether each key of the chunk at `start` has the class of query `rows`, and is usable: [R,S]."""
+    def read(self, keys: Tensor, start: int) -> Tensor:
+        """The chunk at `start` as fp32 unit keys [S,C]; the bank itself is never cast whole."""
+        chunk = keys[start : start + self.chunk_size]
+        if self.keys_unit and chunk.dtype == torch.float32:
+            return chunk  # no copy: unit-length when stored, and rounding cannot have moved them
+        return F.normalize(chunk.float(), dim=1)
+
+    def masks(self, start: int) -> tuple[Tensor, Tensor]:
+        """Whether each key of the chunk at `start` has each query's class, and is usable for it: [M,S]."""
         stop = start + self.chunk_size
-        usable = self.key_valid[None, start:stop]  # [1,S]
+        usable = self.key_valid[None, start:stop] & self.query_valid[:, None]  # [M,S]
         if self.query_slots is not None:
             slots = torch.arange(start, min(stop, len(self.key_labels)), device=usable.device)
-            usable = usable & (slots[None, :] != self.query_slots[rows, None])
-        return self.query_labels[rows, None] == self.key_labels[None, start:stop], usable
-
-    def rows_with_positives(self, start: int) -> Tensor:
-        """Indices [R] of the queries whose class has a valid key in the chunk at `start`."""
-        chunk = slice(start, start + self.chunk_size)
-        return torch.isin(self.query_labels, self.key_labels[chunk][self.key_valid[chunk]]).nonzero()[:, 0]
-
-
-def unit_keys(keys: Tensor) -> Tensor:
-    """One chunk of stored keys [S,C], in fp32 and L2-normalised; the bank itself is never cast whole."""
-    return F.normalize(keys.float(), dim=1)
+            usable = usable & (slots[None, :] != self.query_slots[:, None])
+        return self.query_labels[:, None] == self.key_labels[None, start:stop], usable
 
 
 class OnlineSoftmax:
@@ -122,8 +125,8 @@ def negative_pass(
     """Pass 1 over every chunk: see OnlineSoftmax.result."""
     softmax = OnlineSoftmax(queries, with_mean)
     for start in layout.spans():
-        chunk = unit_keys(keys[start : start + layout.chunk_size])
-        same, usable = layout.masks(slice(None), start)
+        chunk = layout.read(keys, start)
+        same, usable = layout.masks(start)
         softmax.add((queries @ chunk.T).masked_fill_(same | ~usable, float("-inf")), chunk)  # [M,S]
     return softmax.result()
 
@@ -137,30 +140,27 @@ class PositiveSums(NamedTuple):
     count: Tensor  # [M] number of positives
 
 
-def add_positives(
-    sums: PositiveSums, queries: Tensor, chunk: Tensor, rows: Tensor, lse: Tensor, positive: Tensor
-) -> None:
-    """Add the positives of queries `rows` among one chunk of unit keys [S,C] to `sums`."""
-    gap = lse[rows, None] - queries[rows] @ chunk.T  # [R,S]
+def add_positives(sums: PositiveSums, queries: Tensor, chunk: Tensor, lse: Tensor, positive: Tensor) -> PositiveSums:
+    """`sums` plus the positives [M,S] of every query among one chunk of unit keys [S,C]."""
+    gap = lse[:, None] - queries @ chunk.T  # [M,S]
     # softplus(L - s) = -log(e^s / (e^s + e^L)): no exp overflow at small tau, and
     # exactly 0 when a query has no negatives (L = -inf).
-    sums.loss.index_add_(0, rows, torch.where(positive, F.softplus(gap), 0.0).sum(1))
     pull = torch.where(positive, gap.sigmoid(), 0.0)
-    sums.pull.index_add_(0, rows, pull.sum(1))
-    sums.pull_keys.index_add_(0, rows, pull @ chunk)
-    sums.count.index_add_(0, rows, positive.sum(1).to(sums.count.dtype))
+    return PositiveSums(
+        sums.loss + torch.where(positive, F.softplus(gap), 0.0).sum(1),
+        sums.pull + pull.sum(1),
+        torch.addmm(sums.pull_keys, pull, chunk),
+        sums.count + positive.sum(1),
+    )
 
 
 def positive_pass(queries: Tensor, keys: Tensor, layout: KeyLayout, lse: Tensor) -> PositiveSums:
-    """Pass 2, only over the chunks and queries that have positives there."""
+    """Pass 2 over every chunk, all queries at once: masks choose the positives, so nothing waits on the host."""
     count = queries.new_zeros(queries.shape[:1])
     sums = PositiveSums(torch.zeros_like(count), torch.zeros_like(count), torch.zeros_like(queries), count)
     for start in layout.spans():
-        rows = layout.rows_with_positives(start)
-        if len(rows):
-            same, usable = layout.masks(rows, start)
-            chunk = unit_keys(keys[start : start + layout.chunk_size])
-            add_positives(sums, queries, chunk, rows, lse, same & usable)
+        same, usable = layout.masks(start)
+        sums = add_positives(sums, queries, layout.read(keys, start), lse, same & usable)
     return sums
 
 
@@ -179,7 +179,7 @@ def score_gradient(
     queries: Tensor, chunk: Tensor, layout: KeyLayout, start: int, lse: Tensor, pull: Tensor
 ) -> Tensor:
     """d (sum over queries of their loss) / d scores [M,S] for one chunk of unit keys [S,C]."""
-    same, usable = layout.masks(slice(None), start)
+    same, usable = layout.masks(start)
     gap = lse[:, None] - queries @ chunk.T  # [M,S]
     # A negative's score moves L by its softmax share e^(s - L), and L enters every positive's
     # term with sigmoid(L - s) (summed in `pull`); a positive's own score enters with -sigmoid(L - s).
@@ -195,7 +195,7 @@ def key_gradient(
     for start in layout.spans():
         stored = keys[start : start + layout.chunk_size].detach().requires_grad_(True)
         with torch.enable_grad():
-            chunk = unit_keys(stored)
+            chunk = F.normalize(stored.float(), dim=1)  # keys with a graph are centers, never stored unit-length
         d_scores = weight[:, None] * score_gradient(queries, chunk.detach(), layout, start, lse, pull)
         # The normalisation's own backward, on this chunk only.
         grad[start : start + layout.chunk_size] = torch.autograd.grad(chunk, stored, d_scores.T @ queries)[0]
@@ -246,13 +246,18 @@ def info_nce(
     key_valid: Tensor,
     tau: float,
     chunk_size: int | None,
+    query_valid: Tensor | None = None,
     query_slots: Tensor | None = None,
+    keys_unit: bool = False,
 ) -> Tensor:
-    """Eq. 4 averaged over queries with a positive, for keys [K,C] of any float dtype with valid [K].
+    """Eq. 4 averaged over the valid queries [M,C] with a positive, for keys [K,C] of any float dtype.
 
     Peak extra memory is O(M x chunk_size); chunk_size None picks it with auto_chunk_size.
+    query_valid [M] (None: all) masks padding queries; keys_unit says fp32 keys are unit-length.
     """
     with full_precision(queries.device):
         size = resolve_chunk_size(chunk_size, len(queries), keys.shape[1])
-        layout = KeyLayout(query_labels, key_labels, key_valid, query_slots, size)
+        if query_valid is None:
+            query_valid = torch.ones_like(query_labels, dtype=torch.bool)
+        layout = KeyLayout(query_labels, query_valid, key_labels, key_valid, query_slots, size, keys_unit)
         return StreamedInfoNCE.apply(scale_queries(queries, tau), keys, layout, torch.is_grad_enabled())

@@ -11,24 +11,57 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from harness.contrast import flatten_regions, region_centers
-from harness.data import DatasetInfo, denormalize
+from harness.contrast import region_entries, truth_sums
+from harness.data import DatasetInfo, normalize
 from harness.engine.step import input_dtype
 from harness.engine.terms import resize_labels
+from harness.labels import IGNORE_INDEX
 from harness.losses import upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
+from harness.models import SegOutput
 from harness.recipe import EvalConfig
 
 QUALITATIVE_IMAGES = 4  # the paper's Fig. 4 shows four
 
 
-def forward_whole(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Class probabilities [B,N,H,W] from one whole-image forward."""
-    logits = model(images).logits
-    return upsample_to(logits.float(), tuple(images.shape[-2:])).softmax(1)
+class CenterTap:
+    """Ground-truth region centers of the head features, read off the evaluation's own forwards.
+
+    Fed every forward of a batch's unscaled, unflipped view (the whole image, or each slide
+    window); sums and pixel counts add up over windows. For the paper's Fig. 3 t-SNE.
+    """
+
+    def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
+        self.labels, self.num_classes = labels, num_classes
+        self.sums = self.counts = None
+
+    def __call__(self, output: SegOutput, top: int, left: int, size: tuple[int, int]) -> None:
+        """Add the head features of one forward, made of the window at (top, left) of `size` pixels."""
+        window = self.labels[:, top : top + size[0], left : left + size[1]]
+        window = F.pad(window, (0, size[1] - window.shape[2], 0, size[0] - window.shape[1]), value=IGNORE_INDEX)
+        sums, counts = truth_sums(output.features, resize_labels(window, tuple(output.features.shape[-2:])),
+                                  self.num_classes)
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def centers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centers [B,N,C] and valid [B,N]."""
+        return self.sums / self.counts.clamp_min(1)[..., None], self.counts > 0
 
 
-def forward_slide(model: torch.nn.Module, images: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
+def forward_whole(
+    model: torch.nn.Module, images: torch.Tensor, tap: CenterTap | None = None, origin: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """Class probabilities [B,N,H,W] from one whole-image forward; `tap` sees it, placed at `origin`."""
+    output = model(images)
+    if tap is not None:
+        tap(output, *origin, tuple(images.shape[-2:]))
+    return upsample_to(output.logits.float(), tuple(images.shape[-2:])).softmax(1)
+
+
+def forward_slide(
+    model: torch.nn.Module, images: torch.Tensor, crop: int, stride: int, tap: CenterTap | None = None
+) -> torch.Tensor:
     """Class probabilities [B,N,H,W] averaged over overlapping crop x crop windows."""
     height, width = images.shape[-2:]
     padded = F.pad(images, (0, max(crop - width, 0), 0, max(crop - height, 0)))
@@ -36,7 +69,7 @@ def forward_slide(model: torch.nn.Module, images: torch.Tensor, crop: int, strid
     total = count = None
     for top in window_starts(pad_h, crop, stride):
         for left in window_starts(pad_w, crop, stride):
-            probs = forward_whole(model, padded[..., top:top + crop, left:left + crop])
+            probs = forward_whole(model, padded[..., top:top + crop, left:left + crop], tap, (top, left))
             if total is None:
                 total = probs.new_zeros(probs.shape[0], probs.shape[1], pad_h, pad_w)
                 count = probs.new_zeros(1, 1, pad_h, pad_w)
@@ -53,18 +86,19 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     return starts
 
 
-def predict(model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
-    """Probabilities [B,N,H,W] averaged over the recipe's scales and flips."""
+def predict(model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig, tap: CenterTap | None = None) -> torch.Tensor:
+    """Probabilities [B,N,H,W] averaged over the recipe's scales and flips; `tap` sees the unscaled, unflipped view."""
     size = tuple(images.shape[-2:])
     total = None
     for scale in cfg.scales:
         scaled = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
         views = [scaled, scaled.flip(-1)] if cfg.flip else [scaled]
         for index, view in enumerate(views):
+            view_tap = tap if scale == 1.0 and index == 0 else None
             if cfg.mode == "slide":
-                probs = forward_slide(model, view, cfg.slide_crop, cfg.slide_stride)
+                probs = forward_slide(model, view, cfg.slide_crop, cfg.slide_stride, view_tap)
             else:
-                probs = forward_whole(model, view)
+                probs = forward_whole(model, view, view_tap)
             probs = upsample_to(probs.flip(-1) if index == 1 else probs, size)
             total = probs if total is None else total + probs
     return total / (len(cfg.scales) * (2 if cfg.flip else 1))
@@ -90,28 +124,25 @@ def evaluate(
     for batch_index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_main_process)):
         if cfg.max_images is not None and batch_index * loader.total_batch_size >= cfg.max_images:
             break
-        images, labels = batch["image"].to(input_dtype(accelerator)), batch["label"]
-        preds = predict(model, images, cfg).argmax(1)
+        images, labels = normalize(batch["image"], input_dtype(accelerator)), batch["label"]
+        tap = CenterTap(labels, num_classes) if collect_centers else None
+        preds = predict(model, images, cfg, tap).argmax(1)
         per_image = torch.stack([confusion_matrix(p, t, num_classes) for p, t in zip(preds, labels)])  # [B,N,N]
         total += accelerator.gather_for_metrics(per_image).sum(0)
-        if collect_centers:
-            batch_centers, valid = val_centers(model, images, labels, num_classes)
-            vectors, vector_labels = flatten_regions(*accelerator.gather_for_metrics((batch_centers, valid)))
-            centers.append(vectors.float().cpu())
-            center_labels.append(vector_labels.cpu())
+        if tap is not None and tap.sums is not None:
+            batch_centers, valid = tap.centers()
+            vectors, vector_labels, present = (
+                part.cpu() for part in region_entries(*accelerator.gather_for_metrics((batch_centers, valid)))
+            )
+            centers.append(vectors[present].float())
+            center_labels.append(vector_labels[present])
     model.train()
     miou, per_class = iou_from_confusion(total.cpu())
     if not collect_centers:
         return Evaluation(miou, per_class)
+    if not centers:  # no unscaled view in the protocol: nothing to tap
+        return Evaluation(miou, per_class, np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
     return Evaluation(miou, per_class, torch.cat(centers).numpy(), torch.cat(center_labels).numpy())
-
-
-def val_centers(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ground-truth region centers [B,N,C] of the head features (for the paper's Fig. 3 t-SNE)."""
-    output = model(images)
-    small_labels = resize_labels(labels, tuple(output.features.shape[-2:]))
-    logits = upsample_to(output.logits, tuple(output.features.shape[-2:]))
-    return region_centers(output.features.float(), logits.float(), small_labels, num_classes, "ep_hp")
 
 
 @torch.no_grad()
@@ -125,10 +156,10 @@ def qualitative_samples(
     model.eval()
     items = [dataset[index] for index in range(min(QUALITATIVE_IMAGES, len(dataset)))]
     dtype = input_dtype(accelerator)
-    preds = [predict(model, item["image"][None].to(accelerator.device, dtype), cfg).argmax(1)[0] for item in items]
+    preds = [predict(model, normalize(item["image"][None].to(accelerator.device), dtype), cfg).argmax(1)[0] for item in items]
     model.train()
     return {
-        "images": np.stack([denormalize(item["image"]) for item in items]),
+        "images": np.stack([item["image"].permute(1, 2, 0).numpy() for item in items]),  # Q x [3,H,W] -> [Q,H,W,3]
         "labels": np.stack([item["label"].numpy().astype(np.uint8) for item in items]),
         "preds": np.stack([pred.cpu().numpy().astype(np.uint8) for pred in preds]),
         "palette": np.asarray(info.palette, dtype=np.uint8),

@@ -10,10 +10,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from harness import measure
+from harness.contrast import Bank
 from harness.engine.checkpoint import remove_checkpoints, resume_from, save_checkpoint
 from harness.engine.evaluate import evaluate, qualitative_samples
 from harness.engine.setup import endless, set_up
-from harness.engine.step import input_dtype
+from harness.engine.step import NonFiniteWatch
 from harness.engine.summary import (
     bank_fields,
     finished_at,
@@ -21,7 +22,7 @@ from harness.engine.summary import (
     throughput_and_memory,
 )
 from harness.engine.terms import region_bank_size
-from harness.recipe import OptimConfig, Variant
+from harness.recipe import EvalConfig, OptimConfig, Variant
 from harness.results import (
     SUMMARY_FILE,
     VAL_CENTERS_FILE,
@@ -48,6 +49,28 @@ def _due(done: int, interval: int) -> bool:
     return interval > 0 and done % interval == 0
 
 
+class BankFill:
+    """The mean fraction of bank slots holding a key over the timed iterations, summed on the device."""
+
+    def __init__(self, bank: Bank | None, device: torch.device) -> None:
+        self.bank, self.total, self.count = bank, torch.zeros((), device=device), 0
+
+    def add(self) -> None:
+        """Count this iteration's fill (no host sync)."""
+        if self.bank is not None:
+            self.total += self.bank.fill()
+            self.count += 1
+
+    def mean(self) -> float | None:
+        """The mean fill, or None without a bank or a timed iteration."""
+        return float(self.total) / self.count if self.count else None
+
+
+def interim_protocol(cfg: EvalConfig) -> EvalConfig:
+    """Evaluations during training: the recipe's mode, one scale, no flip (the full protocol runs at the end)."""
+    return cfg.model_copy(update={"scales": (1.0,), "flip": False})
+
+
 def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate one variant; write its metrics log, summary and report inputs."""
     recipe = variant.recipe
@@ -56,44 +79,62 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
     start = resume_from(accelerator, out_dir, setup.progress, trainer.bank) if resume else 0
     log = MetricsLog(out_dir, accelerator.is_main_process)
     log.truncate_after(start)
-    flops = measure.flops_per_image(
-        accelerator.unwrap_model(model), recipe.data.crop_size, accelerator.device, input_dtype(accelerator)
-    )
-    remaining = recipe.optim.iterations - start
-    # Skip warm-up iterations (allocator, caches), but keep some in very short runs.
-    timer = measure.StepTimer(accelerator.device, warmup=min(5, remaining // 2))
+    num_classes = setup.info.num_classes
+    # Skip warm-up iterations (allocator, caches, a filling bank), but keep some in very short runs.
+    warmup = min(5, (recipe.optim.iterations - start) // 2)
+    steps = measure.SpanTimer(accelerator.device, warmup)
+    trainer.contrast_timer.warmup = warmup
+    fill = BankFill(trainer.bank, accelerator.device)
+    watch = NonFiniteWatch(accelerator.device, start)
     batches = endless(setup.train_loader, setup.train_set, start * recipe.optim.grad_accum_steps)
     progress_bar = tqdm(total=recipe.optim.iterations, initial=start, desc=variant.name,
                         disable=not accelerator.is_main_process)
     with measure.PeakMemory(accelerator.device) as memory:
         for iteration in range(start, recipe.optim.iterations):
-            timer.start()
+            steps.start()
             lr = poly_lr(recipe.optim, iteration)
             set_lr(trainer.optimizer, lr)
             for _ in range(recipe.optim.grad_accum_steps):
                 losses = trainer.step(next(batches), iteration)
-            step_time = timer.stop()
+                watch.add(losses["loss"])
+            steps.stop()
+            if iteration - start >= warmup:
+                fill.add()
             setup.progress.iteration = done = iteration + 1
-            if done % recipe.run.log_interval == 0 or iteration == start:
-                log.write({"kind": "train", "iter": done, **losses, "lr": lr, "step_time": step_time})
             progress_bar.update(1)
-            progress_bar.set_postfix(loss=f"{losses['loss']:.3f}")
-            if done < recipe.optim.iterations and _due(done, recipe.eval.interval):
-                interim = evaluate(accelerator, model, setup.val_loader, recipe.eval, setup.info.num_classes)
+            last = done == recipe.optim.iterations
+            if last:
+                watch.check(done)  # a NaN in the last iterations still fails the variant
+            if done % recipe.run.log_interval == 0 or iteration == start:
+                watch.check(done)
+                values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # one host sync
+                trainer.contrast_timer.flush()
+                log.write({"kind": "train", "iter": done, **values, "lr": lr, "step_time": steps.flush()[-1]})
+                progress_bar.set_postfix(loss=f"{values['loss']:.3f}")
+            if not last and _due(done, recipe.eval.interval):
+                memory.mark("train")
+                interim = evaluate(accelerator, model, setup.val_loader, interim_protocol(recipe.eval), num_classes)
+                memory.mark("eval")
                 log.write({"kind": "eval", "iter": done, "val_miou": interim.miou})
-            if done < recipe.optim.iterations and _due(done, recipe.run.checkpoint_interval):
+            if not last and _due(done, recipe.run.checkpoint_interval):
+                watch.check(done)  # no checkpoint ever holds a NaN
                 save_checkpoint(accelerator, out_dir, trainer.bank)
         progress_bar.close()
-        final = evaluate(accelerator, model, setup.val_loader, recipe.eval, setup.info.num_classes, collect_centers=True)
+        memory.mark("train")
+        final = evaluate(accelerator, model, setup.val_loader, recipe.eval, num_classes, collect_centers=True)
         samples = qualitative_samples(accelerator, model, setup.val_set, recipe.eval, setup.info)
+        memory.mark("eval")
     log.write({"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
     contrast_cfg = recipe.loss.contrast
     bank_size = region_bank_size(contrast_cfg, len(setup.train_set)) if contrast_cfg.kind == "region" else None
+    contrast_s = trainer.contrast_timer.median()
     summary = {
         **variant_fields(variant.name, recipe), "status": "ok", "error": None,
         "val_miou": final.miou, "per_class_iou": final.per_class.tolist(), "class_names": list(setup.info.class_names),
-        **throughput_and_memory(accelerator, recipe, timer.seconds_per_iter(), memory),
-        "params": measure.count_parameters(accelerator.unwrap_model(model)), "flops_per_image": flops,
+        **throughput_and_memory(accelerator, recipe, steps.median(), contrast_s, memory),
+        "bank_fill": fill.mean(),
+        "params": measure.count_parameters(accelerator.unwrap_model(model)), "flops_per_image": setup.flops_per_image,
+        "backbone_weights": setup.weights,
         **bank_fields(accelerator, trainer.bank, bank_size),
         **run_info(accelerator),
         "finished_at": finished_at(),

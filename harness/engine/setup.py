@@ -10,22 +10,23 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
 
-from harness.data import DatasetInfo, build_datasets, collate
+from harness import measure
+from harness.data import DatasetInfo, auto_num_workers, build_datasets, collate
 from harness.engine.step import Trainer, input_dtype
 from harness.engine.terms import build_term
-from harness.models import batchnorm_in_float32, build_model
-from harness.recipe import OptimConfig, Recipe
+from harness.models import batchnorm_in_float32, build_model, weights_origin
+from harness.pretrain import digit_backbone_file
+from harness.recipe import ModelConfig, OptimConfig, Recipe
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
     """A fresh Accelerator per variant: its own prepared objects, checkpoint registry and accumulation.
 
-    The seedable sampler makes each epoch's order a function of (seed, epoch) alone.
+    The seedable sampler makes each epoch's order a function of (seed, epoch) alone; batches from
+    pinned memory reach the GPU without blocking the host.
     """
-    return Accelerator(
-        gradient_accumulation_steps=recipe.optim.grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.run.seed),
-    )
+    loading = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.run.seed, non_blocking=True)
+    return Accelerator(gradient_accumulation_steps=recipe.optim.grad_accum_steps, dataloader_config=loading)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -35,17 +36,32 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def resolve_weights(recipe: Recipe) -> ModelConfig:
+    """The model config with the digits stand-in's cached file as its weights, pretraining it if needed."""
+    cfg = recipe.model
+    if not (cfg.pretrained and cfg.pretrained_source == "digits"):
+        return cfg
+    return cfg.model_copy(update={"weights": digit_backbone_file(cfg.backbone, recipe.data.digit_scenes.seed)})
+
+
 def make_loaders(train: Dataset, val: Dataset, recipe: Recipe) -> tuple[DataLoader, DataLoader]:
-    """Shuffled training batches (full batches only) and in-order val batches."""
+    """Shuffled training batches (full batches only) and in-order val batches, decoded by worker processes.
+
+    Workers persist across epochs (no restart per epoch); SegmentationDataset.set_epoch reaches
+    them through shared memory. Batches are pinned where CUDA is, for faster copies to the GPU.
+    """
     data = recipe.data
+    workers = auto_num_workers() if data.num_workers is None else data.num_workers
+    loading = dict(
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), collate_fn=collate
+    )
     generator = torch.Generator().manual_seed(recipe.run.seed)
     train_loader = DataLoader(
-        train, batch_size=data.batch_size, shuffle=True, drop_last=True,
-        num_workers=data.num_workers, generator=generator, collate_fn=collate,
+        train, batch_size=data.batch_size, shuffle=True, drop_last=True, generator=generator, **loading
     )
     # Real datasets have images of different sizes: evaluate them one at a time.
     val_batch = data.batch_size if data.dataset == "digit_scenes" else 1
-    val_loader = DataLoader(val, batch_size=val_batch, shuffle=False, num_workers=data.num_workers, collate_fn=collate)
+    val_loader = DataLoader(val, batch_size=val_batch, shuffle=False, **loading)
     return train_loader, val_loader
 
 
@@ -85,6 +101,8 @@ class Setup:
 
     trainer: Trainer
     progress: Progress
+    weights: str  # where the backbone's weights came from (models.weights_origin)
+    flops_per_image: int  # forward FLOPs of one training crop, counted before compiling
     train_loader: DataLoader
     val_loader: DataLoader
     train_set: Dataset
@@ -95,20 +113,30 @@ class Setup:
 def set_up(accelerator: Accelerator, recipe: Recipe) -> Setup:
     """Data, model, contrast term and optimizer, prepared; a bank is registered but never prepared."""
     set_seed(recipe.run.seed, deterministic=recipe.run.deterministic)
-    train_set, val_set, info = build_datasets(recipe.data, recipe.run.seed)
-    model = build_model(recipe.model, info.num_classes)
+    with accelerator.main_process_first():  # the main process builds the caches; the others read them
+        train_set, val_set, info = build_datasets(recipe.data, recipe.run.seed)
+        model_cfg = resolve_weights(recipe)
+    model = build_model(model_cfg, info.num_classes)
     if recipe.model.sync_bn and accelerator.num_processes > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if input_dtype(accelerator) != torch.float32:
         batchnorm_in_float32(model)
+    model.to(accelerator.device)
+    # Counted in fp32 before prepare (DeepSpeed casts the model there): FLOPs do not depend on the dtype.
+    flops = measure.flops_per_image(model, recipe.data.crop_size, accelerator.device)
+    if accelerator.device.type == "cuda":
+        # Training crops have one shape: let cuDNN pick its fastest kernels once.
+        torch.backends.cudnn.benchmark = not recipe.run.deterministic
     # The same generator state on every rank: pixel banks sample the same pixels everywhere.
     progress = Progress(torch.Generator(accelerator.device).manual_seed(recipe.run.seed))
     contrast = build_term(accelerator, recipe, model, info.num_classes, len(train_set), progress.generator)
     optimizer = build_optimizer(model, recipe.optim)
     train_loader, val_loader = make_loaders(train_set, val_set, recipe)
+    if recipe.run.compile:
+        model = torch.compile(model)  # the model only: the contrast's shapes depend on the data
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     trainer = Trainer(accelerator, recipe, model, optimizer, contrast)
     # save_state keeps custom objects of the main rank only: a sharded bank saves its own shards.
     bank = trainer.bank
     accelerator.register_for_checkpointing(progress, *([bank] if bank is not None and bank.replicated else []))
-    return Setup(trainer, progress, train_loader, val_loader, train_set, val_set, info)
+    return Setup(trainer, progress, weights_origin(model_cfg), flops, train_loader, val_loader, train_set, val_set, info)

@@ -1,22 +1,48 @@
-"""One training step: forward, CE + aux + contrast, backward, and an optimizer step when due."""
+"""One training step: forward, CE + aux + contrast, backward, and an optimizer step when due.
+
+A step never waits for the host: losses stay on the device until the loop logs them,
+and a non-finite loss is noticed there too (NonFiniteWatch), before any checkpoint.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from harness.contrast import Bank
+from harness.data import normalize
 from harness.engine.terms import Batch, ContrastTerm
 from harness.losses import pixel_loss, total_loss
+from harness.measure import SpanTimer
 from harness.models import SegOutput
 from harness.recipe import Recipe
 
 
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite: the variant stops instead of training on garbage."""
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, whether any loss since the last check was NaN or infinite."""
+
+    def __init__(self, device: torch.device, first_iteration: int) -> None:
+        self.seen = torch.zeros((), dtype=torch.bool, device=device)
+        self.since = first_iteration + 1  # the first iteration not yet checked (1-based, like the log)
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Fold in one step's loss, without a host sync."""
+        self.seen |= ~torch.isfinite(loss.detach())
+
+    def check(self, done: int) -> None:
+        """Raise if a loss of iterations since..done was not finite (one host sync)."""
+        if bool(self.seen):
+            raise NonFiniteLoss(
+                f"the loss became NaN or infinite between iterations {self.since} and {done}: stopping this variant"
+            )
+        self.since = done + 1
 
 
 def input_dtype(accelerator: Accelerator) -> torch.dtype:
@@ -28,38 +54,48 @@ def input_dtype(accelerator: Accelerator) -> torch.dtype:
 
 @dataclass
 class Trainer:
-    """Everything one variant's training step touches."""
+    """Everything one variant's training step touches, and the cost of its contrast term."""
 
     accelerator: Accelerator
     recipe: Recipe
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     contrast: ContrastTerm | None
+    # The contrast term plus its bank push, per step (events on a GPU, read at log intervals).
+    contrast_timer: SpanTimer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.contrast_timer = SpanTimer(self.accelerator.device)
 
     @property
     def bank(self) -> Bank | None:
         """The contrast's memory bank, if it has one."""
         return self.contrast.bank if self.contrast is not None else None
 
-    def step(self, batch: Batch, iteration: int) -> dict[str, float]:
-        """One micro-batch: forward, the weighted losses, backward, and an optimizer step when due."""
+    def step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        """One micro-batch: forward, the weighted losses, backward, and an optimizer step when due.
+
+        Returns the total and each part, detached, still on the device (reading them is a host sync).
+        """
         with self.accelerator.accumulate(self.model):
-            output = self.model(batch["image"].to(input_dtype(self.accelerator)))
-            parts = self.loss_parts(output, batch)
+            output = self.model(normalize(batch["image"], input_dtype(self.accelerator)))
+            parts = self.loss_parts(output, batch, iteration)
             loss = total_loss(self.recipe.loss, parts)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss.item()} at iteration {iteration}: stopping this variant")
             self.accelerator.backward(loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.item(), **{f"loss_{name}": value.item() for name, value in parts.items()}}
+        return {"loss": loss.detach(), **{f"loss_{name}": value.detach() for name, value in parts.items()}}
 
-    def loss_parts(self, output: SegOutput, batch: Batch) -> dict[str, torch.Tensor]:
-        """CE, aux and contrast terms, unweighted."""
+    def loss_parts(self, output: SegOutput, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        """CE, aux and contrast terms, unweighted; before loss.contrast.warmup_iters the bank fills, unused."""
         cfg, labels = self.recipe.loss, batch["label"]
         parts = {"ce": pixel_loss(cfg, output.logits, labels)}
         if output.aux_logits is not None and cfg.aux_weight > 0:
             parts["aux"] = pixel_loss(cfg, output.aux_logits, labels)
         if self.contrast is not None:
-            parts["contrast"] = self.contrast(output, batch)
+            self.contrast_timer.start()
+            contrast = self.contrast(output, batch, with_loss=iteration >= cfg.contrast.warmup_iters)
+            self.contrast_timer.stop()
+            if contrast is not None:
+                parts["contrast"] = contrast
         return parts

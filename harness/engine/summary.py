@@ -65,26 +65,39 @@ def identical_on_all_ranks(accelerator: Accelerator, digest: str) -> bool:
     return bool((gathered == gathered[0]).all())
 
 
-def per_rank_measurements(accelerator: Accelerator, seconds: float | None, peak_bytes: int) -> list[dict[str, Any]]:
-    """Step time and peak memory of every rank, gathered so the main process can record them."""
-    local = torch.tensor([[seconds or math.nan, float(peak_bytes)]], dtype=torch.float64, device=accelerator.device)
-    rows = accelerator.gather(local).cpu().tolist()  # [world, 2]
-    return [{"rank": rank, "s_per_iter": row[0], "peak_memory_bytes": int(row[1])} for rank, row in enumerate(rows)]
+RANK_FIELDS = ("s_per_iter", "contrast_ms_per_iter", "train_peak_memory_bytes", "eval_peak_memory_bytes")
+
+
+def per_rank_measurements(accelerator: Accelerator, local: dict[str, float | None]) -> list[dict[str, Any]]:
+    """This rank's RANK_FIELDS gathered from every rank, so the main process can record them all."""
+    values = [[math.nan if local[name] is None else float(local[name]) for name in RANK_FIELDS]]
+    rows = accelerator.gather(torch.tensor(values, dtype=torch.float64, device=accelerator.device)).cpu().tolist()
+    return [{"rank": rank, **dict(zip(RANK_FIELDS, row))} for rank, row in enumerate(rows)]  # [world, fields]
 
 
 def throughput_and_memory(
-    accelerator: Accelerator, recipe: Recipe, seconds: float | None, memory: measure.PeakMemory
+    accelerator: Accelerator, recipe: Recipe, seconds: float | None, contrast_seconds: float | None,
+    memory: measure.PeakMemory,
 ) -> dict[str, Any]:
-    """Per-rank and global speed and memory; the slowest rank sets the global pace."""
-    ranks = per_rank_measurements(accelerator, seconds, memory.peak_bytes)
-    slowest = max((rank["s_per_iter"] for rank in ranks), default=math.nan)
+    """Per-rank and global speed, contrast time and memory; the slowest rank sets the global pace.
+
+    Memory is split by phase: training alone, and evaluation; peak_memory_bytes is the larger.
+    """
+    ranks = per_rank_measurements(accelerator, {
+        "s_per_iter": seconds, "contrast_ms_per_iter": None if contrast_seconds is None else 1000 * contrast_seconds,
+        "train_peak_memory_bytes": memory.phases.get("train"), "eval_peak_memory_bytes": memory.phases.get("eval"),
+    })
     local_batch = recipe.data.batch_size * recipe.optim.grad_accum_steps
     for rank in ranks:
         rank["images_per_s"] = local_batch / rank["s_per_iter"]
+    slowest = max(rank["s_per_iter"] for rank in ranks)
+    train_peak, eval_peak = (int(max(rank[name] for rank in ranks)) for name in RANK_FIELDS[2:])
+    contrast_ms = max(rank["contrast_ms_per_iter"] for rank in ranks)
     return {
         "s_per_iter": slowest, "train_images_per_s": local_batch * accelerator.num_processes / slowest,
-        "peak_memory_bytes": max(rank["peak_memory_bytes"] for rank in ranks), "memory_kind": memory.kind,
-        "per_rank": ranks,
+        "contrast_ms_per_iter": None if math.isnan(contrast_ms) else contrast_ms,
+        "train_peak_memory_bytes": train_peak, "eval_peak_memory_bytes": eval_peak,
+        "peak_memory_bytes": max(train_peak, eval_peak), "memory_kind": memory.kind, "per_rank": ranks,
     }
 
 

@@ -29,8 +29,8 @@ class ContrastTerm(Protocol):
 
     bank: Bank | None
 
-    def __call__(self, output: SegOutput, batch: Batch) -> torch.Tensor:
-        """The loss of this rank's batch; pushes the gathered batch into the bank afterwards."""
+    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True) -> torch.Tensor | None:
+        """The loss of this rank's batch (None unless with_loss); then pushes the gathered batch into the bank."""
 
 
 def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -62,19 +62,20 @@ class RegionTerm:
 
     def loss(self, centers: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Eq. 4 of this rank's centers against the whole bank."""
-        queries, query_labels = contrast.flatten_regions(centers, valid)  # [M,C], [M]
+        queries, query_labels, query_valid = contrast.region_entries(centers, valid)  # [BN,C], [BN], [BN]
         if self.bank.replicated:
             return contrast.region_contrast_loss(
-                queries, query_labels, self.bank.keys, self.bank.valid, self.cfg.tau, chunk_size=self.cfg.chunk_size
+                queries, query_labels, self.bank.keys, self.bank.valid, self.cfg.tau, self.cfg.chunk_size,
+                query_valid, keys_unit=True,
             )
         return contrast.sharded_region_contrast_loss(
-            queries, query_labels, self.bank, self.cfg.tau, chunk_size=self.cfg.chunk_size
+            queries, query_labels, self.bank, self.cfg.tau, self.cfg.chunk_size, query_valid=query_valid
         )
 
-    def __call__(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True) -> torch.Tensor | None:
         centers, valid, all_centers, all_valid = self.centers(output, batch["label"])
-        loss = self.loss(centers, valid)
-        self.bank.push(*contrast.flatten_regions(all_centers, all_valid))
+        loss = self.loss(centers, valid) if with_loss else None
+        self.bank.push(*contrast.region_entries(all_centers, all_valid))
         return loss
 
 
@@ -84,7 +85,9 @@ class InBatchTerm(RegionTerm):
     def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, num_classes: int) -> None:
         super().__init__(accelerator, cfg, None, num_classes)
 
-    def __call__(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True) -> torch.Tensor | None:
+        if not with_loss:
+            return None  # no bank to fill
         centers, _, all_centers, all_valid = self.centers(output, batch["label"])
         count = centers.shape[0]
         start = self.accelerator.process_index * count
@@ -102,14 +105,15 @@ class PixelTerm:
                  generator: torch.Generator) -> None:
         self.accelerator, self.cfg, self.bank, self.generator = accelerator, cfg, bank, generator
 
-    def __call__(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True) -> torch.Tensor | None:
         features, logits = embedding(self.cfg, output)
         small_labels = resize_labels(batch["label"], tuple(features.shape[-2:]))
-        pixel = self.cfg.pixel
-        loss = contrast.pixel_contrast_loss(
-            features, small_labels, logits.argmax(1), self.bank, self.cfg.tau,
-            max_samples=pixel.max_samples, max_views=pixel.max_views, chunk_size=self.cfg.chunk_size,
-        )
+        pixel, loss = self.cfg.pixel, None
+        if with_loss:
+            loss = contrast.pixel_contrast_loss(
+                features, small_labels, logits.argmax(1), self.bank, self.cfg.tau,
+                max_samples=pixel.max_samples, max_views=pixel.max_views, chunk_size=self.cfg.chunk_size,
+            )
         self.push(self.accelerator.gather(features.detach()), self.accelerator.gather(small_labels), batch)
         return loss
 

@@ -11,7 +11,10 @@ from harness.models.build import (
     SegOutput,
     build_model,
     validate_model_config,
+    weights_origin,
 )
 from harness.models.precision import batchnorm_in_float32
 
-__all__ = ["SegOutput", "SegmentationModel", "batchnorm_in_float32", "build_model", "validate_model_config"]
+__all__ = [
+    "SegOutput", "SegmentationModel", "batchnorm_in_float32", "build_model", "validate_model_config", "weights_origin",
+]

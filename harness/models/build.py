@@ -38,9 +38,12 @@ class SegmentationModel(nn.Module):
         super().__init__()
         self.backbone, self.head, self.aux_head = backbone, head, aux_head
         self.feature_stride, self.feature_dim = feature_stride, feature_dim
+        self.channels_last = False  # set by build_model from model.channels_last
 
     def forward(self, images: Tensor) -> SegOutput:
         """images [B,3,H,W] -> logits and features at H / feature_stride."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         stages = self.backbone(images)
         logits, features = self.head(stages)
         # The second-to-last stage is ResNet's layer3 and HRNet's stride-16 branch.
@@ -117,7 +120,7 @@ def _check_weights(cfg: ModelConfig) -> None:
             raise RecipeError("model.weights", f"no such file: {cfg.weights}")
         if cfg.weights.suffix not in WEIGHT_SUFFIXES:
             raise RecipeError("model.weights", f"{cfg.weights}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
-    elif cfg.pretrained and hub_repo(cfg.backbone) is None:
+    elif cfg.pretrained and cfg.pretrained_source == "timm" and hub_repo(cfg.backbone) is None:
         raise RecipeError("model.pretrained", f"timm has no pretrained weights on the Hub for {cfg.backbone}; "
                                               "set model.weights: /path/to/file or pretrained: false")
 
@@ -134,8 +137,20 @@ def validate_model_config(cfg: ModelConfig) -> None:
 
 
 
+def weights_origin(cfg: ModelConfig) -> str:
+    """Where the backbone's weights come from, for the summary: random, a timm tag, or a local file."""
+    if cfg.weights is not None:
+        return f"file:{cfg.weights.name}"
+    if cfg.pretrained:
+        pretrained_cfg = timm.models.get_pretrained_cfg(cfg.backbone)
+        return f"timm:{cfg.backbone.split('.')[0]}.{pretrained_cfg.tag}" if pretrained_cfg else f"timm:{cfg.backbone}"
+    return "random"
+
+
 def build_backbone(cfg: ModelConfig) -> nn.Module:
     """cfg's timm features_only backbone: random, timm-pretrained, or loaded from cfg.weights."""
+    if cfg.pretrained and cfg.pretrained_source == "digits" and cfg.weights is None:
+        raise ValueError("pretrained_source digits: resolve the stand-in's file into model.weights first")
     download = cfg.pretrained and cfg.weights is None
     # Handing timm the resolved file keeps it off the network (it would retry for ~45 s offline).
     overlay = {"file": str(pretrained_file(cfg.backbone))} if download else None
@@ -153,6 +168,10 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
     info = backbone.feature_info
     head, feature_stride = head_factory(cfg.head)(info, cfg, num_classes)
     aux_head = FCNHead(info.channels()[-2], cfg.aux_channels, num_classes) if cfg.aux_head else None
-    return SegmentationModel(backbone, head, aux_head, feature_stride, cfg.head_channels)
+    model = SegmentationModel(backbone, head, aux_head, feature_stride, cfg.head_channels)
+    if cfg.channels_last:
+        model.channels_last = True
+        model.to(memory_format=torch.channels_last)
+    return model
 
 

@@ -1,0 +1,113 @@
+"""A training step that does not log never makes the host wait for the device.
+
+Each kind of step runs under a TorchDispatchMode that records every op forcing a
+device-to-host sync on a GPU: reading a value (`_local_scalar_dense`: .item(), bool(),
+.tolist()), and ops whose output size depends on the data (nonzero, masked_select,
+unique, bincount, repeat_interleave by a tensor, indexing by a bool mask). On this CPU
+nothing waits, but the same ops would stall a GPU's stream in every step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from benchmarks.common import fill_bank
+from harness.engine.step import Trainer
+from harness.engine.terms import build_term
+from harness.models import build_model
+from harness.recipe import Recipe
+from tests.conftest import seeded
+
+aten = torch.ops.aten
+SYNCING = {
+    aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default, aten._unique2.default,
+    aten.unique_dim.default, aten.unique_consecutive.default, aten.bincount.default,
+    aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor,
+}
+MASKED = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
+NUM_CLASSES, TRAIN_IMAGES, SIDE = 4, 6, 32
+
+
+class SyncRecorder(TorchDispatchMode):
+    """Counts the ops that would make the host wait for a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in SYNCING or (func in MASKED and any(_bool_index(index) for index in args[1])):
+            self.ops[str(func)] += 1
+        return func(*args, **kwargs)
+
+
+def _bool_index(index: object) -> bool:
+    """Whether an index is a bool mask (its selection's size is only known after a count)."""
+    return isinstance(index, torch.Tensor) and index.dtype == torch.bool
+
+
+def recipe(contrast: dict) -> Recipe:
+    """A tiny model and batch; SGD, whose step reads no value back (AdamW counts steps on the host on a CPU)."""
+    return Recipe.model_validate({
+        "data": {"crop_size": SIDE, "batch_size": 2},
+        "model": {"backbone": "resnet18", "head_channels": 8, "aux_channels": 8},
+        "loss": {"contrast": contrast},
+        "optim": {"name": "sgd", "lr": 0.01},
+    })
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def syncs_of_a_step(accelerator: Accelerator, contrast: dict) -> Counter[str]:
+    """The syncing ops of one training step (after one unrecorded step that fills lazy state)."""
+    run = recipe(contrast)
+    torch.manual_seed(0)
+    model = build_model(run.model, NUM_CLASSES)
+    term = build_term(accelerator, run, model, NUM_CLASSES, TRAIN_IMAGES, seeded(0))
+    if term is not None and term.bank is not None:
+        fill_bank(term.bank, NUM_CLASSES, seeded(1))  # steady state: a full bank
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trainer = Trainer(accelerator, run, model, optimizer, term)
+    generator = seeded(2)
+    batch = {
+        "image": torch.randint(0, 256, (2, 3, SIDE, SIDE), generator=generator, dtype=torch.uint8),
+        "label": torch.randint(0, NUM_CLASSES, (2, SIDE, SIDE), generator=generator),
+        "index": torch.tensor([0, 1]),
+    }
+    trainer.step(batch, iteration=0)
+    with SyncRecorder() as recorder:
+        trainer.step(batch, iteration=1)
+    return recorder.ops
+
+
+@pytest.mark.parametrize("contrast", [
+    {"kind": "none"},
+    {"kind": "region", "bank_size": 5},
+    {"kind": "region", "bank_size": 0},
+    {"kind": "region", "bank_size": 5, "bank_layout": "sharded"},
+    {"kind": "region", "bank_size": 5, "bank_dtype": "bfloat16"},
+], ids=["ce", "region_full_bank", "in_batch", "sharded_one_rank", "region_bf16_bank"])
+def test_no_sync_in_a_step(accelerator: Accelerator, contrast: dict) -> None:
+    assert syncs_of_a_step(accelerator, contrast) == Counter()
+
+
+def test_pixel_step_syncs_only_where_its_sampling_is_data_dependent(accelerator: Accelerator) -> None:
+    ops = syncs_of_a_step(accelerator, {"kind": "pixel", "pixel": {"memory_size": 5}})
+    # ContrastiveSeg's anchor sampling keeps a data-dependent number of pixels per image and class:
+    # nonzero (the labelled pixels), unique (the image-class pairs), bincount (their sizes) and a
+    # mask (the quota); the bank push samples up to pixel_update_freq pixels per class: nonzero and
+    # a mask. Six per step, none in the loss itself.
+    assert ops == Counter({"aten.nonzero.default": 2, "aten.index.Tensor": 2, "aten.unique_dim.default": 1,
+                           "aten.bincount.default": 1})
