@@ -17,6 +17,7 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from harness.data.digit_scenes import build_digit_scenes, digit_scenes_key
 from harness.data.transforms import normalize
@@ -59,6 +60,7 @@ def pretrain_on_digits(backbone: str, data_seed: int) -> dict[str, torch.Tensor]
     steps = EPOCHS * (len(images) // BATCH)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     model.train()
+    progress = tqdm(total=steps, desc=f"pretraining {backbone} on train-split digits (once; cached)")
     for _ in range(EPOCHS):
         order = torch.randperm(len(images))
         for start in range(0, len(order) - BATCH + 1, BATCH):
@@ -68,4 +70,6 @@ def pretrain_on_digits(backbone: str, data_seed: int) -> dict[str, torch.Tensor]
             loss.backward()
             optimizer.step()
             schedule.step()
+            progress.update(1)
+    progress.close()
     return {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from harness.data.info import DatasetInfo, generated_palette
+from harness.data.info import DatasetInfo, generated_palette, keyed_table
 from harness.recipe import DigitScenesConfig
 from harness.results import publish
 
@@ -129,11 +129,12 @@ def _build_split(
     pool: np.ndarray,
     count: int,
     cfg: DigitScenesConfig,
+    key: str,
 ) -> datasets.Dataset:
-    """`count` scenes drawn from the sklearn samples in `pool`."""
+    """`count` scenes drawn from the sklearn samples in `pool`, a table named `key`."""
     images, labels, samples = zip(*(_compose_scene(rng, digits, pool, cfg) for _ in range(count)))
     columns = {"image": np.stack(images), "label": np.stack(labels), "digit_samples": list(samples)}
-    return datasets.Dataset.from_dict(columns, features=_digit_features(cfg.image_size))
+    return keyed_table(columns, key, _digit_features(cfg.image_size))
 
 
 def build_digit_scenes(cfg: DigitScenesConfig, seed: int) -> datasets.DatasetDict:
@@ -141,9 +142,10 @@ def build_digit_scenes(cfg: DigitScenesConfig, seed: int) -> datasets.DatasetDic
     sklearn_digits = load_digits()
     digits = ((sklearn_digits.images / 16).astype(np.float32), sklearn_digits.target)  # ink 0..16 -> 0..1
     train_pool, val_pool = digit_pools(seed, len(sklearn_digits.target))
+    key = digit_scenes_key(cfg, seed)
     return datasets.DatasetDict(
-        train=_build_split(np.random.default_rng([seed, 1]), digits, train_pool, cfg.train_images, cfg),
-        val=_build_split(np.random.default_rng([seed, 2]), digits, val_pool, cfg.val_images, cfg),
+        train=_build_split(np.random.default_rng([seed, 1]), digits, train_pool, cfg.train_images, cfg, f"{key}-train"),
+        val=_build_split(np.random.default_rng([seed, 2]), digits, val_pool, cfg.val_images, cfg, f"{key}-val"),
     )
 
 

@@ -1,9 +1,12 @@
-"""What models, metrics and reports need to know about a dataset's classes."""
+"""What models, metrics and reports need to know about a dataset's classes; tables named by their content."""
 
 from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
+from typing import Any
+
+import datasets
 
 RGB = tuple[int, int, int]
 
@@ -34,3 +37,21 @@ def _hsv_colour(hue: float, value: float) -> RGB:
     red, green, blue = colorsys.hsv_to_rgb(hue, 0.75, value)
     return round(red * 255), round(green * 255), round(blue * 255)
 
+
+
+class _Unhashed(datasets.Dataset):
+    """A Dataset built without hashing its bytes, only so that keyed_table can name it instead."""
+
+    def __init__(self, arrow_table: Any, info: Any = None, split: Any = None, indices_table: Any = None,
+                 fingerprint: str | None = None) -> None:
+        super().__init__(arrow_table, info, split, indices_table, fingerprint or "unhashed")
+
+
+def keyed_table(columns: dict[str, Any], key: str, features: datasets.Features | None = None) -> datasets.Dataset:
+    """A `datasets` table of `columns`, fingerprinted by `key` (what it holds) rather than a hash of its bytes.
+
+    `datasets` hashes a new table's every byte with dill to name it: slow for image arrays, and with
+    pyarrow 26 on Python 3.12 it fails outright (dill cannot pickle pyarrow's MonthDayNano type).
+    """
+    built = _Unhashed.from_dict(columns, features=features)
+    return datasets.Dataset(built.data, info=built.info, fingerprint=key)

@@ -7,6 +7,7 @@ PIL on access.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from harness.data.info import RGB, DatasetInfo, generated_palette
+from harness.data.info import RGB, DatasetInfo, generated_palette, keyed_table
 from harness.labels import IGNORE_INDEX
 from harness.recipe import RecipeError
 
@@ -217,7 +218,8 @@ def index_files(name: str, root: Path | None) -> datasets.DatasetDict:
         rows = layout.rows(Path(root), folder)
         if not rows:
             raise RecipeError("data.root", f"no {name} '{folder}' images under {root}; expected {layout.expected}")
-        tables[split] = datasets.Dataset.from_list(rows)
+        paths = hashlib.sha256("\n".join(row["image"] for row in rows).encode()).hexdigest()[:16]
+        tables[split] = keyed_table({column: [row[column] for row in rows] for column in rows[0]}, f"{name}-{paths}")
     return datasets.DatasetDict(tables)
 
 

@@ -8,6 +8,7 @@ it covers, never from the whole image scaled first.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +29,17 @@ def to_tensors(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, tor
     return pixels, torch.from_numpy(label.astype(np.int64))
 
 
+@functools.cache
+def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std [3,1,1] on `device`, made once: a fresh copy from the host each step would sync."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)  # [3] -> [3,1,1]
+    std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)  # [3] -> [3,1,1]
+    return mean, std
+
+
 def normalize(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """uint8 images [B,3,H,W] on any device -> ImageNet-normalised `dtype`, computed in float32."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)  # [3] -> [3,1,1]
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)  # [3] -> [3,1,1]
+    mean, std = _statistics(images.device)
     return ((images.float() / 255 - mean) / std).to(dtype)
 
 

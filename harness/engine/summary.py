@@ -7,7 +7,7 @@ import math
 import sys
 import traceback
 from datetime import datetime, timezone
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
@@ -21,9 +21,16 @@ from harness.results import variant_fields
 DIGEST_CHUNK_BYTES = 64 * 2**20  # host memory a digest holds at once, whatever the bank's size
 
 
-def library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str | None]:
+    """Versions of what shapes a run's numbers; None for a package this machine lacks (deepspeed on many)."""
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     names = ["torch", "timm", "accelerate", "deepspeed", "datasets"]
-    return {"python": sys.version.split()[0], **{name: version(name) for name in names}}
+    return {"python": sys.version.split()[0], **{name: installed(name) for name in names}}
 
 
 def run_info(accelerator: Accelerator) -> dict[str, Any]:

@@ -1,0 +1,867 @@
+"""One command for a lent GPU: step time, MFU and memory at Cityscapes scale, Eq. 4 at ADE20K scale,
+data-loader throughput and an end-to-end training smoke run, as one markdown report and one JSON file.
+
+    python benchmarks/gpu_suite.py --out results/gpu_suite            # one H100 / H200, under 8 minutes
+    python benchmarks/gpu_suite.py --tiny --out /tmp/gpu_suite        # the same sections on a CPU, small
+
+Sections, in order; each runs in its own try/except (an error is recorded in the table and the JSON
+and the suite goes on), and past --budget-s the remaining ones are skipped with a note:
+
+- matmul: a bf16 N^3 matrix product on random data, the achievable ceiling beside the datasheet peak.
+- training: DeepLabV3 on a dilated ResNet-50 (OS 8, aux head on stage 3), 769x769, batch 8, bf16
+  autocast, channels_last and cudnn.benchmark on in every row, on synthetic blob scenes of 19 classes
+  generated on the device once (a few distinct batches, cycled). Rows: a bare PyTorch loop, the
+  harness Trainer with CE, + RegionContrast (full 19 x 2975 bank), + in-batch (bank 0), + ContrastiveSeg
+  pixel queues (19 x 5000 each, full). Rows alternate in rounds, a block of steps each, the order
+  reversed every other round, so that a load change hits all of them alike; a ratio is the median
+  over rounds of the two rows' block medians. Step times come from SpanTimer (CUDA events on a GPU),
+  read after the timed loop.
+- sync: on a GPU, one non-logging harness step of each kind under torch.cuda.set_sync_debug_mode("warn"):
+  every CUDA call that makes the host wait, with where it came from (expected: none but the pixel
+  queues' data-dependent sampling).
+- eq4: one forward + backward of Eq. 4, 160 queries against a full 150 x 20210 x 256 bank (ADE20K),
+  streamed (harness) against direct (the whole score matrix under autograd, float32).
+- data_loading: benchmarks/data_loading.py as a subprocess, with this machine's cores.
+- smoke: the quickstart recipe under `accelerate launch`, SIGKILLed once a checkpoint exists, then
+  resumed: both summaries ok, report.md written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import psutil
+import timm
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import GEOMETRIES, TAU, batch_queries, dense_bank_loss, fill_bank  # noqa: E402
+from harness.contrast import RegionBank, region_contrast_loss  # noqa: E402
+from harness.data import normalize  # noqa: E402
+from harness.engine.setup import build_optimizer  # noqa: E402
+from harness.engine.step import Trainer  # noqa: E402
+from harness.engine.terms import build_term  # noqa: E402
+from harness.labels import IGNORE_INDEX  # noqa: E402
+from harness.measure import PeakMemory, SpanTimer, device_name  # noqa: E402
+from harness.models import SegmentationModel, build_model  # noqa: E402
+from harness.recipe import Recipe  # noqa: E402
+from harness.results import SUMMARY_FILE, write_json  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CITYSCAPES = GEOMETRIES["cityscapes"]
+ADE20K = GEOMETRIES["ade20k"]
+# Dense bf16 tensor-core FLOP/s of the SXM cards (datasheets); PCIe and NVL parts run lower clocks.
+BF16_PEAKS = {"H100": 989.4e12, "H200": 989.4e12}
+PRESENT = 0.6  # the share of the 19 classes an image shows (Cityscapes images show about 10-12)
+SEAM = 0.01  # score margin under which a pixel lies on a region boundary and is ignored
+NOISE = 12.0  # sensor noise (uint8 levels) over each region's colour
+DATA_LOADING_LIMIT_S = 150  # a stuck loader must not starve the smoke run after it
+GB, MB = 1e9, 1e6
+Batch = dict[str, Tensor]
+Step = Callable[[Batch, int], object]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes and step counts of one suite mode."""
+
+    backbone: str
+    crop: int
+    batch: int
+    head_channels: int
+    region_bank: int  # region slots per class
+    pixel_memory: int  # slots per class in each pixel queue
+    ade_bank: int  # slots per class of the 150-class Eq. 4 bank
+    matmul: int  # side of the square bf16 matrix product
+    launch_config: str  # accelerate config of the smoke run
+    smoke_sets: tuple[str, ...]  # --set overrides of the smoke run
+    smoke_env: tuple[tuple[str, str], ...] = ()  # environment variables of the smoke run
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
+    batches: int = 4  # distinct batches, cycled
+    warmup: int = 5  # steps per row before the rounds (timed, not kept)
+    rounds: int = 6
+    block: int = 4  # timed steps per row and round
+    eq4_warmup: int = 3
+    eq4_repeats: int = 10
+
+
+FULL = Scale(
+    "resnet50", CITYSCAPES.crop, 8, 256, CITYSCAPES.train_images, 5000, ADE20K.train_images, 8192, "launch/gpu.yaml",
+    ("optim.iterations=50", "run.checkpoint_interval=20", "eval.interval=25"), rounds=10,
+)
+# A shared 2-core CPU: one thread (a second mostly waits at barriers), a resnet10t at 64x64. The smoke
+# run loads its 32 px scenes in the training process (a loader worker would compete for the 2 cores),
+# and its OpenMP threads (run.py uses every core) sleep rather than spin at barriers: spinning on a
+# loaded 2-core machine made steps 25x slower (3.3 s instead of 0.13 s) in bursts.
+TINY = Scale(
+    "resnet10t", 64, 2, 64, 200, 500, 500, 512, "accelerate_config.yaml",
+    ("optim.iterations=12", "run.checkpoint_interval=4", "eval.interval=6", "data.digit_scenes.train_images=32",
+     "data.digit_scenes.val_images=8", "data.digit_scenes.image_size=32", "data.crop_size=32",
+     "model.backbone=resnet10t", "data.num_workers=0"),
+    smoke_env=(("OMP_WAIT_POLICY", "PASSIVE"),), threads=1, rounds=12, block=2, eq4_warmup=1, eq4_repeats=3,
+)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def in_use(device: torch.device) -> int:
+    """Bytes in use now: the CUDA allocator's, else the process's resident set."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return psutil.Process().memory_info().rss
+
+
+def error_text(error: BaseException) -> str:
+    """An exception as one line."""
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """A table cell: `value` formatted, or blank."""
+    return "" if value is None else format(value, spec)
+
+
+def remaining(deadline: float) -> float:
+    """Seconds left before the budget runs out."""
+    return deadline - time.monotonic()
+
+
+# ---------------------------------------------------------------- synthetic scenes
+
+
+def synthetic_batch(batch: int, crop: int, generator: torch.Generator) -> Batch:
+    """uint8 images [B,3,H,W] and int64 labels [B,H,W] of blobby class regions, made on the generator's device.
+
+    A random score per class on a coarse grid, bicubically upsampled, gives regions with smooth
+    curved boundaries at the scale of objects; pixels where the two best classes nearly tie are
+    ignored, like the thin unlabelled seams of Cityscapes' annotations.
+    """
+    device, classes = generator.device, CITYSCAPES.num_classes
+    cells = max(4, crop // 96)  # about 8 x 8 cells at 769, 4 x 4 at 64
+    scores = torch.rand(batch, classes, cells, cells, generator=generator, device=device)
+    absent = torch.rand(batch, classes, 1, 1, generator=generator, device=device) > PRESENT
+    scores = scores.masked_fill(absent, -1.0)  # an absent class never wins a cell
+    smooth = F.interpolate(scores, size=(crop, crop), mode="bicubic", align_corners=False)  # [B,N,c,c] -> [B,N,H,W]
+    best = smooth.topk(2, dim=1).values  # [B,2,H,W]
+    labels = smooth.argmax(1).masked_fill(best[:, 0] - best[:, 1] < SEAM, IGNORE_INDEX)  # [B,H,W]
+    palette = torch.randint(0, 256, (classes + 1, 3), generator=generator, device=device).float()  # last: ignored
+    colours = palette[labels.clamp(max=classes)].permute(0, 3, 1, 2)  # [B,H,W,3] -> [B,3,H,W]
+    noise = NOISE * torch.randn(colours.shape, generator=generator, device=device)
+    images = (colours + noise).clamp(0, 255).to(torch.uint8)
+    return {"image": images, "label": labels}
+
+
+def batch_bytes(batch: Batch) -> int:
+    """Bytes of one batch's tensors."""
+    return sum(tensor.nbytes for tensor in batch.values())
+
+
+# ---------------------------------------------------------------- the training rows
+
+
+def suite_recipe(scale: Scale, contrast: dict[str, Any], compile_model: bool = False) -> Recipe:
+    """The Cityscapes DeepLabV3 recipe at `scale`, with `contrast` as loss.contrast."""
+    return Recipe.model_validate({
+        "run": {"name": "gpu_suite", "compile": compile_model},
+        "data": {"dataset": "cityscapes", "crop_size": scale.crop, "batch_size": scale.batch},
+        "model": {
+            "backbone": scale.backbone, "pretrained": False, "output_stride": 8, "head": "deeplabv3",
+            "head_channels": scale.head_channels, "aux_head": True, "aux_channels": scale.head_channels,
+            "channels_last": True,
+        },
+        "loss": {"kind": "ce", "aux_weight": 0.4, "contrast": contrast},
+        "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+    })
+
+
+def row_settings(scale: Scale, compiled: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each row's name: its label and loss.contrast (the bare row reads only the model settings)."""
+    classes = CITYSCAPES.num_classes
+    rows = {
+        "bare": ("bare PyTorch loop", {"kind": "none"}),
+        "ce": ("harness, CE", {"kind": "none"}),
+        "ce_compiled": ("harness, CE, run.compile", {"kind": "none"}),
+        "region": (f"RegionContrast, full {classes}x{scale.region_bank} bank",
+                   {"kind": "region", "bank_size": scale.region_bank}),
+        "in_batch": ("RegionContrast in-batch (bank 0)", {"kind": "region", "bank_size": 0}),
+        "pixel": (f"ContrastiveSeg pixel queues, full {classes}x{scale.pixel_memory}",
+                  {"kind": "pixel", "tau": 0.07, "pixel": {"memory_size": scale.pixel_memory}}),
+    }
+    return {name: row for name, row in rows.items() if compiled or name != "ce_compiled"}
+
+
+@dataclass
+class Row:
+    """One training configuration under test: its step, timers and memory."""
+
+    name: str
+    label: str
+    step: Step | None  # None once it failed
+    timer: SpanTimer
+    contrast_timer: SpanTimer | None = None
+    bank_fill: float | None = None
+    resident_bytes: int = 0  # what building and warming it left allocated (model, optimizer state, bank)
+    extra_bytes: int = 0  # the most any timed block allocated above what was in use before it
+    error: str | None = None
+
+
+def seeded_model(recipe: Recipe, device: torch.device) -> SegmentationModel:
+    """The recipe's model on `device`, from the same initial weights in every row."""
+    torch.manual_seed(0)
+    return build_model(recipe.model, CITYSCAPES.num_classes).to(device)
+
+
+def bare_loss(model: torch.nn.Module, batch: Batch) -> Tensor:
+    """CE + 0.4 aux CE on logits interpolated to the labels, all under plain bf16 autocast."""
+    labels = batch["label"]
+    with torch.autocast(labels.device.type, dtype=torch.bfloat16):
+        output = model(normalize(batch["image"], torch.float32))
+        size = tuple(labels.shape[-2:])
+        logits = F.interpolate(output.logits, size=size, mode="bilinear", align_corners=False)
+        aux = F.interpolate(output.aux_logits, size=size, mode="bilinear", align_corners=False)
+        return (F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+                + 0.4 * F.cross_entropy(aux, labels, ignore_index=IGNORE_INDEX))
+
+
+def bare_row(label: str, recipe: Recipe, device: torch.device, scale: Scale) -> Row:
+    """The same model with nothing else of the harness: autocast, two CEs, SGD."""
+    model = seeded_model(recipe, device)
+    optim = recipe.optim
+    optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                                weight_decay=optim.weight_decay)
+
+    def step(batch: Batch, iteration: int) -> None:
+        bare_loss(model, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return Row("bare", label, step, SpanTimer(device, scale.warmup))
+
+
+def harness_row(name: str, label: str, recipe: Recipe, device: torch.device, scale: Scale) -> Row:
+    """harness.engine's Trainer under a bf16 Accelerator; its bank, if any, filled to the brim."""
+    accelerator = Accelerator(mixed_precision="bf16")
+    model = seeded_model(recipe, device)
+    generator = torch.Generator(device).manual_seed(0)
+    classes = CITYSCAPES.num_classes
+    contrast = build_term(accelerator, recipe, model, classes, CITYSCAPES.train_images, generator)
+    optimizer = build_optimizer(model, recipe.optim)
+    if recipe.run.compile:
+        model = torch.compile(model)  # as set_up does: the model only
+    model, optimizer = accelerator.prepare(model, optimizer)
+    trainer = Trainer(accelerator, recipe, model, optimizer, contrast)
+    fill = None
+    if trainer.bank is not None:
+        fill_bank(trainer.bank, classes, generator)
+        fill = float(trainer.bank.fill())
+        if fill != 1.0:
+            raise RuntimeError(f"the {name} bank is only {fill:.3f} full after filling")
+    trainer.contrast_timer.warmup = scale.warmup
+    return Row(name, label, trainer.step, SpanTimer(device, scale.warmup),
+               trainer.contrast_timer if contrast is not None else None, fill)
+
+
+def timed_step(row: Row, batches: list[Batch], iteration: int) -> None:
+    """One step of `row` on the iteration's batch (every row sees the same sequence), inside its timer."""
+    row.timer.start()
+    row.step(batches[iteration % len(batches)], iteration)
+    row.timer.stop()
+
+
+def warm_row(build: Callable[[], Row], batches: list[Batch], scale: Scale, device: torch.device) -> Row:
+    """Build a row and run its warm-up steps (cuDNN's autotuning among them)."""
+    before = in_use(device)
+    row = build()
+    for iteration in range(scale.warmup):
+        timed_step(row, batches, iteration)
+    sync(device)
+    row.resident_bytes = in_use(device) - before
+    return row
+
+
+def run_block(row: Row, batches: list[Batch], first: int, count: int, device: torch.device) -> int:
+    """`count` timed steps of one row; the peak bytes they allocated above what was in use before."""
+    sync(device)  # the previous row's work stays out of this block
+    before = in_use(device)
+    with PeakMemory(device) as memory:
+        for iteration in range(first, first + count):
+            timed_step(row, batches, iteration)
+    sync(device)
+    return memory.peak_bytes - before
+
+
+def run_rounds(rows: list[Row], batches: list[Batch], scale: Scale, device: torch.device) -> None:
+    """Every live row's block in each round, in order, then reversed in the next; a failing row drops out.
+
+    Reversing keeps neighbours (bare and CE, CE and region) adjacent and cancels a steady drift.
+    """
+    for round_index in range(scale.rounds):
+        live = [row for row in rows if row.step is not None]
+        first = scale.warmup + round_index * scale.block
+        for row in live if round_index % 2 == 0 else live[::-1]:
+            try:
+                row.extra_bytes = max(row.extra_bytes, run_block(row, batches, first, scale.block, device))
+            except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
+                row.error, row.step = f"timed round {round_index}: {error_text(error)}", None
+                print(f"  row {row.name} failed: {row.error}", flush=True)
+
+
+def block_medians(row: Row, block: int) -> list[float]:
+    """The median step of each round's block."""
+    spans = row.timer.seconds
+    return [statistics.median(spans[start:start + block]) for start in range(0, len(spans), block)]
+
+
+def paired_ratio(row: Row, reference: Row | None, block: int) -> float | None:
+    """Median over rounds of row's block median over reference's (None without a reference)."""
+    if reference is None or reference.error is not None:
+        return None
+    pairs = zip(block_medians(row, block), block_medians(reference, block))
+    return statistics.median(own / base for own, base in pairs)
+
+
+def step_flops(recipe: Recipe, batch: Batch, device: torch.device) -> int:
+    """FLOPs of one forward + backward of the model on `batch` under bf16 autocast (FlopCounterMode)."""
+    model = seeded_model(recipe, device)
+    with FlopCounterMode(display=False) as counter:
+        bare_loss(model, batch).backward()
+    return counter.get_total_flops()
+
+
+def peak_rate(device: torch.device, matmul: dict[str, Any]) -> tuple[float | None, str]:
+    """The bf16 FLOP/s MFU is measured against, and where it comes from."""
+    name = device_name(device)
+    if device.type == "cuda" and "PCIe" not in name and "NVL" not in name:
+        for card, peak in BF16_PEAKS.items():
+            if card in name:
+                return peak, f"{card} SXM dense bf16 datasheet peak"
+    if matmul.get("flops_per_s"):
+        return matmul["flops_per_s"], "the measured bf16 matmul rate (no datasheet peak known for this device)"
+    return None, "no peak known and no matmul measured"
+
+
+def row_result(row: Row, rows: dict[str, Row], scale: Scale, flops: int | None, peak: float | None,
+               one_batch: int) -> dict[str, Any]:
+    """A row's numbers (its timers flushed): medians, throughput, MFU, memory, contrast time, paired ratios."""
+    if row.error is not None:
+        return {"label": row.label, "error": row.error}
+    seconds = row.timer.median()
+    contrast = 1000 * row.contrast_timer.median() if row.contrast_timer is not None else None
+    rate = flops / seconds if flops else None
+    harness, contrasted = row.name != "bare", row.name not in ("bare", "ce")
+    return {
+        "label": row.label, "s_per_iter": seconds, "images_per_s": scale.batch / seconds,
+        "tflops_per_s": rate / 1e12 if rate else None, "mfu": rate / peak if rate and peak else None,
+        "peak_memory_bytes": row.resident_bytes + one_batch + row.extra_bytes, "contrast_ms": contrast,
+        "ratio_to_bare": paired_ratio(row, rows.get("bare"), scale.block) if harness else None,
+        "ratio_to_ce": paired_ratio(row, rows.get("ce"), scale.block) if contrasted else None,
+        "bank_fill": row.bank_fill, "timed_steps": len(row.timer.seconds), "warmup_steps": scale.warmup,
+        "steps": row.timer.seconds,
+    }
+
+
+def training_section(scale: Scale, device: torch.device, report: dict[str, Any], compiled: bool) -> dict[str, Any]:
+    """Every training row, interleaved in rounds, with FLOPs, MFU and memory."""
+    generator = torch.Generator(device).manual_seed(0)
+    batches = [synthetic_batch(scale.batch, scale.crop, generator) for _ in range(scale.batches)]
+    labels = torch.stack([batch["label"] for batch in batches])
+    ignored = float((labels == IGNORE_INDEX).float().mean())
+    images = labels.flatten(0, 1)  # [n,B,H,W] -> [nB,H,W]
+    classes = sum(int((image.unique() != IGNORE_INDEX).sum()) for image in images) / len(images)
+    settings = row_settings(scale, compiled)
+    flops, flops_error = None, None
+    try:
+        flops = step_flops(suite_recipe(scale, {"kind": "none"}), batches[0], device)
+    except Exception as error:  # noqa: BLE001 - the rows are worth having without MFU
+        flops_error = error_text(error)
+    gc.collect()
+    rows: dict[str, Row] = {}
+    for name, (label, contrast) in settings.items():
+        recipe = suite_recipe(scale, contrast, compile_model=name == "ce_compiled")
+        build = (partial(bare_row, label, recipe, device, scale) if name == "bare"
+                 else partial(harness_row, name, label, recipe, device, scale))
+        print(f"  building and warming up: {label}", flush=True)
+        try:
+            rows[name] = warm_row(build, batches, scale, device)
+        except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
+            rows[name] = Row(name, label, None, SpanTimer(device), error=f"build/warm-up: {error_text(error)}")
+            print(f"  row {name} failed: {rows[name].error}\n{traceback.format_exc()}", flush=True)
+    print(f"  timing {scale.rounds} rounds x {scale.block} steps per row", flush=True)
+    run_rounds(list(rows.values()), batches, scale, device)
+    for row in rows.values():
+        if row.error is None:  # a failed row may hold a span it never closed
+            row.timer.flush()
+            if row.contrast_timer is not None:
+                row.contrast_timer.flush()
+    matmul = report["sections"].get("matmul", {})
+    peak, peak_source = peak_rate(device, matmul)
+    one_batch = batch_bytes(batches[0])
+    return {
+        "flops_per_step": flops, "flops_error": flops_error, "peak_flops_per_s": peak, "peak_source": peak_source,
+        "matmul_flops_per_s": matmul.get("flops_per_s"),
+        "memory_kind": PeakMemory(device).kind, "batch_bytes": one_batch, "ignored_fraction": ignored,
+        "classes_per_image": classes,
+        "rows": {name: row_result(row, rows, scale, flops, peak, one_batch) for name, row in rows.items()},
+    }
+
+
+def training_table(result: dict[str, Any]) -> list[str]:
+    """The training rows as markdown."""
+    memory = "peak mem GB (CUDA allocated)" if result["memory_kind"] == "cuda_max_allocated" else "peak RSS GB"
+    lines = [
+        f"| row | s/iter | images/s | TFLOP/s | MFU | {memory} | contrast ms | vs bare | vs CE | bank fill |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"].values():
+        if "error" in row:
+            lines.append(f"| {row['label']} | error: {row['error']} |")
+            continue
+        cells = [
+            row["label"], fmt(row["s_per_iter"], ".4f"), fmt(row["images_per_s"], ".1f"),
+            fmt(row["tflops_per_s"], ".3g"), fmt(row["mfu"], ".1%"),
+            fmt(row["peak_memory_bytes"] / GB, ".2f"), fmt(row["contrast_ms"], ".2f"),
+            fmt(row["ratio_to_bare"], ".3f"), fmt(row["ratio_to_ce"], ".3f"), fmt(row["bank_fill"], ".2f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    flops, peak, matmul = result["flops_per_step"], result["peak_flops_per_s"], result["matmul_flops_per_s"]
+    ceiling = f" (the bf16 matmul reached {matmul / peak:.0%} of it)" if peak and matmul and peak != matmul else ""
+    lines += [
+        "",
+        f"FLOPs of one forward + backward at this geometry (FlopCounterMode, bf16 autocast): "
+        f"{flops / 1e12:.3g} TFLOP per step" if flops else f"FLOPs not counted: {result['flops_error']}",
+        f"MFU against {peak / 1e12:.4g} TFLOP/s, {result['peak_source']}{ceiling}" if peak else "MFU: no peak",
+        f"synthetic labels: {result['classes_per_image']:.1f} classes per image, "
+        f"{100 * result['ignored_fraction']:.1f}% ignored; peak memory = the row's resident state + one batch "
+        f"({result['batch_bytes'] / MB:.0f} MB) + the most its timed steps allocated above that",
+    ]
+    return lines
+
+
+# ---------------------------------------------------------------- matmul ceiling
+
+
+def matmul_section(scale: Scale, device: torch.device) -> dict[str, Any]:
+    """The bf16 FLOP/s of a square matrix product on random data (event-timed median)."""
+    size, warmup, repeats = scale.matmul, 5, 20
+    generator = torch.Generator(device).manual_seed(0)
+    left, right = (torch.randn(size, size, generator=generator, device=device, dtype=torch.bfloat16) for _ in "lr")
+    product = torch.empty_like(left)
+    timer = SpanTimer(device, warmup)
+    for _ in range(warmup + repeats):
+        timer.start()
+        torch.matmul(left, right, out=product)
+        timer.stop()
+    timer.flush()
+    seconds = timer.median()
+    return {"size": size, "seconds": seconds, "flops_per_s": 2 * size**3 / seconds}
+
+
+def matmul_table(result: dict[str, Any]) -> list[str]:
+    """The matmul ceiling as one line."""
+    return [f"bf16 {result['size']}^3 matmul on random data: {result['flops_per_s'] / 1e12:.4g} TFLOP/s "
+            f"(median of 20 after 5 warm-up, {1000 * result['seconds']:.2f} ms each)"]
+
+
+# ---------------------------------------------------------------- Eq. 4 at ADE20K scale
+
+
+def measure_loss(loss_fn: Callable[[Tensor], Tensor], queries: Tensor, scale: Scale) -> tuple[dict[str, Any], Tensor]:
+    """Median forward + backward time, the extra peak bytes of one call, its loss and query gradient."""
+    device = queries.device
+
+    def call() -> tuple[Tensor, Tensor]:
+        leaf = queries.detach().requires_grad_(True)
+        loss = loss_fn(leaf)
+        loss.backward()
+        return loss, leaf.grad
+
+    timer = SpanTimer(device, scale.eq4_warmup)
+    for _ in range(scale.eq4_warmup + scale.eq4_repeats):
+        timer.start()
+        call()
+        timer.stop()
+    timer.flush()
+    gc.collect()
+    sync(device)
+    before = in_use(device)
+    with PeakMemory(device, interval_s=0.001) as memory:
+        loss, grad = call()
+        sync(device)
+    return {"seconds": timer.median(), "extra_peak_bytes": memory.peak_bytes - before, "loss": loss.item()}, grad
+
+
+def eq4_section(scale: Scale, device: torch.device) -> dict[str, Any]:
+    """Streamed vs direct Eq. 4 against a full ADE20K-sized bank: time, extra memory, agreement."""
+    classes, size, dim = ADE20K.num_classes, scale.ade_bank, ADE20K.dim
+    bank = RegionBank(classes, size, dim).to(device)
+    fill_bank(bank, classes, torch.Generator(device).manual_seed(0))
+    queries, labels = (tensor.to(device) for tensor in batch_queries(classes, torch.Generator().manual_seed(0)))
+    losses = {
+        "streamed": lambda q: region_contrast_loss(q, labels, bank.keys, bank.valid, TAU, keys_unit=True),
+        "direct": lambda q: dense_bank_loss(q, labels, bank.keys, bank.valid, TAU, torch.float32),
+    }
+    result: dict[str, Any] = {"queries": len(labels), "bank": f"{classes}x{size}x{dim}", "tau": TAU,
+                              "bank_bytes": bank.nbytes()}
+    grads = {}
+    for name, loss_fn in losses.items():
+        print(f"  {name}", flush=True)
+        try:
+            result[name], grads[name] = measure_loss(loss_fn, queries, scale)
+        except Exception as error:  # noqa: BLE001 - the direct loss may not fit where the streamed one does
+            result[name] = {"error": error_text(error)}
+        gc.collect()
+    if len(grads) == 2:
+        result["loss_difference"] = abs(result["streamed"]["loss"] - result["direct"]["loss"])
+        result["max_grad_difference"] = (grads["streamed"] - grads["direct"]).abs().max().item()
+    return result
+
+
+def eq4_table(result: dict[str, Any]) -> list[str]:
+    """The Eq. 4 comparison as markdown."""
+    lines = [f"Eq. 4, {result['queries']} queries against a full {result['bank']} fp32 bank "
+             f"({result['bank_bytes'] / GB:.2f} GB), forward + backward", "",
+             "| loss | ms (median) | extra peak MB | loss value |", "|---|---:|---:|---:|"]
+    for name in ("streamed", "direct"):
+        entry = result.get(name, {"error": "not run"})
+        if "error" in entry:
+            lines.append(f"| {name} | error: {entry['error']} |")
+        else:
+            lines.append(f"| {name} | {1000 * entry['seconds']:.2f} | {entry['extra_peak_bytes'] / MB:,.0f} "
+                         f"| {entry['loss']:.6f} |")
+    if "loss_difference" in result:
+        lines.append(f"\n|streamed - direct|: loss {result['loss_difference']:.2e}, "
+                     f"max query gradient {result['max_grad_difference']:.2e}")
+    return lines
+
+
+# ---------------------------------------------------------------- subprocesses
+
+
+def subprocess_env(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """This environment with the repository importable, plus `extra`."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), path])), **dict(extra)}
+
+
+def launch(command: list[str], log: Path, deadline: float, stop_when: Callable[[], bool] | None = None,
+           env: tuple[tuple[str, str], ...] = ()) -> str:
+    """Run `command` (`env` added) in its own process group, output to `log`; 'exit N', 'stopped' or 'deadline'.
+
+    The group is SIGKILLed once stop_when() holds or the budget runs out: `accelerate launch`
+    starts the training in a child process, which a kill of the launcher alone would orphan.
+    """
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(env), stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        while process.poll() is None:
+            stop = stop_when is not None and stop_when()
+            if stop or remaining(deadline) <= 0:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return "stopped" if stop else "deadline"
+            time.sleep(0.2)
+    return f"exit {process.returncode}"
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of every markdown table row in `text` that is neither a header rule nor all text."""
+    rows = []
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) > 1 and re.fullmatch(r"[\d.,]+", cells[-1]):
+            rows.append(cells)
+    return rows
+
+
+def data_loading_section(tiny: bool, out: Path, deadline: float) -> dict[str, Any]:
+    """benchmarks/data_loading.py's per-sample and DataLoader tables, parsed."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = [1] if tiny else sorted({1, max(1, cores // 2), cores})
+    options = ["--images", "1", "--samples", "3"] if tiny else ["--images", "8", "--samples", "20"]
+    command = [sys.executable, "-m", "benchmarks.data_loading", *options, "--workers", *map(str, workers)]
+    log = out / "data_loading.log"
+    ended = launch(command, log, min(deadline, time.monotonic() + DATA_LOADING_LIMIT_S))
+    text = log.read_text()
+    if ended != "exit 0":
+        raise RuntimeError(f"{' '.join(command[1:])} ended with {ended}: {text.strip().splitlines()[-1:]}")
+    per_sample, loader = {}, {}
+    for cells in markdown_rows(text):
+        if len(cells) == 4:
+            per_sample[cells[0]] = dict(zip(("median_ms", "p10_ms", "p90_ms"), map(float, cells[1:])))
+        elif len(cells) == 2:
+            loader[cells[0]] = float(cells[1])
+    return {"command": " ".join(command[1:]), "per_sample_ms": per_sample, "loader_samples_per_s": loader,
+            "output": text}
+
+
+def data_loading_table(result: dict[str, Any]) -> list[str]:
+    """The data-loading script's own output, as it printed it."""
+    return [f"`python {result['command']}` (log: data_loading.log)", "", result["output"].rstrip()]
+
+
+def smoke_section(scale: Scale, out: Path, deadline: float) -> dict[str, Any]:
+    """Quickstart under accelerate launch: SIGKILL once a checkpoint exists, resume, check summaries and report."""
+    work = out / "smoke"
+    shutil.rmtree(work, ignore_errors=True)  # a stale checkpoint would trigger the kill at once
+    recipe_dir = work / "results" / "quickstart"
+    sets = (*scale.smoke_sets, f"run.output_dir={work / 'results'}", f"run.reports_dir={work / 'reports'}",
+            f"data.root={work / 'cache'}")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", scale.launch_config,
+               "harness/run.py", "recipes/quickstart.yaml", *[part for text in sets for part in ("--set", text)]]
+    started = time.monotonic()
+
+    def checkpointed() -> bool:
+        return any(recipe_dir.glob("*/checkpoint"))
+
+    first = launch(command, out / "smoke_first.log", deadline, checkpointed, scale.smoke_env)
+    killed_after = time.monotonic() - started
+    resumed = launch([*command, "--resume"], out / "smoke_resume.log", deadline, env=scale.smoke_env)
+    resume_log = (out / "smoke_resume.log").read_text()
+    summaries = {folder.name: read_summary(folder) for folder in sorted(recipe_dir.glob("*")) if folder.is_dir()}
+    report_md = work / "reports" / "quickstart" / "report.md"
+    problems = [] if first == "stopped" else [f"the first run was not killed at a checkpoint ({first})"]
+    problems += [] if resumed == "exit 0" else [f"the resumed run ended with {resumed}"]
+    problems += [] if "resuming" in resume_log else ["the resumed run did not resume from a checkpoint"]
+    problems += [f"{name}: status {summary.get('status')}" for name, summary in summaries.items()
+                 if summary.get("status") != "ok"]
+    problems += [] if len(summaries) == 2 else [f"expected the ce and region summaries, found {sorted(summaries)}"]
+    problems += [] if report_md.is_file() else ["report.md was not written"]
+    return {
+        "command": " ".join(command[1:]), "env": dict(scale.smoke_env), "first_run": first,
+        "killed_after_s": killed_after, "resume": resumed,
+        "resumed_at": re.findall(r"resuming .* at iteration \d+", resume_log),
+        "variants": {name: {key: summary.get(key) for key in ("status", "val_miou", "s_per_iter", "error")}
+                     for name, summary in summaries.items()},
+        "report_md": str(report_md) if report_md.is_file() else None, "problems": problems,
+    }
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """A run folder's summary.json, or why there is none."""
+    path = folder / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"status": "no summary.json"}
+
+
+def smoke_table(result: dict[str, Any]) -> list[str]:
+    """The smoke run as markdown."""
+    env = "".join(f"{name}={value} " for name, value in result["env"].items())
+    lines = [f"`{env}python {result['command']}` (logs: smoke_first.log, smoke_resume.log)", "",
+             f"first run: {result['first_run']} after {result['killed_after_s']:.0f} s (SIGKILL once a checkpoint "
+             f"existed); resumed: {result['resume']}, {'; '.join(result['resumed_at']) or 'no resume line'}; "
+             f"report.md: {'written' if result['report_md'] else 'MISSING'}", "",
+             "| variant | status | val mIoU | s/iter |", "|---|---|---:|---:|"]
+    for name, variant in result["variants"].items():
+        lines.append(f"| {name} | {variant['status']} | {fmt(variant['val_miou'], '.4f')} "
+                     f"| {fmt(variant['s_per_iter'], '.4f')} |")
+    return lines + [f"problem: {problem}" for problem in result["problems"]]
+
+
+# ---------------------------------------------------------------- host syncs on a GPU
+
+
+def sync_section(scale: Scale, device: torch.device) -> dict[str, Any]:
+    """Per harness row kind: the synchronizing CUDA calls of one step after a warm-up step, and their origins.
+
+    Sync behaviour does not depend on the geometry, so a small one keeps this section to seconds.
+    """
+    if device.type != "cuda":
+        return {"note": "CUDA only: torch.cuda.set_sync_debug_mode needs a GPU (tests/test_sync.py covers the CPU)",
+                "kinds": {}}
+    small = dataclasses.replace(scale, backbone="resnet18", crop=129, batch=2, head_channels=64)
+    batch = synthetic_batch(small.batch, small.crop, torch.Generator(device).manual_seed(1))
+    kinds = {}
+    for name, (label, contrast) in row_settings(small).items():
+        if name == "bare":
+            continue
+        row = harness_row(name, label, suite_recipe(small, contrast), device, small)
+        row.step(batch, 0)  # lazy state, cuDNN autotuning
+        torch.cuda.synchronize(device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                row.step(batch, 1)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        syncing = [w for w in caught if "synchroniz" in str(w.message)]
+        kinds[name] = {"label": label, "syncs": len(syncing),
+                       "origins": sorted({f"{Path(w.filename).name}:{w.lineno}" for w in syncing})}
+        del row
+        gc.collect()
+    return {"kinds": kinds}
+
+
+def sync_table(result: dict[str, Any]) -> list[str]:
+    """Syncs per step kind as markdown."""
+    if not result["kinds"]:
+        return [result["note"]]
+    lines = ["| step | synchronizing CUDA calls | from |", "|---|---:|---|"]
+    for kind in result["kinds"].values():
+        lines.append(f"| {kind['label']} | {kind['syncs']} | {', '.join(kind['origins'])} |")
+    return lines
+
+
+# ---------------------------------------------------------------- report
+
+
+TABLES = {"matmul": matmul_table, "training": training_table, "sync": sync_table, "eq4": eq4_table,
+          "data_loading": data_loading_table, "smoke": smoke_table}
+
+
+def environment(device: torch.device, scale: Scale, tiny: bool) -> dict[str, Any]:
+    """What ran where: device, versions, date, command and settings."""
+    return {
+        "device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "accelerate": accelerate.__version__, "timm": timm.__version__, "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "mode": "tiny" if tiny else "full",
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "settings": asdict(scale),
+        "notes": "bf16 autocast, channels_last on and cudnn.benchmark on in every training row; images uint8 "
+                 "normalised on the device by harness.data.normalize in every row",
+    }
+
+
+def targets(report: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
+    """The targets this mode is held to, each with its measured value and verdict."""
+    rows = report["sections"].get("training", {}).get("rows", {})
+    wanted = [("harness CE step / bare step", rows.get("ce", {}).get("ratio_to_bare"), 1.03, "<=")]
+    if device.type == "cuda":
+        wanted += [("RegionContrast full bank step / CE step", rows.get("region", {}).get("ratio_to_ce"), 1.02, "<="),
+                   ("CE MFU", rows.get("ce", {}).get("mfu"), 0.40, ">=")]
+    checks = []
+    for name, value, bound, sense in wanted:
+        met = None if value is None else (value <= bound if sense == "<=" else value >= bound)
+        verdict = "not measured" if met is None else ("met" if met else "NOT met")
+        checks.append({"target": f"{name} {sense} {bound}", "value": value, "verdict": verdict})
+    return checks
+
+
+def section_lines(name: str, result: dict[str, Any]) -> list[str]:
+    """One section's markdown, or its error or skip note."""
+    lines = [f"### {name} ({result['status']}, {result.get('wall_s', 0):.0f} s)", ""]
+    if result["status"] == "skipped":
+        return lines + [result["note"]]
+    if result["status"] == "error":
+        return lines + [f"error: {result['error']}"]
+    return lines + TABLES[name](result)
+
+
+def header_lines(env: dict[str, Any]) -> list[str]:
+    """Device, versions, date, command and the settings every row shares."""
+    return [
+        f"## GPU suite ({env['mode']}): {env['device']}", "",
+        f"torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, accelerate {env['accelerate']}, "
+        f"timm {env['timm']}, Python {env['python']}; {env['cores']} cores, {env['torch_threads']} torch threads",
+        f"date: {env['date']}", f"command: `{env['command']}`", env["notes"], "",
+    ]
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The whole report as markdown."""
+    lines = header_lines(report["environment"])
+    for name, result in report["sections"].items():
+        lines += section_lines(name, result) + [""]
+    lines += ["### targets", ""] + [f"- {check['target']}: {fmt(check['value'], '.3f') or '-'} -> {check['verdict']}"
+                                    for check in report["targets"]]
+    return lines
+
+
+def run_section(name: str, body: Callable[[], dict[str, Any]], report: dict[str, Any], deadline: float,
+                budget_s: float, out: Path) -> None:
+    """Run one section unless the budget is spent; record its result or error; print it; save the JSON."""
+    if remaining(deadline) <= 0:
+        result = {"status": "skipped", "note": f"skipped: the --budget-s {budget_s:.0f} s ran out before it"}
+    else:
+        print(f"\n[{name}] started", flush=True)
+        started = time.monotonic()
+        try:
+            result = body()
+            result["status"] = "failed" if result.get("problems") else "ok"
+        except Exception as error:  # noqa: BLE001 - one failing section must not lose the others
+            traceback.print_exc()
+            result = {"status": "error", "error": error_text(error), "traceback": traceback.format_exc()}
+        result["wall_s"] = time.monotonic() - started
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    report["sections"][name] = result
+    print("\n".join(section_lines(name, result)), flush=True)
+    write_json(out / "gpu_suite.json", report)
+
+
+def main() -> int:
+    """Run every section within the budget; print the markdown report, write gpu_suite.json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="a small geometry that runs on a CPU in minutes")
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_suite.json and the logs")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="sections not started by then are skipped")
+    parser.add_argument("--sections", default="matmul,training,sync,eq4,data_loading,smoke",
+                        help="comma-separated sections to run, in the suite's order")
+    parser.add_argument("--compile", action="store_true",
+                        help="add a training row of the harness with run.compile (torch.compile: minutes of compiling)")
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.budget_s
+    scale = TINY if args.tiny else FULL
+    if scale.threads is not None:
+        torch.set_num_threads(scale.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True  # one crop shape: cuDNN picks its fastest kernels once, in every row
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"environment": environment(device, scale, args.tiny), "sections": {}, "targets": []}
+    print("\n".join(header_lines(report["environment"])), flush=True)
+    sections = {
+        "matmul": lambda: matmul_section(scale, device),
+        "training": lambda: training_section(scale, device, report, args.compile),
+        "sync": lambda: sync_section(scale, device),
+        "eq4": lambda: eq4_section(scale, device),
+        "data_loading": lambda: data_loading_section(args.tiny, args.out, deadline),
+        "smoke": lambda: smoke_section(scale, args.out, deadline),
+    }
+    chosen = args.sections.split(",")
+    for name, body in sections.items():
+        if name in chosen:
+            run_section(name, body, report, deadline, args.budget_s, args.out)
+    report["targets"] = targets(report, device)
+    write_json(args.out / "gpu_suite.json", report)
+    print("\n\n" + "\n".join(report_lines(report)), flush=True)
+    return int(any(result["status"] in ("error", "failed") for result in report["sections"].values()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
