@@ -10,11 +10,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from harness import measure
-from harness.contrast import Bank
 from harness.engine.checkpoint import remove_checkpoints, resume_from, save_checkpoint
-from harness.engine.evaluate import evaluate, qualitative_samples
-from harness.engine.setup import endless, set_up
-from harness.engine.step import NonFiniteWatch
+from harness.engine.evaluate import Evaluation, evaluate, qualitative_samples
+from harness.engine.setup import Setup, endless, set_up
+from harness.engine.step import NonFiniteWatch, Trainer
 from harness.engine.summary import (
     bank_fields,
     finished_at,
@@ -49,21 +48,35 @@ def _due(done: int, interval: int) -> bool:
     return interval > 0 and done % interval == 0
 
 
-class BankFill:
-    """The mean fraction of bank slots holding a key over the timed iterations, summed on the device."""
+class SteadyState:
+    """What a run measures past its warm-up: step time, the contrast's time, the bank's fill.
 
-    def __init__(self, bank: Bank | None, device: torch.device) -> None:
-        self.bank, self.total, self.count = bank, torch.zeros((), device=device), 0
+    Times are CUDA events on a GPU (read at log intervals), and the fill is summed on the device,
+    so measuring adds no host sync to a step.
+    """
 
-    def add(self) -> None:
-        """Count this iteration's fill (no host sync)."""
-        if self.bank is not None:
-            self.total += self.bank.fill()
-            self.count += 1
+    def __init__(self, trainer: Trainer, warmup: int) -> None:
+        device = trainer.accelerator.device
+        self.trainer, self.warmup = trainer, warmup
+        self.steps = measure.SpanTimer(device, warmup)
+        trainer.contrast_timer.warmup = warmup
+        self.fill_total, self.fill_count = torch.zeros((), device=device), 0
 
-    def mean(self) -> float | None:
-        """The mean fill, or None without a bank or a timed iteration."""
-        return float(self.total) / self.count if self.count else None
+    def add_fill(self, iterations_run: int) -> None:
+        """Count the bank's fill after a step, once past the warm-up."""
+        if self.trainer.bank is not None and iterations_run > self.warmup:
+            self.fill_total += self.trainer.bank.fill()
+            self.fill_count += 1
+
+    def flush(self) -> float | None:
+        """Read the spans closed since the last flush (one host sync); the last step's seconds, if any."""
+        self.trainer.contrast_timer.flush()
+        spans = self.steps.flush()
+        return spans[-1] if spans else None
+
+    def bank_fill(self) -> float | None:
+        """The mean fraction of bank slots holding a key over the timed iterations."""
+        return float(self.fill_total) / self.fill_count if self.fill_count else None
 
 
 def interim_protocol(cfg: EvalConfig) -> EvalConfig:
@@ -75,70 +88,19 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
     """Train and evaluate one variant; write its metrics log, summary and report inputs."""
     recipe = variant.recipe
     setup = set_up(accelerator, recipe)
-    trainer, model = setup.trainer, setup.trainer.model
-    start = resume_from(accelerator, out_dir, setup.progress, trainer.bank) if resume else 0
+    start = resume_from(accelerator, out_dir, setup.progress, setup.trainer.bank) if resume else 0
     log = MetricsLog(out_dir, accelerator.is_main_process)
     log.truncate_after(start)
-    num_classes = setup.info.num_classes
-    # Skip warm-up iterations (allocator, caches, a filling bank), but keep some in very short runs.
-    warmup = min(5, (recipe.optim.iterations - start) // 2)
-    steps = measure.SpanTimer(accelerator.device, warmup)
-    trainer.contrast_timer.warmup = warmup
-    fill = BankFill(trainer.bank, accelerator.device)
-    watch = NonFiniteWatch(accelerator.device, start)
-    batches = endless(setup.train_loader, setup.train_set, start * recipe.optim.grad_accum_steps)
-    progress_bar = tqdm(total=recipe.optim.iterations, initial=start, desc=variant.name,
-                        disable=not accelerator.is_main_process)
+    # Skip warm-up iterations (allocator, caches), but keep some in very short runs.
+    steady = SteadyState(setup.trainer, warmup=min(5, (recipe.optim.iterations - start) // 2))
     with measure.PeakMemory(accelerator.device) as memory:
-        for iteration in range(start, recipe.optim.iterations):
-            steps.start()
-            lr = poly_lr(recipe.optim, iteration)
-            set_lr(trainer.optimizer, lr)
-            for _ in range(recipe.optim.grad_accum_steps):
-                losses = trainer.step(next(batches), iteration)
-                watch.add(losses["loss"])
-            steps.stop()
-            if iteration - start >= warmup:
-                fill.add()
-            setup.progress.iteration = done = iteration + 1
-            progress_bar.update(1)
-            last = done == recipe.optim.iterations
-            if last:
-                watch.check(done)  # a NaN in the last iterations still fails the variant
-            if done % recipe.run.log_interval == 0 or iteration == start:
-                watch.check(done)
-                values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # one host sync
-                trainer.contrast_timer.flush()
-                log.write({"kind": "train", "iter": done, **values, "lr": lr, "step_time": steps.flush()[-1]})
-                progress_bar.set_postfix(loss=f"{values['loss']:.3f}")
-            if not last and _due(done, recipe.eval.interval):
-                memory.mark("train")
-                interim = evaluate(accelerator, model, setup.val_loader, interim_protocol(recipe.eval), num_classes)
-                memory.mark("eval")
-                log.write({"kind": "eval", "iter": done, "val_miou": interim.miou})
-            if not last and _due(done, recipe.run.checkpoint_interval):
-                watch.check(done)  # no checkpoint ever holds a NaN
-                save_checkpoint(accelerator, out_dir, trainer.bank)
-        progress_bar.close()
-        memory.mark("train")
-        final = evaluate(accelerator, model, setup.val_loader, recipe.eval, num_classes, collect_centers=True)
-        samples = qualitative_samples(accelerator, model, setup.val_set, recipe.eval, setup.info)
+        train(setup, variant, out_dir, start, log, steady, memory)
+        final = evaluate(accelerator, setup.trainer.model, setup.val_loader, recipe.eval, setup.info.num_classes,
+                         collect_centers=True)
+        samples = qualitative_samples(accelerator, setup.trainer.model, setup.val_set, recipe.eval, setup.info)
         memory.mark("eval")
     log.write({"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
-    contrast_cfg = recipe.loss.contrast
-    bank_size = region_bank_size(contrast_cfg, len(setup.train_set)) if contrast_cfg.kind == "region" else None
-    contrast_s = trainer.contrast_timer.median()
-    summary = {
-        **variant_fields(variant.name, recipe), "status": "ok", "error": None,
-        "val_miou": final.miou, "per_class_iou": final.per_class.tolist(), "class_names": list(setup.info.class_names),
-        **throughput_and_memory(accelerator, recipe, steps.median(), contrast_s, memory),
-        "bank_fill": fill.mean(),
-        "params": measure.count_parameters(accelerator.unwrap_model(model)), "flops_per_image": setup.flops_per_image,
-        "backbone_weights": setup.weights,
-        **bank_fields(accelerator, trainer.bank, bank_size),
-        **run_info(accelerator),
-        "finished_at": finished_at(),
-    }
+    summary = summarize(setup, variant, final, steady, memory)
     if accelerator.is_main_process:
         write_npz(out_dir / VAL_CENTERS_FILE, centers=final.centers, labels=final.center_labels)
         write_npz(out_dir / VAL_SAMPLES_FILE, **samples)
@@ -146,3 +108,66 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
         remove_checkpoints(out_dir)
     accelerator.free_memory()
     return summary
+
+
+def train(
+    setup: Setup, variant: Variant, out_dir: Path, start: int, log: MetricsLog, steady: SteadyState,
+    memory: measure.PeakMemory,
+) -> None:
+    """The iterations from `start` on: steps, logs, interim evaluations, checkpoints; no host sync between logs."""
+    recipe, trainer, accelerator = variant.recipe, setup.trainer, setup.trainer.accelerator
+    watch = NonFiniteWatch(accelerator.device, start)
+    batches = endless(setup.train_loader, setup.train_set, start * recipe.optim.grad_accum_steps)
+    progress_bar = tqdm(total=recipe.optim.iterations, initial=start, desc=variant.name,
+                        disable=not accelerator.is_main_process)
+    for iteration in range(start, recipe.optim.iterations):
+        steady.steps.start()
+        lr = poly_lr(recipe.optim, iteration)
+        set_lr(trainer.optimizer, lr)
+        for _ in range(recipe.optim.grad_accum_steps):
+            losses = trainer.step(next(batches), iteration)
+            watch.add(losses["loss"])
+        steady.steps.stop()
+        setup.progress.iteration = done = iteration + 1
+        steady.add_fill(done - start)
+        progress_bar.update(1)
+        if done % recipe.run.log_interval == 0 or iteration == start:
+            watch.check(done)
+            values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # one host sync
+            log.write({"kind": "train", "iter": done, **values, "lr": lr, "step_time": steady.flush()})
+            progress_bar.set_postfix(loss=f"{values['loss']:.3f}")
+        if done == recipe.optim.iterations:
+            break
+        if _due(done, recipe.eval.interval):
+            memory.mark("train")
+            interim = evaluate(accelerator, trainer.model, setup.val_loader, interim_protocol(recipe.eval),
+                               setup.info.num_classes)
+            memory.mark("eval")
+            log.write({"kind": "eval", "iter": done, "val_miou": interim.miou})
+        if _due(done, recipe.run.checkpoint_interval):
+            watch.check(done)  # no checkpoint ever holds a NaN
+            save_checkpoint(accelerator, out_dir, trainer.bank)
+    progress_bar.close()
+    watch.check(recipe.optim.iterations)  # a NaN in the last iterations still fails the variant
+    steady.flush()  # the steps since the last log count too
+    memory.mark("train")
+
+
+def summarize(
+    setup: Setup, variant: Variant, final: Evaluation, steady: SteadyState, memory: measure.PeakMemory
+) -> dict[str, Any]:
+    """summary.json of a finished run (see harness/results.py)."""
+    recipe, trainer = variant.recipe, setup.trainer
+    accelerator, contrast_cfg = trainer.accelerator, recipe.loss.contrast
+    bank_size = region_bank_size(contrast_cfg, len(setup.train_set)) if contrast_cfg.kind == "region" else None
+    return {
+        **variant_fields(variant.name, recipe), "status": "ok", "error": None,
+        "val_miou": final.miou, "per_class_iou": final.per_class.tolist(), "class_names": list(setup.info.class_names),
+        **throughput_and_memory(accelerator, recipe, steady.steps.median(), trainer.contrast_timer.median(), memory),
+        "bank_fill": steady.bank_fill(),
+        "params": measure.count_parameters(accelerator.unwrap_model(trainer.model)),
+        "flops_per_image": setup.flops_per_image, "backbone_weights": setup.weights,
+        **bank_fields(accelerator, trainer.bank, bank_size),
+        **run_info(accelerator),
+        "finished_at": finished_at(),
+    }
