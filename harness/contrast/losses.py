@@ -39,7 +39,9 @@ def region_contrast_loss(
     keys = bank_keys.reshape(num_classes * size, dim)  # [N,K,C] -> [NK,C]
     key_labels = torch.arange(num_classes, device=bank_keys.device).repeat_interleave(size)
     valid = bank_valid.reshape(num_classes * size)  # [N,K] -> [NK]
-    return info_nce(queries, query_labels, keys, key_labels, valid, tau, chunk_size, query_valid, keys_unit=keys_unit)
+    return info_nce(
+        queries, query_labels, keys, key_labels, valid, tau, chunk_size, query_valid, keys_unit=keys_unit, queue_size=size
+    )
 
 
 def in_batch_contrast_loss(

@@ -189,7 +189,9 @@ def _partial_sums(
     """This shard's sums for all ranks' queries, packed [Mg,2C+3]: see _ShardedInfoNCE.forward."""
     keys, key_labels, key_valid = bank.entries()
     size = resolve_chunk_size(chunk_size, len(everyone), bank.dim, keys.device)
-    layout = KeyLayout(everyone_labels, everyone_valid, key_labels, key_valid, None, size, keys_unit=True)
+    layout = KeyLayout(
+        everyone_labels, everyone_valid, key_labels, key_valid, None, size, keys_unit=True, queue_size=bank.queues.size
+    )
     local_lse, local_mean = negative_pass(everyone, keys, layout, with_mean)
     lse = _global_lse(local_lse, group)
     sums = positive_pass(everyone, keys, layout, lse)

@@ -12,6 +12,7 @@ so the loss never waits for the host to learn how many there are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -69,11 +70,16 @@ class KeyLayout:
     query_slots: Tensor | None  # [M]: each query's own key slot, never one of its keys
     chunk_size: int
     keys_unit: bool = False  # fp32 keys stored L2-normalised (a bank's) are read as they are
+    # Keys that are class-major queues of queue_size slots (key k of class k // queue_size, a region
+    # bank's layout): pass 2 then reads only each query's own queue instead of every key.
+    queue_size: int | None = None
 
     def __post_init__(self) -> None:
-        """Reject chunk sizes that would skip keys."""
+        """Reject chunk sizes that would skip keys, and queues for queries that are keys themselves."""
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+        if self.queue_size is not None and self.query_slots is not None:
+            raise ValueError("class-major queues hold no query's own slot")
 
     def spans(self) -> range:
         """The first slot of each chunk; a chunk ends chunk_size slots later or at the end."""
@@ -81,10 +87,13 @@ class KeyLayout:
 
     def read(self, keys: Tensor, start: int) -> Tensor:
         """The chunk at `start` as fp32 unit keys [S,C]; the bank itself is never cast whole."""
-        chunk = keys[start : start + self.chunk_size]
-        if self.keys_unit and chunk.dtype == torch.float32:
-            return chunk  # no copy: unit-length when stored, and rounding cannot have moved them
-        return F.normalize(chunk.float(), dim=1)
+        return self.unit(keys[start : start + self.chunk_size])
+
+    def unit(self, keys: Tensor) -> Tensor:
+        """Stored keys [...,C] as fp32 unit vectors."""
+        if self.keys_unit and keys.dtype == torch.float32:
+            return keys  # unit-length when stored, and rounding cannot have moved them
+        return F.normalize(keys.float(), dim=-1)
 
     def masks(self, start: int) -> tuple[Tensor, Tensor]:
         """Whether each key of the chunk at `start` has each query's class, and is usable for it: [M,S]."""
@@ -145,27 +154,52 @@ class PositiveSums(NamedTuple):
     count: Tensor  # [M] number of positives
 
 
-def add_positives(sums: PositiveSums, queries: Tensor, chunk: Tensor, lse: Tensor, positive: Tensor) -> PositiveSums:
-    """`sums` plus the positives [M,S] of every query among one chunk of unit keys [S,C]."""
-    gap = lse[:, None] - queries @ chunk.T  # [M,S]
+def add_positives(
+    sums: PositiveSums, gap: Tensor, positive: Tensor, key_sum: Callable[[Tensor], Tensor]
+) -> PositiveSums:
+    """`sums` plus the positives (marked by `positive` [M,S]) with gaps L - s [M,S]; key_sum: weights [M,S] -> [M,C]."""
     # softplus(L - s) = -log(e^s / (e^s + e^L)): no exp overflow at small tau, and
     # exactly 0 when a query has no negatives (L = -inf).
     pull = torch.where(positive, gap.sigmoid(), 0.0)
     return PositiveSums(
         sums.loss + torch.where(positive, F.softplus(gap), 0.0).sum(1),
         sums.pull + pull.sum(1),
-        torch.addmm(sums.pull_keys, pull, chunk),
+        sums.pull_keys + key_sum(pull),
         sums.count + positive.sum(1),
     )
 
 
 def positive_pass(queries: Tensor, keys: Tensor, layout: KeyLayout, lse: Tensor) -> PositiveSums:
-    """Pass 2 over every chunk, all queries at once: masks choose the positives, so nothing waits on the host."""
+    """Pass 2, all queries at once: masks choose the positives, so nothing waits on the host."""
     count = queries.new_zeros(queries.shape[:1])
     sums = PositiveSums(torch.zeros_like(count), torch.zeros_like(count), torch.zeros_like(queries), count)
+    if layout.queue_size is not None:
+        return _own_queue_positives(sums, queries, keys, layout, lse)
     for start in layout.spans():
         same, usable = layout.masks(start)
-        sums = add_positives(sums, queries, layout.read(keys, start), lse, same & usable)
+        chunk = layout.read(keys, start)  # [S,C]
+        sums = add_positives(sums, lse[:, None] - queries @ chunk.T, same & usable, lambda pull: pull @ chunk)
+    return sums
+
+
+def _own_queue_positives(
+    sums: PositiveSums, queries: Tensor, keys: Tensor, layout: KeyLayout, lse: Tensor
+) -> PositiveSums:
+    """Pass 2 on class-major queues: each query gathers its own class's queue, N times less than every key.
+
+    A gather of chunk_size / M slots per query holds chunk_size keys, as much as one chunk of pass 1.
+    """
+    size, dim = layout.queue_size, keys.shape[1]
+    if size == 0:
+        return sums
+    queues = keys.view(len(keys) // size, size, dim)  # [NK,C] -> [N,K,C]
+    valid = layout.key_valid.view(len(keys) // size, size)  # [NK] -> [N,K]
+    span = max(1, layout.chunk_size // max(len(queries), 1))
+    for start in range(0, size, span):
+        own = layout.unit(queues[layout.query_labels, start : start + span])  # [M,S,C]
+        positive = valid[layout.query_labels, start : start + span] & layout.query_valid[:, None]  # [M,S]
+        gap = lse[:, None] - torch.einsum("mc,msc->ms", queries, own)
+        sums = add_positives(sums, gap, positive, lambda pull: torch.einsum("ms,msc->mc", pull, own))
     return sums
 
 
@@ -254,6 +288,7 @@ def info_nce(
     query_valid: Tensor | None = None,
     query_slots: Tensor | None = None,
     keys_unit: bool = False,
+    queue_size: int | None = None,
 ) -> Tensor:
     """Eq. 4 averaged over the valid queries [M,C] with a positive, for keys [K,C] of any float dtype.
 
@@ -264,5 +299,5 @@ def info_nce(
         size = resolve_chunk_size(chunk_size, len(queries), keys.shape[1], keys.device)
         if query_valid is None:
             query_valid = torch.ones_like(query_labels, dtype=torch.bool)
-        layout = KeyLayout(query_labels, query_valid, key_labels, key_valid, query_slots, size, keys_unit)
+        layout = KeyLayout(query_labels, query_valid, key_labels, key_valid, query_slots, size, keys_unit, queue_size)
         return StreamedInfoNCE.apply(scale_queries(queries, tau), keys, layout, torch.is_grad_enabled())
