@@ -70,12 +70,18 @@ def accelerator():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def syncs_of_a_step(accelerator: Accelerator, contrast: dict) -> Counter[str]:
-    """The syncing ops of one training step (after one unrecorded step that fills lazy state)."""
+def syncs_of_a_step(accelerator: Accelerator, contrast: dict, drop_padding: bool = False) -> Counter[str]:
+    """The syncing ops of one training step (after one unrecorded step that fills lazy state).
+
+    A region term drops its padding queries only on a CPU, where nothing waits; drop_padding False
+    runs the path a GPU runs.
+    """
     run = recipe(contrast)
     torch.manual_seed(0)
     model = build_model(run.model, NUM_CLASSES)
     term = build_term(accelerator, run, model, NUM_CLASSES, TRAIN_IMAGES, seeded(0))
+    if hasattr(term, "drop_padding"):
+        term.drop_padding = drop_padding
     if term is not None and term.bank is not None:
         fill_bank(term.bank, NUM_CLASSES, seeded(1))  # steady state: a full bank
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -101,6 +107,12 @@ def syncs_of_a_step(accelerator: Accelerator, contrast: dict) -> Counter[str]:
 ], ids=["ce", "region_full_bank", "in_batch", "sharded_one_rank", "region_bf16_bank"])
 def test_no_sync_in_a_step(accelerator: Accelerator, contrast: dict) -> None:
     assert syncs_of_a_step(accelerator, contrast) == Counter()
+
+
+def test_a_cpu_region_step_drops_its_padding_queries_with_one_count(accelerator: Accelerator) -> None:
+    ops = syncs_of_a_step(accelerator, {"kind": "region", "bank_size": 5}, drop_padding=True)
+    # Queries, labels and valid each selected by the mask, and the queries' gradient put back by it.
+    assert ops == Counter({"aten.index.Tensor": 3, "aten.index_put.default": 1})
 
 
 def test_pixel_step_syncs_only_where_its_sampling_is_data_dependent(accelerator: Accelerator) -> None:

@@ -192,13 +192,13 @@ def _partial_sums(
     layout = KeyLayout(
         everyone_labels, everyone_valid, key_labels, key_valid, None, size, keys_unit=True, queue_size=bank.queues.size
     )
-    local_lse, local_mean = negative_pass(everyone, keys, layout, with_mean)
-    lse = _global_lse(local_lse, group)
-    sums = positive_pass(everyone, keys, layout, lse)
+    local = negative_pass(everyone, keys, layout, with_mean)
+    lse = _global_lse(local.lse, group)
+    sums = positive_pass(everyone, keys, layout, local._replace(lse=lse))
     # The same layout on every rank, gradient or not, so that the all-reduce always matches.
     weighted_mean = torch.zeros_like(everyone)
-    if local_mean is not None:
-        weighted_mean = _negative_share(local_lse, lse)[:, None] * local_mean
+    if local.mean is not None:
+        weighted_mean = _negative_share(local.lse, lse)[:, None] * local.mean
     return torch.cat([weighted_mean, sums.pull_keys, torch.stack([sums.loss, sums.pull, sums.count], 1)], 1)
 
 

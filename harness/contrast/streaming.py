@@ -12,7 +12,7 @@ so the loss never waits for the host to learn how many there are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,6 +95,13 @@ class KeyLayout:
             return keys  # unit-length when stored, and rounding cannot have moved them
         return F.normalize(keys.float(), dim=-1)
 
+    def queue_chunks(self, keys: Tensor) -> Iterator[tuple[int, Tensor]]:
+        """Queue layouts: (first class, fp32 unit keys [nK,C]) of each chunk of whole class queues."""
+        size = self.queue_size
+        per = max(1, self.chunk_size // size)
+        for first in range(0, len(keys) // size, per):
+            yield first, self.unit(keys[first * size : (first + per) * size])
+
     def masks(self, start: int) -> tuple[Tensor, Tensor]:
         """Whether each key of the chunk at `start` has each query's class, and is usable for it: [M,S]."""
         stop = start + self.chunk_size
@@ -133,16 +140,54 @@ class OnlineSoftmax:
         return lse, self.weighted / self.total.clamp_min(torch.finfo(self.total.dtype).tiny)[:, None]
 
 
-def negative_pass(
-    queries: Tensor, keys: Tensor, layout: KeyLayout, with_mean: bool
-) -> tuple[Tensor, Tensor | None]:
+class NegativeSums(NamedTuple):
+    """What pass 1 leaves for pass 2."""
+
+    lse: Tensor  # [M] log-sum-exp of each query's negative scores (-inf without negatives)
+    mean: Tensor | None  # [M,C] their softmax-weighted mean key (with_mean only)
+    own_scores: Tensor | None  # [M,K] queue layouts: each query's scores against its own class's queue
+
+
+def negative_pass(queries: Tensor, keys: Tensor, layout: KeyLayout, with_mean: bool) -> NegativeSums:
     """Pass 1 over every chunk: see OnlineSoftmax.result."""
+    if layout.queue_size is not None:
+        return _queue_negative_pass(queries, keys, layout, with_mean)
     softmax = OnlineSoftmax(queries, with_mean)
     for start in layout.spans():
         chunk = layout.read(keys, start)
         same, usable = layout.masks(start)
         softmax.add((queries @ chunk.T).masked_fill_(same | ~usable, float("-inf")), chunk)  # [M,S]
-    return softmax.result()
+    return NegativeSums(*softmax.result(), None)
+
+
+def _own_block(layout: KeyLayout, first: int, count: int) -> tuple[Tensor, Tensor]:
+    """Each query's own class as an index [M,1,1] into a chunk of `count` queues from class `first`, and whether
+    the chunk holds it [M]."""
+    offset = layout.query_labels - first
+    inside = (offset >= 0) & (offset < count)
+    return offset.clamp(0, count - 1)[:, None, None], inside
+
+
+def _queue_negative_pass(queries: Tensor, keys: Tensor, layout: KeyLayout, with_mean: bool) -> NegativeSums:
+    """Pass 1 on class-major queues: whole queues per chunk, so a query's own class is one block, masked by
+    broadcasting, and its scores there are kept for pass 2 (which then need not recompute them)."""
+    size, num = layout.queue_size, len(queries)
+    softmax = OnlineSoftmax(queries, with_mean)
+    own_scores = queries.new_zeros(num, size)
+    if size == 0:
+        return NegativeSums(*softmax.result(), own_scores)
+    valid = layout.key_valid.view(-1, size)  # [NK] -> [N,K]
+    for first, chunk in layout.queue_chunks(keys):
+        scores = (queries @ chunk.T).view(num, -1, size)  # [M,nK] -> [M,n,K]
+        block, inside = _own_block(layout, first, scores.shape[1])
+        mine = scores.gather(1, block.expand(num, 1, size))[:, 0]  # [M,K]
+        own_scores = torch.where(inside[:, None], mine, own_scores)
+        # The own block becomes -inf (positives are no negatives); a query whose class lies in another
+        # chunk gets its gathered scores written back where they came from.
+        scores.scatter_(1, block.expand(num, 1, size), torch.where(inside[:, None, None], float("-inf"), mine[:, None]))
+        scores.masked_fill_(~valid[None, first : first + scores.shape[1]], float("-inf"))  # empty slots
+        softmax.add(scores.view(num, -1), chunk)  # [M,n,K] -> [M,nK]
+    return NegativeSums(*softmax.result(), own_scores)
 
 
 class PositiveSums(NamedTuple):
@@ -169,12 +214,13 @@ def add_positives(
     )
 
 
-def positive_pass(queries: Tensor, keys: Tensor, layout: KeyLayout, lse: Tensor) -> PositiveSums:
+def positive_pass(queries: Tensor, keys: Tensor, layout: KeyLayout, negatives: NegativeSums) -> PositiveSums:
     """Pass 2, all queries at once: masks choose the positives, so nothing waits on the host."""
     count = queries.new_zeros(queries.shape[:1])
     sums = PositiveSums(torch.zeros_like(count), torch.zeros_like(count), torch.zeros_like(queries), count)
+    lse = negatives.lse
     if layout.queue_size is not None:
-        return _own_queue_positives(sums, queries, keys, layout, lse)
+        return _queue_positive_pass(sums, queries, keys, layout, negatives)
     for start in layout.spans():
         same, usable = layout.masks(start)
         chunk = layout.read(keys, start)  # [S,C]
@@ -182,25 +228,31 @@ def positive_pass(queries: Tensor, keys: Tensor, layout: KeyLayout, lse: Tensor)
     return sums
 
 
-def _own_queue_positives(
-    sums: PositiveSums, queries: Tensor, keys: Tensor, layout: KeyLayout, lse: Tensor
+def _queue_positive_pass(
+    sums: PositiveSums, queries: Tensor, keys: Tensor, layout: KeyLayout, negatives: NegativeSums
 ) -> PositiveSums:
-    """Pass 2 on class-major queues: each query gathers its own class's queue, N times less than every key.
+    """Pass 2 on class-major queues: the positives are each query's own queue, scored in pass 1.
 
-    A gather of chunk_size / M slots per query holds chunk_size keys, as much as one chunk of pass 1.
+    Only the positives' pull on their keys needs the keys again: it is spread over the query's own
+    block of each chunk and summed with one matrix product per chunk.
     """
-    size, dim = layout.queue_size, keys.shape[1]
+    size, num = layout.queue_size, len(queries)
     if size == 0:
         return sums
-    queues = keys.view(len(keys) // size, size, dim)  # [NK,C] -> [N,K,C]
-    valid = layout.key_valid.view(len(keys) // size, size)  # [NK] -> [N,K]
-    span = max(1, layout.chunk_size // max(len(queries), 1))
-    for start in range(0, size, span):
-        own = layout.unit(queues[layout.query_labels, start : start + span])  # [M,S,C]
-        positive = valid[layout.query_labels, start : start + span] & layout.query_valid[:, None]  # [M,S]
-        gap = lse[:, None] - torch.einsum("mc,msc->ms", queries, own)
-        sums = add_positives(sums, gap, positive, lambda pull: torch.einsum("ms,msc->mc", pull, own))
-    return sums
+    valid = layout.key_valid.view(-1, size)  # [NK] -> [N,K]
+    positive = valid[layout.query_labels] & layout.query_valid[:, None]  # [M,K]
+
+    def key_sum(pull: Tensor) -> Tensor:
+        """Sum over each query's own queue of pull [M,K] times its keys: [M,C]."""
+        total = torch.zeros_like(queries)
+        for first, chunk in layout.queue_chunks(keys):
+            block, inside = _own_block(layout, first, len(chunk) // size)
+            spread = queries.new_zeros(num, len(chunk) // size, size)  # [M,n,K]
+            spread.scatter_(1, block.expand(num, 1, size), torch.where(inside[:, None], pull, 0.0)[:, None])
+            total = torch.addmm(total, spread.view(num, -1), chunk)  # [M,n,K] -> [M,nK]
+        return total
+
+    return add_positives(sums, negatives.lse[:, None] - negatives.own_scores, positive, key_sum)
 
 
 def query_weights(count: Tensor) -> Tensor:
@@ -253,14 +305,14 @@ class StreamedInfoNCE(torch.autograd.Function):
     def forward(ctx, queries: Tensor, keys: Tensor, layout: KeyLayout, grad_enabled: bool) -> Tensor:
         """The loss; also d loss / d inputs when grad_enabled (autograd runs forward in no-grad mode)."""
         query_grad_needed, key_grad_needed = (grad_enabled and needed for needed in ctx.needs_input_grad[:2])
-        lse, negative_mean = negative_pass(queries, keys, layout, query_grad_needed)
-        sums = positive_pass(queries, keys, layout, lse)
+        negatives = negative_pass(queries, keys, layout, query_grad_needed)
+        sums = positive_pass(queries, keys, layout, negatives)
         weight = query_weights(sums.count)
         query_grad = key_grad = None
         if query_grad_needed:
-            query_grad = query_gradient(weight, sums.pull, negative_mean, sums.pull_keys)
+            query_grad = query_gradient(weight, sums.pull, negatives.mean, sums.pull_keys)
         if key_grad_needed:
-            key_grad = key_gradient(queries, keys, layout, lse, weight, sums.pull)
+            key_grad = key_gradient(queries, keys, layout, negatives.lse, weight, sums.pull)
         ctx.save_for_backward(query_grad, key_grad)
         return (weight * sums.loss).sum()
 

@@ -51,6 +51,10 @@ class RegionTerm:
     def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, bank: contrast.RegionBank | contrast.ShardedRegionBank,
                  num_classes: int) -> None:
         self.accelerator, self.cfg, self.bank, self.num_classes = accelerator, cfg, bank, num_classes
+        # Most (image, class) slots are padding (classes absent from the image). On a GPU they stay, masked,
+        # so that no step waits for the host to count them; on a CPU, host and device are one, and dropping
+        # them saves most of the loss's work. A sharded bank needs every rank's rows alike, so it keeps them.
+        self.drop_padding = accelerator.device.type == "cpu" and bank is not None and bank.replicated
 
     def centers(self, output: SegOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's centers [B,N,C] and valid [B,N], and the whole gathered batch's, detached."""
@@ -63,6 +67,8 @@ class RegionTerm:
     def loss(self, centers: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Eq. 4 of this rank's centers against the whole bank."""
         queries, query_labels, query_valid = contrast.region_entries(centers, valid)  # [BN,C], [BN], [BN]
+        if self.drop_padding:
+            queries, query_labels, query_valid = (part[query_valid] for part in (queries, query_labels, query_valid))
         if self.bank.replicated:
             return contrast.region_contrast_loss(
                 queries, query_labels, self.bank.keys, self.bank.valid, self.cfg.tau, self.cfg.chunk_size,
