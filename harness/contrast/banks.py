@@ -7,7 +7,7 @@ every rank pushes, so replicated banks stay bitwise identical across ranks.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,23 @@ def class_ordinals(members: Tensor, labels: Tensor) -> Tensor:
     return members.long().cumsum(0).gather(1, labels[:, None]).squeeze(1) - 1
 
 
+class PushOrder(NamedTuple):
+    """Where a push's entries stand, with arithmetic only (no host round trip)."""
+
+    labels: Tensor  # [M] on the bank's device
+    valid: Tensor  # [M]
+    members: Tensor  # [M,N] valid and of class n
+    ordinals: Tensor  # [M] position among the valid entries of its class
+
+    @classmethod
+    def of(cls, labels: Tensor, valid: Tensor | None, num_classes: int, device: torch.device) -> "PushOrder":
+        """The order of entries of classes `labels` [M], the valid ones only (None: all)."""
+        labels = labels.to(device)
+        valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.to(device)
+        members = class_members(labels, valid, num_classes)
+        return cls(labels, valid, members, class_ordinals(members, labels))
+
+
 class ClassQueues(ReplicatedBank):
     """One FIFO queue of L2-normalised keys per class: `keys` [N,K,C], class-major in one buffer."""
 
@@ -114,10 +131,7 @@ class ClassQueues(ReplicatedBank):
         """Enqueue the valid ones (None: all) of entries [M,C] of classes [M], in order, as if one at a time."""
         if self.size == 0:
             return
-        labels = labels.to(self.ptr.device)
-        valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.to(self.ptr.device)
-        members = class_members(labels, valid, self.num_classes)  # [M,N]
-        rank = class_ordinals(members, labels)
+        labels, valid, members, rank = PushOrder.of(labels, valid, self.num_classes, self.ptr.device)
         counts = members.sum(0)  # [N]
         # Only a class's last K entries survive; their slots continue from its pointer.
         kept = valid & (rank >= counts[labels] - self.size)

@@ -37,8 +37,7 @@ from torch.autograd.function import once_differentiable
 from harness.contrast.banks import (
     POINTER_BYTES,
     ClassQueues,
-    class_members,
-    class_ordinals,
+    PushOrder,
     region_bank_bytes,
 )
 from harness.contrast.streaming import (
@@ -101,10 +100,8 @@ class ShardedRegionBank(nn.Module):
         """Enqueue the gathered valid entries [M,C] of classes [M] (the same on every rank); keep this rank's slots."""
         if self.size == 0:
             return
-        labels = labels.to(self.ptr.device)
-        valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid.to(self.ptr.device)
-        members = class_members(labels, valid, self.num_classes)  # [M,N]
-        slots = (self.ptr[labels] + class_ordinals(members, labels)) % self.size
+        labels, valid, members, ordinals = PushOrder.of(labels, valid, self.num_classes, self.ptr.device)
+        slots = (self.ptr[labels] + ordinals) % self.size
         # This rank's entries arrive at local slots 0, 1, ... shard_size - 1, 0, ...: its own FIFO.
         self.queues.push(entries, labels, valid & (slots % self.world_size == self.rank))
         self.ptr.add_(members.sum(0)).remainder_(self.size)
