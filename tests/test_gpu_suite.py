@@ -30,10 +30,11 @@ def test_tiny_suite_prints_its_table_and_writes_every_row(tmp_path: Path) -> Non
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
     sections = report["sections"]
     assert {name: section["status"] for name, section in sections.items()} == dict.fromkeys(
-        ("matmul", "training", "eq4", "data_loading", "smoke"), "ok"
+        ("matmul", "training", "sync", "eq4", "data_loading", "smoke"), "ok"
     )
     assert report["environment"]["device"] and report["environment"]["torch"]
     assert positive(sections["matmul"]["flops_per_s"])
+    assert "CUDA only" in sections["sync"]["note"]  # the CPU has no sync debug mode; tests/test_sync.py covers it
 
     training = sections["training"]
     assert positive(training["flops_per_step"]) and positive(training["peak_flops_per_s"])
