@@ -168,7 +168,7 @@ def cpu_name() -> str:
 
 def row(name: str, times: list[float]) -> str:
     """One markdown row: median and 10th / 90th percentile milliseconds."""
-    deciles = statistics.quantiles(times, n=10)
+    deciles = statistics.quantiles(times, n=10, method="inclusive")  # "exclusive" extrapolates on few calls
     return f"| {name} | {statistics.median(times):.1f} | {deciles[0]:.1f} | {deciles[-1]:.1f} |"
 
 

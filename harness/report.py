@@ -549,11 +549,18 @@ def plot_miou(frame: pd.DataFrame, aggregate: pd.DataFrame, colors: dict[str, An
 
 
 def bank_points(aggregate: pd.DataFrame) -> pd.DataFrame:
-    """RegionContrast variants with a finished seed and a known bank size (0 = in-batch only)."""
+    """RegionContrast variants with a finished seed and a known bank size (0 = in-batch only).
+
+    Only the center variant most of them share: Table 3 varies the bank alone, and a line through
+    other centers (Eq. 2 at the same bank size, say) would join points that differ in two ways.
+    """
     region = aggregate[
         (aggregate["contrast_kind"] == "region") & (aggregate["n_seeds"] > 0) & aggregate["bank_size"].notna()
     ]
-    return region.sort_values("bank_size")
+    if region.empty:
+        return region
+    shared_center = region["center_variant"].mode().iloc[0]
+    return region[region["center_variant"] == shared_center].sort_values("bank_size")
 
 
 def plot_miou_vs_bank(aggregate: pd.DataFrame, path: Path) -> None:

@@ -17,6 +17,7 @@ from scipy import stats
 from harness.report import (
     NO_DIFFERENCE,
     aggregate_frame,
+    bank_points,
     baseline_choice,
     build_report,
     colorize,
@@ -161,6 +162,17 @@ def test_no_bank_plot_when_bank_sizes_do_not_vary(flat_report: Path) -> None:
     assert not (flat_report.parent / "miou_vs_bank.png").exists()  # the stale one is gone too
     assert "miou_vs_bank" not in flat_report.read_text() and "memory bank size" not in flat_report.read_text()
     assert (flat_report.parent / "miou.png").exists() and (flat_report.parent / "curves.png").exists()
+
+
+def test_bank_plot_keeps_only_the_center_variant_the_bank_sizes_share() -> None:
+    aggregate = pd.DataFrame({
+        "variant": ["ce", "in_batch", "bank_100", "weighted", "direct_average", "pixel"],
+        "contrast_kind": ["none", "region", "region", "region", "region", "pixel"],
+        "center_variant": [None, "weighted", "weighted", "weighted", "average", None],
+        "bank_size": [np.nan, 0, 100, 300, 300, 500],
+        "n_seeds": [3] * 6,
+    })
+    assert bank_points(aggregate)["variant"].tolist() == ["in_batch", "bank_100", "weighted"]
 
 
 def test_no_paired_figures_without_baseline_and_arrays(flat_report: Path) -> None:
