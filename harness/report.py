@@ -301,6 +301,18 @@ def variant_stats(runs: pd.DataFrame, has_baseline: bool) -> dict[str, Any]:
     return {**row, **{f"{field}_mean": ok[field].mean() for field in MEAN_FIELDS}}
 
 
+def holm_adjusted(p_values: pd.Series) -> pd.Series:
+    """Holm's step-down adjustment of the variants' p-values (NaN stays NaN).
+
+    Every variant is tested against the same baseline runs, so with k variants one "better" at 5 %
+    turns up by chance far more often than 5 %; Holm keeps that family-wise rate at 5 %.
+    """
+    tested = p_values.dropna().sort_values()
+    factors = np.arange(len(tested), 0, -1)  # k for the smallest p, down to 1 for the largest
+    adjusted = np.minimum(1.0, np.maximum.accumulate(tested.to_numpy() * factors))
+    return pd.Series(adjusted, index=tested.index).reindex(p_values.index)
+
+
 def aggregate_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per variant, in the runs' order: means over finished seeds and the paired comparison
     with the baseline (mIoU and Δ as fractions, like val_miou)."""
@@ -310,6 +322,7 @@ def aggregate_frame(frame: pd.DataFrame) -> pd.DataFrame:
     runs = runs.assign(**{f"base_{field}": baseline_values(runs, field) for field in PAIRED_FIELDS})
     groups, has_baseline = runs.groupby("variant", sort=False), bool(frame["is_baseline"].any())
     numbers = pd.DataFrame([variant_stats(group, has_baseline) for _, group in groups])
+    numbers.insert(numbers.columns.get_loc("p_value") + 1, "p_holm", holm_adjusted(numbers["p_value"]))
     return pd.concat([groups[CONFIG_FIELDS].first().reset_index(), numbers], axis=1)
 
 
@@ -396,6 +409,7 @@ def variant_table(aggregate: pd.DataFrame) -> str:
         cells["paper mIoU (%)"] = aggregate["paper_miou"].map(lambda value: format_cell(value, "{:.1f}".format))
     cells["Δ mIoU vs CE (pp) [95 % CI]"] = list(map(delta_text, *(pct[column] for column in DELTA_COLUMNS)))
     cells["p"] = aggregate["p_value"].map(lambda value: format_cell(value, p_text))
+    cells["p (Holm)"] = aggregate["p_holm"].map(lambda value: format_cell(value, p_text))
     cells["verdict"] = aggregate["verdict"]
     for header, column, scale, formatter in COST_COLUMNS:
         cells[header] = (aggregate[column] / scale).map(lambda value: format_cell(value, formatter))
@@ -450,7 +464,9 @@ def comparison_notes(frame: pd.DataFrame, aggregate: pd.DataFrame) -> list[str]:
         "CE baseline's on the same seed, averaged over the seeds where both finished, in percentage points; "
         "[95 % CI] is the two-sided Student-t interval over those n pairs (n − 1 degrees of freedom) and p the "
         "paired t-test, both from two pairs on. The verdict says better or worse only when the interval "
-        "excludes 0. Extra s/iter and memory are paired by seed the same way; training memory is "
+        "excludes 0. p (Holm) adjusts p for the number of variants tested against the same baseline runs "
+        "(Holm's step-down method): a verdict whose adjusted p is 0.05 or more is a consistent sign, not a "
+        "settled effect. Extra s/iter and memory are paired by seed the same way; training memory is "
         f"{train_memory_source(frame)}.",
     ]
     if aggregate["n_seeds"].max() == 1:

@@ -21,6 +21,7 @@ from harness.report import (
     baseline_choice,
     build_report,
     colorize,
+    holm_adjusted,
     ignore_color,
     per_class_frame,
     results_frame,
@@ -275,6 +276,21 @@ def test_aggregate_is_a_paired_t_test_over_seeds(seeded_report: Path, variant: s
     row = read_aggregate(seeded_report).loc[variant]
     expected = expected_pairs(seeded_report.parents[2] / "results" / "seeded", variant)
     assert {key: row[key] for key in expected} == pytest.approx(expected)
+
+
+def test_holm_adjustment_by_hand() -> None:
+    p_values = pd.Series([0.01, 0.04, np.nan, 0.03])
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04; running maximum 0.03, 0.06, 0.06
+    assert holm_adjusted(p_values).tolist() == pytest.approx([0.03, 0.06, np.nan, 0.06], nan_ok=True)
+    assert holm_adjusted(pd.Series([0.4, 0.9])).tolist() == pytest.approx([0.8, 0.9])  # capped at 1 and monotone
+
+
+def test_aggregate_holm_covers_the_variants_with_a_p_value(seeded_report: Path) -> None:
+    rows = read_aggregate(seeded_report)
+    assert rows["p_holm"].tolist() == pytest.approx(holm_adjusted(rows["p_value"]).tolist(), nan_ok=True)
+    tested = rows["p_value"].notna()
+    assert tested.sum() >= 2 and (rows.loc[tested, "p_holm"] >= rows.loc[tested, "p_value"]).all()
+    assert "p (Holm)" in table_under(seeded_report, "## Variants").columns
 
 
 def test_failed_seed_is_left_out_of_the_pairs(seeded_report: Path) -> None:
