@@ -98,7 +98,7 @@ class DigitScenesConfig(Strict):
 
 
 class DataConfig(Strict):
-    dataset: Literal["digit_scenes", "cityscapes", "ade20k", "coco_stuff"] = "digit_scenes"
+    dataset: Literal["digit_scenes", "cityscapes", "ade20k", "coco_stuff", "coco_stuff10k"] = "digit_scenes"
     root: Path | None = None
     crop_size: int = Field(64, ge=8)
     batch_size: int = Field(8, ge=1)

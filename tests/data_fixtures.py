@@ -1,10 +1,11 @@
-"""Tiny on-disk trees laid out exactly like Cityscapes, ADE20K and COCO-Stuff."""
+"""Tiny on-disk trees laid out exactly like Cityscapes, ADE20K, COCO-Stuff-164k and COCO-Stuff-10k."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 from PIL import Image
 
 HEIGHT, WIDTH = 32, 64
@@ -54,4 +55,22 @@ def make_coco_stuff(root: Path, label: np.ndarray, suffix: str, per_split: int =
             stem = f"{k + 139:012d}"
             write_image(root / "images" / split / f"{stem}.jpg", _photo(k))
             write_image(root / "annotations" / split / f"{stem}{suffix}", label)
+    return root
+
+
+def make_coco_stuff10k(root: Path, label: np.ndarray, per_split: tuple[int, int] = (3, 2)) -> Path:
+    """images/*.jpg, annotations/*.mat (the label matrix S as uint16, beside the names and captions the
+    real files also hold) and imageLists/{train,test}.txt naming (train, test) images; returns root."""
+    lists = {}
+    for split, count, first in (("train", per_split[0], 77), ("test", per_split[1], 9000)):
+        lists[split] = [f"COCO_train2014_{first + k:012d}" for k in range(count)]
+        for k, name in enumerate(lists[split]):
+            write_image(root / "images" / f"{name}.jpg", _photo(k))
+            (root / "annotations").mkdir(parents=True, exist_ok=True)
+            contents = {"S": label.astype(np.uint16), "names": np.array(["unlabeled", "person"], dtype=object),
+                        "captions": np.array(["a digit"], dtype=object)}
+            scipy.io.savemat(root / "annotations" / f"{name}.mat", contents)
+    (root / "imageLists").mkdir(parents=True, exist_ok=True)
+    for split, names in lists.items():
+        (root / "imageLists" / f"{split}.txt").write_text("\n".join(names) + "\n")
     return root

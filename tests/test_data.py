@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from harness import data
 from harness.data import digit_scenes, transforms
+from harness.data.real import read_label
 from harness.engine.setup import make_loaders
 from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, Recipe, RecipeError
 from tests.data_fixtures import (
@@ -22,6 +24,7 @@ from tests.data_fixtures import (
     make_ade20k,
     make_cityscapes,
     make_coco_stuff,
+    make_coco_stuff10k,
     write_image,
 )
 
@@ -208,7 +211,38 @@ def test_coco_stuff_prefers_label_train_ids(tmp_path: Path) -> None:
     assert train[0]["image"].shape == (3, 24, 24) and train[0]["label"].dtype == torch.int64
 
 
-@pytest.mark.parametrize("name", ["cityscapes", "ade20k", "coco_stuff"])
+def test_coco_stuff10k_reads_mat_labels_and_the_image_lists(tmp_path: Path) -> None:
+    raw = every_value(183)  # S: 0 = unlabeled, 1-182 = COCO-Stuff ids, the 11 unused ones never labelled
+    train, val, info = data.build_datasets(real_config("coco_stuff10k", make_coco_stuff10k(tmp_path, raw)), seed=0)
+    assert (len(train), len(val), info.name, info.num_classes) == (3, 2, "coco_stuff10k", 171)
+    assert [Path(row["image"]).name for row in val.table] == ["COCO_train2014_000000009000.jpg",
+                                                             "COCO_train2014_000000009001.jpg"]
+    label = val[0]["label"]
+    # raw id r is the 164k id r - 1: 1 -> person (0), 12 -> 164k's unused 11 (ignored), 13 -> stop sign (11)
+    spot_checks = {0: 255, 1: 0, 11: 10, 12: 255, 13: 11, 91: 255, 92: 80, 182: 170}
+    for raw_id, train_id in spot_checks.items():
+        assert label[torch.from_numpy(raw == raw_id)].eq(train_id).all(), raw_id
+    assert label[label != 255].unique().tolist() == list(range(171))
+    assert info.class_names[11] == "stop sign"
+
+
+def test_coco_stuff10k_names_a_listed_image_that_is_missing(tmp_path: Path) -> None:
+    root = make_coco_stuff10k(tmp_path, every_value(183))
+    missing = root / "images" / "COCO_train2014_000000000078.jpg"
+    missing.unlink()
+    with pytest.raises(RecipeError, match=str(missing)) as error:
+        data.build_datasets(real_config("coco_stuff10k", root), seed=0)
+    assert error.value.key == "data.root"
+
+
+def test_a_mat_file_without_a_label_matrix_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "broken.mat"
+    scipy.io.savemat(path, {"names": np.array(["x"], dtype=object)})
+    with pytest.raises(ValueError, match="broken.mat"):
+        read_label(path)
+
+
+@pytest.mark.parametrize("name", ["cityscapes", "ade20k", "coco_stuff", "coco_stuff10k"])
 def test_missing_or_empty_root_names_data_root(tmp_path: Path, name: str) -> None:
     for root in (None, tmp_path / "absent", tmp_path):
         with pytest.raises(RecipeError) as error:

@@ -15,6 +15,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import scipy.io
 from PIL import Image
 
 from harness.data.info import RGB, DatasetInfo, generated_palette, keyed_table
@@ -107,6 +108,8 @@ CITYSCAPES = DatasetInfo(
 )
 ADE20K = DatasetInfo("ade20k", 150, _ADE20K_NAMES, generated_palette(150))
 COCO_STUFF = DatasetInfo("coco_stuff", 171, _COCO_STUFF_NAMES, generated_palette(171))
+# COCO-Stuff-10k, the paper's 9k / 1k benchmark: the same 171 classes, another split and file format.
+COCO_STUFF10K = DatasetInfo("coco_stuff10k", 171, _COCO_STUFF_NAMES, generated_palette(171))
 
 
 def _lookup(train_ids: dict[int, int]) -> np.ndarray:
@@ -122,6 +125,8 @@ _LABEL_MAPS: dict[str, np.ndarray] = {
     "cityscapes_label_ids": _lookup({label_id: k for k, label_id in enumerate(_CITYSCAPES_CLASSES)}),
     "ade20k": _lookup({k + 1: k for k in range(150)}),
     "coco_stuff_raw": _lookup({raw: k for k, raw in enumerate(_COCO_USED_IDS)}),
+    # COCO-Stuff-10k's .mat labels count from 1 (0 = unlabeled): the 164k ids shifted by one.
+    "coco_stuff10k_mat": _lookup({raw + 1: k for k, raw in enumerate(_COCO_USED_IDS)}),
 }
 
 # ---------------------------------------------------------------- real datasets on disk
@@ -172,6 +177,20 @@ def _coco_stuff_rows(root: Path, split: str) -> list[Row]:
     return rows
 
 
+def _coco_stuff10k_rows(root: Path, split: str) -> list[Row]:
+    """The images named in imageLists/<split>.txt: images/<name>.jpg with annotations/<name>.mat."""
+    listing = root / "imageLists" / f"{split}.txt"
+    if not listing.is_file():
+        return []
+    rows = []
+    for name in listing.read_text().split():
+        image = root / "images" / f"{name}.jpg"
+        if not image.is_file():
+            raise RecipeError("data.root", f"{listing} names {name}, but {image} is missing")
+        rows.append(_pair(image, [(root / "annotations" / f"{name}.mat", "coco_stuff10k_mat")]))
+    return rows
+
+
 @dataclass(frozen=True)
 class Layout:
     """How one real dataset lies on disk."""
@@ -204,6 +223,13 @@ LAYOUTS = {
         "<root>/images/{train2017,val2017}/*.jpg with "
         "<root>/annotations/{train2017,val2017}/*_labelTrainIds.png (or raw stuffthingmaps *.png)",
     ),
+    "coco_stuff10k": Layout(
+        COCO_STUFF10K,
+        ("train", "test"),
+        _coco_stuff10k_rows,
+        "<root>/imageLists/{train,test}.txt naming <root>/images/<name>.jpg with <root>/annotations/<name>.mat "
+        "(matrix S: 0 = unlabeled, 1-182 = COCO-Stuff ids)",
+    ),
 }
 
 
@@ -230,8 +256,20 @@ def decode_files(row: Row) -> tuple[Image.Image, np.ndarray]:
     training transform resamples only its crop window from it. (torchvision.io decodes PNGs
     ~10 % faster, but its decoders are deprecated since torchvision 0.29.)
     """
-    with Image.open(row["image"]) as image, Image.open(row["label"]) as label:
-        pixels, raw = image.convert("RGB"), np.asarray(label)
+    with Image.open(row["image"]) as image:
+        pixels = image.convert("RGB")
+    raw = read_label(Path(row["label"]))
     if (pixels.height, pixels.width) != raw.shape:
         raise ValueError(f"{row['label']} is {raw.shape}, but {row['image']} is {(pixels.height, pixels.width)}")
     return pixels, _LABEL_MAPS[row["label_map"]][raw]
+
+
+def read_label(path: Path) -> np.ndarray:
+    """A label file's raw values [H,W] as uint8: a PNG, or the matrix S of a COCO-Stuff-10k .mat file."""
+    if path.suffix != ".mat":
+        with Image.open(path) as label:
+            return np.asarray(label)
+    matrix = scipy.io.loadmat(path, variable_names=["S"]).get("S")
+    if matrix is None or matrix.ndim != 2 or matrix.min() < 0 or matrix.max() > 255:
+        raise ValueError(f"{path} holds no label matrix S of ids 0-255 (COCO-Stuff-10k's annotations do)")
+    return matrix.astype(np.uint8)
