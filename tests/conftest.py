@@ -19,7 +19,10 @@ from benchmarks.common import dense_bank_loss, dense_info_nce
 REPO = Path(__file__).resolve().parents[1]
 RUN = str(REPO / "harness" / "run.py")
 # CPU ranks under torchrun: Accelerate must not look for GPUs, and one thread each keeps 2 cores from thrashing.
-CPU_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+# A worker script's folder, not the repository, heads its sys.path: PYTHONPATH makes it import this tree's
+# harness even where an editable install points at another checkout.
+CPU_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 __all__ = ["CPU_ENV", "REPO", "RUN", "check", "dense_bank_loss", "dense_info_nce", "free_port", "seeded", "torchrun"]
 

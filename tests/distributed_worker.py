@@ -2,7 +2,8 @@
 
 Writes <out>/rank<i>.pt with the rank's process index, the training indices it was served,
 the region bank after several pushes of per-rank centers, the inputs it pushed, the
-in-batch loss it computed, and its confusion-matrix evaluation of a tiny model.
+in-batch loss it computed, the gradient an in-batch step left on a DDP-wrapped layer fed its half
+of a global batch, and its confusion-matrix evaluation of a tiny model.
 """
 
 from __future__ import annotations
@@ -51,6 +52,28 @@ def push_random_centers(accelerator: Accelerator) -> tuple[contrast.RegionBank, 
     return bank, inputs, losses
 
 
+def in_batch_gradients(accelerator: Accelerator) -> torch.Tensor:
+    """The DDP-averaged weight gradient of a 1x1 conv after one in-batch step on this rank's half of a
+    global batch of 4 (the conv's init and the batch are the same on every rank)."""
+    torch.manual_seed(0)
+    layer = accelerator.prepare(torch.nn.Conv2d(DIM, DIM, 1))
+    inputs, logits, labels = global_in_batch_inputs()
+    rows = slice(2 * accelerator.process_index, 2 * accelerator.process_index + 2)
+    features = layer(inputs[rows])
+    in_batch = InBatchTerm(accelerator, ContrastConfig(kind="region", variant="weighted", bank_size=0), NUM_CLASSES)
+    accelerator.backward(in_batch(SegOutput(logits[rows], None, features, features), {"label": labels[rows]}))
+    return accelerator.unwrap_model(layer).weight.grad
+
+
+def global_in_batch_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed global batch of 4: conv inputs [4,C,s,s], logits [4,classes,s,s], labels [4,s,s]."""
+    generator = torch.Generator().manual_seed(7)
+    inputs = torch.randn(4, DIM, SIDE, SIDE, generator=generator)
+    logits = torch.randn(4, NUM_CLASSES, SIDE, SIDE, generator=generator)
+    labels = torch.randint(0, 4, (4, SIDE, SIDE), generator=generator)  # few classes: many positives
+    return inputs, logits, labels
+
+
 def evaluate_tiny_model(accelerator: Accelerator, recipe: Recipe) -> tuple[float, dict]:
     """mIoU of an untrained model (same seed on every rank) over a val set that does not split evenly."""
     _, val, _ = build_datasets(recipe.data, recipe.run.seed)
@@ -70,11 +93,12 @@ def main(out_dir: Path) -> None:
     accelerator = engine.make_accelerator(recipe)
     indices = served_indices(accelerator, recipe)
     bank, inputs, losses = push_random_centers(accelerator)
+    gradient = in_batch_gradients(accelerator)
     miou, weights = evaluate_tiny_model(accelerator, recipe)
     torch.save({
         "process_index": accelerator.process_index, "world_size": accelerator.num_processes,
         "indices": indices, "bank": bank.state_dict(), "inputs": inputs, "in_batch_losses": losses,
-        "miou": miou, "weights": weights,
+        "in_batch_gradient": gradient, "miou": miou, "weights": weights,
     }, out_dir / f"rank{accelerator.process_index}.pt")
 
 

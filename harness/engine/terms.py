@@ -85,8 +85,39 @@ class RegionTerm:
         return loss
 
 
+class GatherWithGrad(torch.autograd.Function):
+    """Every rank's rows [B,...] as one [W*B,...] that stays differentiable.
+
+    Every rank's queries pull on every rank's keys, so the backward sums the gathered gradient over
+    the ranks and hands each rank the part for its own rows: the gradient one process fed the
+    global batch would get, whatever the world size.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, rows: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+        ctx.accelerator, ctx.count = accelerator, rows.shape[0]
+        return accelerator.gather(rows.contiguous())
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        total = ctx.accelerator.reduce(grad.contiguous(), reduction="sum")  # [W*B,...], the same on every rank
+        start = ctx.accelerator.process_index * ctx.count
+        return total[start:start + ctx.count], None
+
+
+def queries_with_positive(valid: torch.Tensor) -> torch.Tensor:
+    """Which (image, class) slots of a batch's valid [B,N] have a positive: the class in another image."""
+    images_per_class = valid.sum(0, keepdim=True)  # [1,N]
+    return valid & (images_per_class >= 2)
+
+
 class InBatchTerm(RegionTerm):
-    """Bank size 0: this rank's centers contrasted with the whole gathered batch."""
+    """Bank size 0: this rank's centers contrasted with the whole gathered batch, as one process would.
+
+    The keys are gathered with their graphs, and the loss is this rank's share of the mean over the
+    global batch's queries (DDP then averages the ranks), so loss and gradients do not depend on how
+    many processes share the batch.
+    """
 
     def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, num_classes: int) -> None:
         super().__init__(accelerator, cfg, None, num_classes)
@@ -94,14 +125,23 @@ class InBatchTerm(RegionTerm):
     def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True) -> torch.Tensor | None:
         if not with_loss:
             return None  # no bank to fill
-        centers, _, all_centers, all_valid = self.centers(output, batch["label"])
-        count = centers.shape[0]
+        features, logits = embedding(self.cfg, output)
+        small_labels = resize_labels(batch["label"], tuple(features.shape[-2:]))
+        centers, valid = contrast.region_centers(features, logits, small_labels, self.num_classes, self.cfg.variant)
+        count, world = centers.shape[0], self.accelerator.num_processes
         start = self.accelerator.process_index * count
-        # Put the local centers (with their graph) back in place of their detached copies.
-        keys = torch.cat([all_centers[:start], centers, all_centers[start + count:]])  # [world*B, N, C]
-        return contrast.in_batch_contrast_loss(
-            keys, all_valid, self.cfg.tau, query_images=slice(start, start + count), chunk_size=self.cfg.chunk_size
+        all_centers = GatherWithGrad.apply(centers, self.accelerator)  # [W*B,N,C]
+        all_valid = self.accelerator.gather(valid)  # [W*B,N]
+        queries = slice(start, start + count)
+        loss = contrast.in_batch_contrast_loss(
+            all_centers, all_valid, self.cfg.tau, query_images=queries, chunk_size=self.cfg.chunk_size
         )
+        if world == 1:
+            return loss
+        # The loss is a mean over this rank's queries; rescale it to their share of the global mean.
+        counted = queries_with_positive(all_valid)  # [W*B,N]
+        share = world * counted[queries].sum() / counted.sum().clamp(min=1)
+        return loss * share
 
 
 class PixelTerm:
