@@ -101,7 +101,12 @@ class DataConfig(Strict):
     dataset: Literal["digit_scenes", "cityscapes", "ade20k", "coco_stuff", "coco_stuff10k"] = "digit_scenes"
     root: Path | None = None
     crop_size: int = Field(64, ge=8)
+    # With global_batch_size unset: the batch of each process, per micro-batch. With it set: the most
+    # images a process takes at once (what fits its memory); see with_batch_plan.
     batch_size: int = Field(8, ge=1)
+    # The batch of one optimizer step over all processes (the paper's 8 on Cityscapes, 16 on ADE20K and
+    # COCO Stuff), whatever the launch: fewer processes accumulate gradients instead.
+    global_batch_size: int | None = Field(None, ge=1)
     # DataLoader workers per process; None: harness.data.auto_num_workers (a share of the usable cores).
     num_workers: int | None = Field(None, ge=0)
     augment: AugmentConfig = AugmentConfig()
@@ -240,6 +245,26 @@ class SweepSpec(Strict):
         if len(set(value)) != len(value):
             raise ValueError("seeds must be distinct")
         return value
+
+
+def with_batch_plan(recipe: Recipe, world_size: int) -> Recipe:
+    """The recipe with its per-process micro-batch and accumulation steps derived from data.global_batch_size.
+
+    Each of the world_size processes takes global / world_size images per optimizer step, in the fewest
+    equal micro-batches of at most data.batch_size; without a global batch the recipe is returned as is.
+    """
+    data = recipe.data
+    if data.global_batch_size is None:
+        return recipe
+    share, remainder = divmod(data.global_batch_size, world_size)
+    if remainder or share == 0:
+        raise RecipeError("data.global_batch_size", f"{data.global_batch_size} images do not split evenly over "
+                          f"{world_size} processes; launch a number of processes that divides it")
+    steps = next(count for count in range(-(-share // data.batch_size), share + 1) if share % count == 0)
+    return recipe.model_copy(update={
+        "data": data.model_copy(update={"batch_size": share // steps}),
+        "optim": recipe.optim.model_copy(update={"grad_accum_steps": steps}),
+    })
 
 
 class Variant(BaseModel):

@@ -18,7 +18,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
     # data.py or models.py would shadow any top-level module of the same name.
     sys.path.pop(0)
 
-from harness.recipe import RecipeError, Variant, load_sweep  # noqa: E402
+from harness.recipe import RecipeError, Variant, load_sweep, with_batch_plan  # noqa: E402
 from harness.results import (  # noqa: E402
     SUMMARY_FILE,
     finished,
@@ -118,6 +118,12 @@ def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
         return False
 
 
+def bad_recipe(error: RecipeError, path: Path) -> int:
+    """Say what is wrong with the recipe, where, and return the exit code for it."""
+    print(f"error: {error.located(path) if error.source is None else error}", file=sys.stderr)
+    return EXIT_BAD_RECIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -125,14 +131,20 @@ def main(argv: list[str] | None = None) -> int:
         variants = select(every_run, args.only)
         check_variants(variants)
     except RecipeError as error:
-        print(f"error: {error.located(args.recipe) if error.source is None else error}", file=sys.stderr)
-        return EXIT_BAD_RECIPE
+        return bad_recipe(error, args.recipe)
 
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
     # Only AcceleratorState reads ACCELERATE_USE_CPU; without it, CPU ranks would each run alone.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    try:  # the per-process batch follows data.global_batch_size over however many processes were launched
+        variants = [
+            variant.model_copy(update={"recipe": with_batch_plan(variant.recipe, state.num_processes)})
+            for variant in variants
+        ]
+    except RecipeError as error:
+        return bad_recipe(error, args.recipe)
     use_the_cores(state.device.type == "cpu")
     run_cfg = variants[0].recipe.run
     recipe_dir = run_cfg.output_dir / run_cfg.name

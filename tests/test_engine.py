@@ -237,6 +237,25 @@ def test_every_term_trains_on_the_feature_it_names(accelerator, steps, kind, ban
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("kind", ["region", "pixel", "all_pixel"])
+def test_accumulated_micro_batches_read_one_bank_and_push_once(accelerator, steps, kind):
+    """With push=False (a micro-batch before the optimizer step) the bank is left as it was, so the
+    next micro-batch reads the same bank; the step's push then writes both, in order, as unheld pushes do."""
+    model, step_outputs = steps
+    recipe = term_recipe(kind, "head")
+    held = build_term(accelerator, recipe, model, NUM_CLASSES, TRAIN_IMAGES, seeded(0))
+    direct = build_term(accelerator, recipe, model, NUM_CLASSES, TRAIN_IMAGES, seeded(0))
+    (first, first_batch), (second, second_batch) = step_outputs
+    empty = {name: tensor.clone() for name, tensor in held.bank.state_dict().items()}
+    held(first, first_batch, push=False)
+    assert all(torch.equal(empty[name], tensor) for name, tensor in held.bank.state_dict().items())
+    held(second, second_batch, push=True)
+    direct(first, first_batch)
+    direct(second, second_batch)
+    assert all(torch.equal(direct.bank.state_dict()[name], tensor) for name, tensor in held.bank.state_dict().items())
+    assert held.bank.fill() > 0
+
+
 # ---------------------------------------------------------------- bank digests
 
 

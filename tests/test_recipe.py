@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.recipe import RecipeError, load, load_sweep, parse_override
+from harness.recipe import RecipeError, load, load_sweep, parse_override, validate, with_batch_plan
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
 
@@ -146,3 +146,35 @@ def test_digit_stand_in_needs_the_digit_scenes(tmp_path: Path) -> None:
     with pytest.raises(RecipeError) as caught:
         load(write_recipe(tmp_path, tree))
     assert caught.value.key == "model.pretrained_source"
+
+
+@pytest.mark.parametrize(
+    ("global_batch", "world_size", "micro_batch", "accumulation"),
+    [(8, 1, 2, 4), (8, 2, 2, 2), (12, 3, 2, 2), (8, 4, 2, 1), (8, 8, 1, 1)],
+)
+def test_global_batch_splits_over_the_processes_launched(
+    global_batch: int, world_size: int, micro_batch: int, accumulation: int
+) -> None:
+    recipe = validate({"data": {"batch_size": 2, "global_batch_size": global_batch}})
+    planned = with_batch_plan(recipe, world_size)
+    assert (planned.data.batch_size, planned.optim.grad_accum_steps) == (micro_batch, accumulation)
+    assert micro_batch * accumulation * world_size == global_batch == planned.data.global_batch_size
+
+
+def test_global_batch_takes_the_fewest_equal_micro_batches_that_fit() -> None:
+    recipe = validate({"data": {"batch_size": 3, "global_batch_size": 16}})
+    planned = with_batch_plan(recipe, 1)  # 16 = 8 x 2: 6 or 7 micro-batches of at most 3 do not divide 16
+    assert (planned.data.batch_size, planned.optim.grad_accum_steps) == (2, 8)
+    assert with_batch_plan(planned, 1) == planned  # a resolved recipe (as written to recipe.yaml) plans the same
+
+
+def test_global_batch_that_does_not_divide_names_its_key() -> None:
+    recipe = validate({"data": {"batch_size": 2, "global_batch_size": 8}})
+    with pytest.raises(RecipeError, match="3 processes") as error:
+        with_batch_plan(recipe, 3)
+    assert error.value.key == "data.global_batch_size"
+
+
+def test_without_a_global_batch_the_recipe_is_kept() -> None:
+    recipe = validate({"data": {"batch_size": 2}, "optim": {"grad_accum_steps": 3}})
+    assert with_batch_plan(recipe, 2) is recipe

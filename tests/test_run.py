@@ -95,6 +95,17 @@ def test_sweep_writes_results_for_every_variant(tiny_sweep: Path) -> None:
         assert resolved["loss"]["contrast"]["kind"] == kind
 
 
+def test_a_global_batch_accumulates_on_one_process_and_is_recorded(tmp_path: Path) -> None:
+    tree = tiny_recipe(tmp_path, data={"global_batch_size": 4}, loss={"contrast": {"kind": "region"}})
+    assert run.main([str(write(tmp_path, tree)), "--no-report"]) == 0
+    result = tmp_path / "results" / "tiny" / "default"
+    summary = json.loads((result / "summary.json").read_text())
+    assert (summary["global_batch_size"], summary["per_process_batch"], summary["grad_accum_steps"]) == (4, 2, 2)
+    assert summary["status"] == "ok" and summary["train_images_per_s"] > 0
+    resolved = yaml.safe_load((result / "recipe.yaml").read_text())
+    assert resolved["data"]["global_batch_size"] == 4 and resolved["optim"]["grad_accum_steps"] == 2
+
+
 def test_region_variant_logs_its_contrast_loss_and_bank(tiny_sweep: Path) -> None:
     root = tiny_sweep / "results" / "tiny_sweep"
     lines = [json.loads(line) for line in (root / "region" / "metrics.jsonl").read_text().splitlines()]

@@ -94,7 +94,10 @@ class Trainer:
             parts["aux"] = pixel_loss(cfg, output.aux_logits, labels)
         if self.contrast is not None:
             self.contrast_timer.start()
-            contrast = self.contrast(output, batch, with_loss=iteration >= cfg.contrast.warmup_iters)
+            # The bank is written once per optimizer step: accumulated micro-batches all read the bank
+            # as it was before the step, as the micro-batches of one large batch would.
+            contrast = self.contrast(output, batch, with_loss=iteration >= cfg.contrast.warmup_iters,
+                                     push=self.accelerator.sync_gradients)
             self.contrast_timer.stop()
             if contrast is not None:
                 parts["contrast"] = contrast

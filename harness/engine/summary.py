@@ -101,6 +101,8 @@ def throughput_and_memory(
     train_peak, eval_peak = (int(max(rank[name] for rank in ranks)) for name in RANK_FIELDS[2:])
     contrast_ms = max(rank["contrast_ms_per_iter"] for rank in ranks)
     return {
+        "global_batch_size": local_batch * accelerator.num_processes, "per_process_batch": recipe.data.batch_size,
+        "grad_accum_steps": recipe.optim.grad_accum_steps,
         "s_per_iter": slowest, "train_images_per_s": local_batch * accelerator.num_processes / slowest,
         "contrast_ms_per_iter": None if math.isnan(contrast_ms) else contrast_ms,
         "train_peak_memory_bytes": train_peak, "eval_peak_memory_bytes": eval_peak,

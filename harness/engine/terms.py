@@ -9,6 +9,8 @@ this step's push: a query never meets its own center.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -29,8 +31,26 @@ class ContrastTerm(Protocol):
 
     bank: Bank | None
 
-    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True) -> torch.Tensor | None:
-        """The loss of this rank's batch (None unless with_loss); then pushes the gathered batch into the bank."""
+    def __call__(
+        self, output: SegOutput, batch: Batch, with_loss: bool = True, push: bool = True
+    ) -> torch.Tensor | None:
+        """The loss of this rank's batch (None unless with_loss); then the gathered batch goes into the bank,
+        now if push, else together with the next pushed micro-batch (see PendingPushes)."""
+
+
+class PendingPushes:
+    """Bank writes held back until the optimizer step, then made in the order of their micro-batches."""
+
+    def __init__(self) -> None:
+        self.writes: list[Callable[[], None]] = []
+
+    def add(self, write: Callable[[], None], now: bool) -> None:
+        """Hold `write`; when `now`, make every held write."""
+        self.writes.append(write)
+        if now:
+            for held in self.writes:
+                held()
+            self.writes.clear()
 
 
 def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -55,6 +75,7 @@ class RegionTerm:
         # so that no step waits for the host to count them; on a CPU, host and device are one, and dropping
         # them saves most of the loss's work. A sharded bank needs every rank's rows alike, so it keeps them.
         self.drop_padding = accelerator.device.type == "cpu" and bank is not None and bank.replicated
+        self.pending = PendingPushes()
 
     def centers(self, output: SegOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's centers [B,N,C] and valid [B,N], and the whole gathered batch's, detached."""
@@ -78,10 +99,10 @@ class RegionTerm:
             queries, query_labels, self.bank, self.cfg.tau, self.cfg.chunk_size, query_valid=query_valid
         )
 
-    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True) -> torch.Tensor | None:
+    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True, push: bool = True) -> torch.Tensor | None:
         centers, valid, all_centers, all_valid = self.centers(output, batch["label"])
         loss = self.loss(centers, valid) if with_loss else None
-        self.bank.push(*contrast.region_entries(all_centers, all_valid))
+        self.pending.add(partial(self.bank.push, *contrast.region_entries(all_centers, all_valid)), now=push)
         return loss
 
 
@@ -122,7 +143,7 @@ class InBatchTerm(RegionTerm):
     def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, num_classes: int) -> None:
         super().__init__(accelerator, cfg, None, num_classes)
 
-    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True) -> torch.Tensor | None:
+    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True, push: bool = True) -> torch.Tensor | None:
         if not with_loss:
             return None  # no bank to fill
         features, logits = embedding(self.cfg, output)
@@ -150,8 +171,9 @@ class PixelTerm:
     def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, bank: contrast.PixelBank | contrast.AllPixelBank,
                  generator: torch.Generator) -> None:
         self.accelerator, self.cfg, self.bank, self.generator = accelerator, cfg, bank, generator
+        self.pending = PendingPushes()
 
-    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True) -> torch.Tensor | None:
+    def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True, push: bool = True) -> torch.Tensor | None:
         features, logits = embedding(self.cfg, output)
         small_labels = resize_labels(batch["label"], tuple(features.shape[-2:]))
         pixel, loss = self.cfg.pixel, None
@@ -160,7 +182,8 @@ class PixelTerm:
                 features, small_labels, logits.argmax(1), self.bank, self.cfg.tau,
                 max_samples=pixel.max_samples, max_views=pixel.max_views, chunk_size=self.cfg.chunk_size,
             )
-        self.push(self.accelerator.gather(features.detach()), self.accelerator.gather(small_labels), batch)
+        gathered = self.accelerator.gather(features.detach()), self.accelerator.gather(small_labels)
+        self.pending.add(partial(self.push, *gathered, batch), now=push)
         return loss
 
     def push(self, features: torch.Tensor, labels: torch.Tensor, batch: Batch) -> None:
