@@ -55,6 +55,8 @@ class RunConfig(Strict):
     deterministic: bool = False
     log_interval: int = Field(10, ge=1)
     checkpoint_interval: int = Field(0, ge=0)  # iterations between checkpoints; 0 = none
+    keep_checkpoint: bool = False  # keep the final training state in checkpoint/ (removed by default)
+    save_aux_head: bool = False  # model.safetensors holds the aux head too (it only trains; inference skips it)
     # torch.compile the model (only: the contrast's shapes depend on the data). Slow first steps.
     compile: bool = False
 

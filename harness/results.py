@@ -9,16 +9,22 @@
         summary.json      written once, at the end; `status` is "ok" or "failed" (see below)
         val_centers.npz   centers [M,C] float32, labels [M]: ground-truth region centers of the val set
         val_samples.npz   images [Q,H,W,3], labels / preds [Q,H,W] uint8, palette, class_names, indices
+        model.safetensors the trained model's weights (no aux head unless run.save_aux_head); with recipe.yaml
+                          enough to rebuild it (harness.evaluate)
+        eval-<name>.json  one evaluation by harness.evaluate: mIoU, per-class IoU, protocol, seconds
         checkpoint/       the latest resumable state (checkpoint.old/ during a swap); removed when done
+                          unless run.keep_checkpoint, which keeps the final state there
 
 summary.json always holds the VARIANT_FIELDS (what the variant is), `status`, `error` (and
 `traceback` when failed), the launch (world size, precision, distributed type, device,
-versions) and `finished_at`. A finished run adds the METRIC_FIELDS and per-class IoU.
+versions) and `finished_at`. A finished run adds the METRIC_FIELDS, per-class IoU and
+`model_sha256` (the SHA-256 of model.safetensors).
 Everything here is plain files and no torch, so reports can be rebuilt anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +46,8 @@ SUMMARY_FILE = "summary.json"
 VAL_CENTERS_FILE = "val_centers.npz"
 VAL_SAMPLES_FILE = "val_samples.npz"
 CHECKPOINT_DIR = "checkpoint"
+MODEL_FILE = "model.safetensors"
+EVAL_PREFIX = "eval-"
 
 # Fields that only mean something for a finished run.
 METRIC_FIELDS = (
@@ -70,6 +78,15 @@ def publish(path: Path, write: Callable[[Path], None]) -> None:
 def write_text(path: Path, text: str) -> None:
     """Atomic text file."""
     publish(path, lambda scratch: scratch.write_text(text))
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def without_nan(value: Any) -> Any:

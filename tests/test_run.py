@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from safetensors import safe_open
 
 from harness import run
+from harness.results import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,6 +120,29 @@ def test_report_inputs_and_report_are_written(tiny_sweep: Path) -> None:
     assert samples["images"].shape == (4, 32, 32, 3) and samples["preds"].shape == (4, 32, 32)
     report = (tiny_sweep / "reports" / "tiny_sweep" / "report.md").read_text()
     assert "| ce" in report and "region" in report
+
+
+def test_finished_run_leaves_its_weights_without_aux_head_or_checkpoint(tiny_sweep: Path) -> None:
+    for name in ("ce", "region"):
+        folder = tiny_sweep / "results" / "tiny_sweep" / name
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["model_sha256"] == file_sha256(folder / "model.safetensors")
+        with safe_open(folder / "model.safetensors", "pt") as weights:
+            names = list(weights.keys())
+        assert any(key.startswith("head.") for key in names) and any(key.startswith("backbone.") for key in names)
+        assert not any(key.startswith("aux_head.") for key in names)
+        assert not (folder / "checkpoint").exists()
+
+
+def test_keep_checkpoint_keeps_the_final_state_and_save_aux_head_the_aux_head(tmp_path: Path) -> None:
+    tree = tiny_recipe(tmp_path, run={"keep_checkpoint": True, "save_aux_head": True})
+    assert run.main([str(write(tmp_path, tree)), "--no-report"]) == 0
+    folder = tmp_path / "results" / "tiny" / "default"
+    assert (folder / "checkpoint").is_dir() and not (folder / "checkpoint.old").exists()
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        assert any(key.startswith("aux_head.") for key in weights.keys())
+    progress = torch.load(folder / "checkpoint" / "custom_checkpoint_0.pkl", weights_only=False)
+    assert progress["iteration"] == 2  # the finished state, not an earlier one
 
 
 def test_failing_variant_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from harness import measure
-from harness.engine.checkpoint import remove_checkpoints, resume_from, save_checkpoint
+from harness.engine.checkpoint import remove_checkpoints, resume_from, save_checkpoint, save_model_file
 from harness.engine.evaluate import Evaluation, evaluate, qualitative_samples
 from harness.engine.setup import Setup, endless, set_up
 from harness.engine.step import NonFiniteWatch, Trainer
@@ -101,11 +101,15 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
         memory.mark("eval")
     log.write({"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
     summary = summarize(setup, variant, final, steady, memory)
+    summary["model_sha256"] = save_model_file(accelerator, setup.trainer.model, out_dir, recipe.run.save_aux_head)
+    if recipe.run.keep_checkpoint:
+        save_checkpoint(accelerator, out_dir, setup.trainer.bank)  # the final state, which the loop never saves
     if accelerator.is_main_process:
         write_npz(out_dir / VAL_CENTERS_FILE, centers=final.centers, labels=final.center_labels)
         write_npz(out_dir / VAL_SAMPLES_FILE, **samples)
         write_json(out_dir / SUMMARY_FILE, summary)
-        remove_checkpoints(out_dir)
+        if not recipe.run.keep_checkpoint:
+            remove_checkpoints(out_dir)
     accelerator.free_memory()
     return summary
 
