@@ -5,7 +5,9 @@
                                           each laid out like this:
         recipe.yaml       the resolved recipe the variant ran with (written before training)
         metrics.jsonl     one JSON record per line: {"kind": "train", "iter", "loss", "loss_<part>", "lr",
-                          "step_time"} every log interval, {"kind": "eval", "iter", "val_miou"} per evaluation
+                          "step_time", "contrast_ms"} every log interval, {"kind": "eval", "iter", "val_miou"}
+                          per evaluation; the same numbers go to run.trackers, tagged <kind>/<name>
+        trackers/         the local files of run.trackers (TensorBoard events in trackers/<variant>/)
         summary.json      written once, at the end; `status` is "ok" or "failed" (see below)
         val_centers.npz   centers [M,C] float32, labels [M]: ground-truth region centers of the val set
         val_samples.npz   images [Q,H,W,3], labels / preds [Q,H,W] uint8, palette, class_names, indices
@@ -48,6 +50,7 @@ VAL_SAMPLES_FILE = "val_samples.npz"
 CHECKPOINT_DIR = "checkpoint"
 MODEL_FILE = "model.safetensors"
 EVAL_PREFIX = "eval-"
+TRACKERS_DIR = "trackers"
 
 # Fields that only mean something for a finished run.
 METRIC_FIELDS = (

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
 
 from harness import measure
@@ -17,16 +18,22 @@ from harness.engine.terms import build_term
 from harness.models import batchnorm_in_float32, build_model, weights_origin
 from harness.pretrain import digit_backbone_file
 from harness.recipe import DataConfig, ModelConfig, OptimConfig, Recipe
+from harness.results import TRACKERS_DIR
 
 
-def make_accelerator(recipe: Recipe) -> Accelerator:
+def make_accelerator(recipe: Recipe, out_dir: Path | None = None) -> Accelerator:
     """A fresh Accelerator per variant: its own prepared objects, checkpoint registry and accumulation.
 
     The seedable sampler makes each epoch's order a function of (seed, epoch) alone; batches from
-    pinned memory reach the GPU without blocking the host.
+    pinned memory reach the GPU without blocking the host. With `out_dir` (a training run), the
+    recipe's trackers log into out_dir/trackers/.
     """
     loading = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.run.seed, non_blocking=True)
-    return Accelerator(gradient_accumulation_steps=recipe.optim.grad_accum_steps, dataloader_config=loading)
+    tracking = {}
+    if out_dir is not None and recipe.run.trackers:
+        project = ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / TRACKERS_DIR))
+        tracking = {"log_with": list(recipe.run.trackers), "project_config": project}
+    return Accelerator(gradient_accumulation_steps=recipe.optim.grad_accum_steps, dataloader_config=loading, **tracking)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
