@@ -1,9 +1,15 @@
-"""CLI: `[accelerate launch] python -m harness.evaluate RESULTS_DIR [--set eval.KEY=VALUE ...] [--name NAME]`.
+"""CLI: `[accelerate launch] python -m harness.evaluate RESULTS_DIR [--set eval.KEY=VALUE ...] [--name NAME]
+[--export DIR [--split FOLDER]]`.
 
 Rebuilds one finished run's model from the folder's recipe.yaml and model.safetensors, evaluates it on
 the val split with the run's own protocol, or with the one `--set eval.*` gives (whole or slide,
 scales, flip), and writes eval-<name>.json beside the run's summary, which it never touches. With the
 run's own protocol it reproduces the run's final mIoU. Exit code 2 for a bad folder or override.
+
+With --export DIR it evaluates nothing: it writes the model's predictions on a split (default: val;
+e.g. --split test, which has no labels) into DIR in the benchmark's submission format: Cityscapes
+labelIds PNGs named after each *_leftImg8bit.png, ADE20K PNGs with labels 1..150, COCO-Stuff PNGs
+in the dataset's own ids.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
                         help="change the protocol, e.g. --set eval.scales=[0.75,1.0,1.25] --set eval.flip=true")
     parser.add_argument("--name", help="the evaluation's name in eval-<name>.json (default: from the protocol)")
+    parser.add_argument("--export", type=Path, metavar="DIR", help="write test-server predictions into DIR instead")
+    parser.add_argument("--split", metavar="FOLDER", help="with --export: the split's folder name (default: val)")
     return parser.parse_args(argv)
 
 
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate.utils import parse_flag_from_env
 
     from harness.engine import make_accelerator
-    from harness.engine.evaluate import evaluate_saved
+    from harness.engine.evaluate import evaluate_saved, export_saved
     from harness.engine.summary import finished_at
     from harness.run import use_the_cores
 
@@ -82,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     use_the_cores(state.device.type == "cpu")
     accelerator = make_accelerator(recipe)
+    if args.export is not None:
+        try:
+            count = export_saved(accelerator, recipe, args.results_dir / MODEL_FILE, args.split, args.export)
+        except RecipeError as error:
+            print(f"error: {error.located(args.results_dir / RECIPE_FILE)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        accelerator.print(f"{args.export}: {count} {recipe.data.dataset} predictions")
+        return 0
     started = time.perf_counter()
     result, info = evaluate_saved(accelerator, recipe, args.results_dir / MODEL_FILE)
     name = args.name or protocol_name(recipe.eval)

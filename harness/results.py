@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from PIL import Image
 
 from harness.recipe import Recipe, RecipeError, validate
 
@@ -115,6 +116,11 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
             np.savez_compressed(handle, **arrays)
 
     publish(path, write)
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """Atomic PNG of a uint8 [H,W] label image."""
+    publish(path, lambda scratch: Image.fromarray(array).save(scratch, format="PNG"))
 
 
 def write_recipe(out_dir: Path, recipe: Recipe) -> None:

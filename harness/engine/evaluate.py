@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from harness.contrast import region_entries, truth_sums
-from harness.data import DatasetInfo, build_datasets, normalize
+from harness.data import DatasetInfo, build_datasets, build_unlabeled, normalize
 from harness.engine.checkpoint import load_model_file
 from harness.engine.setup import make_eval_loader
 from harness.engine.step import input_dtype
@@ -23,6 +23,7 @@ from harness.losses import upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
 from harness.models import SegOutput, batchnorm_in_float32
 from harness.recipe import EvalConfig, Recipe
+from harness.results import write_png
 
 QUALITATIVE_IMAGES = 4  # the paper's Fig. 4 shows four
 
@@ -163,6 +164,27 @@ def evaluate_saved(accelerator: Accelerator, recipe: Recipe, path: Path) -> tupl
     model = prepare_saved_model(accelerator, recipe, info.num_classes, path)
     loader = accelerator.prepare(make_eval_loader(val_set, recipe.data))
     return evaluate(accelerator, model, loader, recipe.eval, info.num_classes), info
+
+
+@torch.no_grad()
+def export_saved(accelerator: Accelerator, recipe: Recipe, path: Path, split: str | None, out_dir: Path) -> int:
+    """Write a saved model's predictions on a split (no labels needed) in its test server's format; how many.
+
+    Each rank writes the PNGs of its own images, atomically: the repeats that pad an uneven split
+    only write a file again with the same content.
+    """
+    with accelerator.main_process_first():
+        dataset, info, submission = build_unlabeled(recipe.data, split)
+    model = prepare_saved_model(accelerator, recipe, info.num_classes, path)
+    model.eval()
+    images = dataset.table["image"]
+    for batch in tqdm(accelerator.prepare(make_eval_loader(dataset, recipe.data)), desc="export",
+                      disable=not accelerator.is_main_process):
+        preds = predict(model, normalize(batch["image"], input_dtype(accelerator)), recipe.eval).argmax(1)
+        for index, pred in zip(batch["index"].tolist(), preds.cpu().numpy().astype(np.uint8)):
+            write_png(out_dir / submission.file_name(Path(images[index])), submission.table[pred])
+    accelerator.wait_for_everyone()
+    return len(dataset)
 
 
 @torch.no_grad()
