@@ -104,6 +104,7 @@ def use_the_cores(on_cpu: bool) -> None:
 def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
     """Train one variant; a failure is recorded in its summary instead of ending the sweep."""
     from harness import engine
+    from harness.engine.trackers import finish_trackers
 
     accelerator = engine.make_accelerator(variant.recipe, out_dir)
     if accelerator.is_main_process:
@@ -121,7 +122,7 @@ def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
         accelerator.free_memory()
         return False
     finally:
-        accelerator.end_training()  # flush and close the trackers, whatever happened
+        finish_trackers(accelerator)  # whatever happened
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Experiment trackers (run.trackers) through Accelerate's `log_with`: checked before a sweep starts, started per run.
+"""Experiment trackers (run.trackers) through Accelerate's `log_with`: checked before a sweep starts, per run
+started and finished.
 
 Trackers that log to a server are checked up front: without their offline mode set and the
 server reachable, the sweep stops with one line naming run.trackers instead of hanging in
@@ -66,6 +67,16 @@ def start_trackers(accelerator: Accelerator, variant: Variant) -> None:
     """Open the recipe's trackers for this run (a no-op without any), with the recipe as its configuration."""
     if variant.recipe.run.trackers:
         accelerator.init_trackers(variant.name, config=flat_config(variant.recipe))
+
+
+def finish_trackers(accelerator: Accelerator) -> None:
+    """Flush and close this run's trackers.
+
+    Not accelerator.end_training(): it also destroys the process group, which the sweep's next
+    variants and its final barrier still need.
+    """
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
 
 def tracked(record: dict[str, Any]) -> dict[str, float | int]:
