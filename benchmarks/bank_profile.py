@@ -539,9 +539,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports/banks"))
+    # argparse %-formats help texts: a percentage needs %%.
     parser.add_argument("--max-bytes", type=int, default=None,
                         help="build only banks predicted under this (default: 8 GB or half the free RAM; "
-                             f"{CUDA_FREE_FRACTION:.0%} of free GPU memory on CUDA)")
+                             f"{CUDA_FREE_FRACTION:.0%}% of free GPU memory on CUDA)")
     parser.add_argument("--datasets", default=",".join(GEOMETRIES), help="comma-separated: " + ", ".join(GEOMETRIES))
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)

@@ -55,6 +55,10 @@ class RunConfig(Strict):
     deterministic: bool = False
     log_interval: int = Field(10, ge=1)
     checkpoint_interval: int = Field(0, ge=0)  # iterations between checkpoints; 0 = none
+    keep_checkpoint: bool = False  # keep the final training state in checkpoint/ (removed by default)
+    save_aux_head: bool = False  # model.safetensors holds the aux head too (it only trains; inference skips it)
+    # Accelerate trackers (log_with), e.g. [tensorboard]: losses, lr, step and contrast time, val mIoU.
+    trackers: tuple[str, ...] = ()
     # torch.compile the model (only: the contrast's shapes depend on the data). Slow first steps.
     compile: bool = False
 

@@ -5,20 +5,28 @@
                                           each laid out like this:
         recipe.yaml       the resolved recipe the variant ran with (written before training)
         metrics.jsonl     one JSON record per line: {"kind": "train", "iter", "loss", "loss_<part>", "lr",
-                          "step_time"} every log interval, {"kind": "eval", "iter", "val_miou"} per evaluation
+                          "step_time", "contrast_ms"} every log interval, {"kind": "eval", "iter", "val_miou"}
+                          per evaluation; the same numbers go to run.trackers, tagged <kind>/<name>
+        trackers/         the local files of run.trackers (TensorBoard events in trackers/<variant>/)
         summary.json      written once, at the end; `status` is "ok" or "failed" (see below)
         val_centers.npz   centers [M,C] float32, labels [M]: ground-truth region centers of the val set
         val_samples.npz   images [Q,H,W,3], labels / preds [Q,H,W] uint8, palette, class_names, indices
+        model.safetensors the trained model's weights (no aux head unless run.save_aux_head); with recipe.yaml
+                          enough to rebuild it (harness.evaluate)
+        eval-<name>.json  one evaluation by harness.evaluate: mIoU, per-class IoU, protocol, seconds
         checkpoint/       the latest resumable state (checkpoint.old/ during a swap); removed when done
+                          unless run.keep_checkpoint, which keeps the final state there
 
 summary.json always holds the VARIANT_FIELDS (what the variant is), `status`, `error` (and
 `traceback` when failed), the launch (world size, precision, distributed type, device,
-versions) and `finished_at`. A finished run adds the METRIC_FIELDS and per-class IoU.
+versions) and `finished_at`. A finished run adds the METRIC_FIELDS, per-class IoU and
+`model_sha256` (the SHA-256 of model.safetensors).
 Everything here is plain files and no torch, so reports can be rebuilt anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from PIL import Image
 
 from harness.recipe import Recipe, RecipeError, validate
 
@@ -40,6 +49,9 @@ SUMMARY_FILE = "summary.json"
 VAL_CENTERS_FILE = "val_centers.npz"
 VAL_SAMPLES_FILE = "val_samples.npz"
 CHECKPOINT_DIR = "checkpoint"
+MODEL_FILE = "model.safetensors"
+EVAL_PREFIX = "eval-"
+TRACKERS_DIR = "trackers"
 
 # Fields that only mean something for a finished run.
 METRIC_FIELDS = (
@@ -72,6 +84,15 @@ def write_text(path: Path, text: str) -> None:
     publish(path, lambda scratch: scratch.write_text(text))
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def without_nan(value: Any) -> Any:
     """NaN floats as None, recursively: strict JSON readers reject NaN."""
     if isinstance(value, float) and value != value:
@@ -95,6 +116,11 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
             np.savez_compressed(handle, **arrays)
 
     publish(path, write)
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """Atomic PNG of a uint8 [H,W] label image."""
+    publish(path, lambda scratch: Image.fromarray(array).save(scratch, format="PNG"))
 
 
 def write_recipe(out_dir: Path, recipe: Recipe) -> None:

@@ -47,15 +47,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_variants(variants: list[Variant]) -> None:
     """Everything that can be known wrong before training: model names and strides, data roots."""
     from harness.data import index_files
+    from harness.engine.trackers import check_trackers
     from harness.models import validate_model_config
 
-    indexed, validated = set(), set()  # a sweep's variants mostly share one dataset: glob its files once
+    indexed, validated, checked = set(), set(), set()  # a sweep's variants mostly share one dataset: glob its files once
     for variant in variants:
         data = variant.recipe.data
         try:
             if variant.recipe.model not in validated:  # the seeds of a variant share one model
                 validate_model_config(variant.recipe.model)
                 validated.add(variant.recipe.model)
+            if variant.recipe.run.trackers not in checked:  # a network check costs seconds: once per set
+                check_trackers(variant.recipe.run.trackers)
+                checked.add(variant.recipe.run.trackers)
             if data.dataset != "digit_scenes" and (data.dataset, data.root) not in indexed:
                 index_files(data.dataset, data.root)
                 indexed.add((data.dataset, data.root))
@@ -100,8 +104,9 @@ def use_the_cores(on_cpu: bool) -> None:
 def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
     """Train one variant; a failure is recorded in its summary instead of ending the sweep."""
     from harness import engine
+    from harness.engine.trackers import finish_trackers
 
-    accelerator = engine.make_accelerator(variant.recipe)
+    accelerator = engine.make_accelerator(variant.recipe, out_dir)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_recipe(out_dir, variant.recipe)
@@ -116,6 +121,8 @@ def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
             write_json(out_dir / SUMMARY_FILE, engine.failed_summary(accelerator, variant, error))
         accelerator.free_memory()
         return False
+    finally:
+        finish_trackers(accelerator)  # whatever happened
 
 
 def bad_recipe(error: RecipeError, path: Path) -> int:

@@ -14,10 +14,12 @@ import yaml
 
 from harness import contrast
 from harness.data import build_datasets, normalize
+from harness.engine.checkpoint import load_model_file
 from harness.losses import upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
 from harness.models import build_model
 from harness.recipe import Recipe
+from harness.results import file_sha256
 from tests.conftest import CPU_ENV, REPO, RUN, check, free_port, torchrun
 from tests.distributed_worker import global_in_batch_inputs
 
@@ -165,6 +167,10 @@ def test_deepspeed_zero2_runs_to_the_end(tmp_path: Path) -> None:
     assert result["distributed_type"] == "DEEPSPEED" and result["zero_stage"] == 2
     assert result["mixed_precision"] == "bf16"
     assert result["bank_bytes"] > 0 and result["bank_identical_across_ranks"] is True
+    # The weights come out of the DeepSpeed engine whole, and rebuild the model they came from.
+    folder = tmp_path / "results" / "tiny" / "default"
+    assert result["model_sha256"] == file_sha256(folder / "model.safetensors")
+    load_model_file(Recipe.model_validate(yaml.safe_load(recipe.read_text())), 11, folder / "model.safetensors")
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> None:

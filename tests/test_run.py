@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from safetensors import safe_open
 
 from harness import run
+from harness.results import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,6 +131,64 @@ def test_report_inputs_and_report_are_written(tiny_sweep: Path) -> None:
     assert samples["images"].shape == (4, 32, 32, 3) and samples["preds"].shape == (4, 32, 32)
     report = (tiny_sweep / "reports" / "tiny_sweep" / "report.md").read_text()
     assert "| ce" in report and "region" in report
+
+
+def test_finished_run_leaves_its_weights_without_aux_head_or_checkpoint(tiny_sweep: Path) -> None:
+    for name in ("ce", "region"):
+        folder = tiny_sweep / "results" / "tiny_sweep" / name
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["model_sha256"] == file_sha256(folder / "model.safetensors")
+        with safe_open(folder / "model.safetensors", "pt") as weights:
+            names = list(weights.keys())
+        assert any(key.startswith("head.") for key in names) and any(key.startswith("backbone.") for key in names)
+        assert not any(key.startswith("aux_head.") for key in names)
+        assert not (folder / "checkpoint").exists()
+
+
+def test_keep_checkpoint_keeps_the_final_state_and_save_aux_head_the_aux_head(tmp_path: Path) -> None:
+    tree = tiny_recipe(tmp_path, run={"keep_checkpoint": True, "save_aux_head": True})
+    assert run.main([str(write(tmp_path, tree)), "--no-report"]) == 0
+    folder = tmp_path / "results" / "tiny" / "default"
+    assert (folder / "checkpoint").is_dir() and not (folder / "checkpoint.old").exists()
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        assert any(key.startswith("aux_head.") for key in weights.keys())
+    progress = torch.load(folder / "checkpoint" / "custom_checkpoint_0.pkl", weights_only=False)
+    assert progress["iteration"] == 2  # the finished state, not an earlier one
+
+
+def test_tensorboard_events_hold_the_logged_numbers(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tree = tiny_recipe(tmp_path, run={"trackers": ["tensorboard"]}, loss={"contrast": {"kind": "region"}})
+    assert run.main([str(write(tmp_path, tree)), "--no-report"]) == 0
+    folder = tmp_path / "results" / "tiny" / "default"
+    events = EventAccumulator(str(folder / "trackers" / "default"))
+    events.Reload()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    for kind, name in [("train", "loss"), ("train", "loss_contrast"), ("train", "lr"), ("train", "step_time"),
+                       ("train", "contrast_ms"), ("eval", "val_miou")]:
+        expected = [(record["iter"], record[name]) for record in records if record["kind"] == kind]
+        found = [(event.step, event.value) for event in events.Scalars(f"{kind}/{name}")]
+        assert [step for step, _ in found] == [step for step, _ in expected] and expected
+        assert [value for _, value in found] == pytest.approx([value for _, value in expected], rel=1e-6)
+
+
+def test_unknown_or_unreachable_trackers_exit_2_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.engine import trackers
+
+    path = write(tmp_path, tiny_recipe(tmp_path))
+    assert run.main([str(path), "--set", "run.trackers=[notebook]"]) == 2
+    assert "run.trackers: Accelerate has no tracker 'notebook'" in capsys.readouterr().err
+    monkeypatch.setattr(trackers, "get_available_trackers", lambda: ["tensorboard", "wandb"])
+    monkeypatch.setattr(trackers, "reachable", lambda host: False)  # this machine is offline anyway
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert run.main([str(path), "--set", "run.trackers=[wandb]"]) == 2
+    assert "api.wandb.ai, which this machine cannot reach; set WANDB_MODE=offline" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    trackers.check_trackers(("wandb",))  # logs locally: nothing to reach
 
 
 def test_failing_variant_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:

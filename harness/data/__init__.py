@@ -34,8 +34,12 @@ from harness.data.real import (
     CITYSCAPES,
     COCO_STUFF,
     LAYOUTS,
+    SUBMISSIONS,
+    Submission,
     decode_files,
+    decode_image,
     index_files,
+    index_images,
 )
 from harness.data.transforms import TrainTransform, normalize, pad_to, to_tensors
 from harness.recipe import DataConfig
@@ -43,8 +47,8 @@ from harness.recipe import DataConfig
 Row = dict[str, Any]
 
 __all__ = [
-    "ADE20K", "CITYSCAPES", "COCO_STUFF", "DIGIT_SCENES", "DatasetInfo", "SegmentationDataset", "auto_num_workers",
-    "build_datasets", "collate", "index_files", "normalize",
+    "ADE20K", "CITYSCAPES", "COCO_STUFF", "DIGIT_SCENES", "DatasetInfo", "SegmentationDataset", "Submission",
+    "auto_num_workers", "build_datasets", "build_unlabeled", "collate", "index_files", "normalize",
 ]
 
 
@@ -112,6 +116,12 @@ def build_datasets(cfg: DataConfig, seed: int) -> tuple[SegmentationDataset, Seg
     augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip)
     train = SegmentationDataset(tables["train"], decode, augment, seed)
     return train, SegmentationDataset(tables["val"], decode), info
+
+
+def build_unlabeled(cfg: DataConfig, split: str | None) -> tuple[SegmentationDataset, DatasetInfo, Submission]:
+    """A split's images without labels (a test split; default: val), its classes, how its predictions are submitted."""
+    table = index_images(cfg.dataset, cfg.root, split)
+    return SegmentationDataset(table, decode_image), LAYOUTS[cfg.dataset].info, SUBMISSIONS[cfg.dataset]
 
 
 def auto_num_workers() -> int:

@@ -129,6 +129,23 @@ _LABEL_MAPS: dict[str, np.ndarray] = {
     "coco_stuff10k_mat": _lookup({raw + 1: k for k, raw in enumerate(_COCO_USED_IDS)}),
 }
 
+
+
+def _inverse(label_map: np.ndarray) -> np.ndarray:
+    """A 256-entry table sending each train id back to the raw label value `label_map` sends to it."""
+    raw_values = np.flatnonzero(label_map != IGNORE_INDEX)
+    inverse = np.zeros(256, np.uint8)
+    inverse[label_map[raw_values]] = raw_values
+    return inverse
+
+
+# How predicted train ids become the values a benchmark's test server expects: the inverse label maps.
+SUBMISSION_MAPS: dict[str, np.ndarray] = {
+    "cityscapes": _inverse(_LABEL_MAPS["cityscapes_label_ids"]),  # labelIds
+    "ade20k": _inverse(_LABEL_MAPS["ade20k"]),  # 1..150
+    "coco_stuff": _inverse(_LABEL_MAPS["coco_stuff_raw"]),  # the stuffthingmaps' own ids
+}
+
 # ---------------------------------------------------------------- real datasets on disk
 
 
@@ -141,10 +158,15 @@ def _pair(image: Path, candidates: list[tuple[Path, str]]) -> Row:
     raise RecipeError("data.root", f"label file missing for {image}: expected {expected}")
 
 
+def _cityscapes_images(root: Path, split: str) -> list[Path]:
+    """leftImg8bit/<split>/<city>/*_leftImg8bit.png."""
+    return sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
+
+
 def _cityscapes_rows(root: Path, split: str) -> list[Row]:
     """leftImg8bit images paired with gtFine labelTrainIds (when present) or labelIds."""
     rows = []
-    for image in sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png")):
+    for image in _cityscapes_images(root, split):
         stem = image.name.removesuffix("_leftImg8bit.png")
         labels = root / "gtFine" / split / image.parent.name
         candidates = [
@@ -155,20 +177,32 @@ def _cityscapes_rows(root: Path, split: str) -> list[Row]:
     return rows
 
 
+def _ade20k_base(root: Path) -> Path:
+    """The folder holding images/ and annotations/: root itself or its ADEChallengeData2016/."""
+    return root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
+
+
+def _ade20k_images(root: Path, split: str) -> list[Path]:
+    """[ADEChallengeData2016/]images/<split>/*.jpg."""
+    return sorted((_ade20k_base(root) / "images" / split).glob("*.jpg"))
+
+
 def _ade20k_rows(root: Path, split: str) -> list[Row]:
     """images/<split>/*.jpg paired with annotations/<split>/*.png (0 = other)."""
-    if (root / "ADEChallengeData2016").is_dir():
-        root = root / "ADEChallengeData2016"
-    labels = root / "annotations" / split
-    images = sorted((root / "images" / split).glob("*.jpg"))
-    return [_pair(image, [(labels / f"{image.stem}.png", "ade20k")]) for image in images]
+    labels = _ade20k_base(root) / "annotations" / split
+    return [_pair(image, [(labels / f"{image.stem}.png", "ade20k")]) for image in _ade20k_images(root, split)]
+
+
+def _coco_stuff_images(root: Path, split: str) -> list[Path]:
+    """images/<split>/*.jpg."""
+    return sorted((root / "images" / split).glob("*.jpg"))
 
 
 def _coco_stuff_rows(root: Path, split: str) -> list[Row]:
     """images/<split>/*.jpg paired with *_labelTrainIds.png, else the raw stuffthingmaps *.png."""
     labels = root / "annotations" / split
     rows = []
-    for image in sorted((root / "images" / split).glob("*.jpg")):
+    for image in _coco_stuff_images(root, split):
         candidates = [
             (labels / f"{image.stem}_labelTrainIds.png", "train_ids"),
             (labels / f"{image.stem}.png", "coco_stuff_raw"),
@@ -247,6 +281,42 @@ def index_files(name: str, root: Path | None) -> datasets.DatasetDict:
         paths = hashlib.sha256("\n".join(row["image"] for row in rows).encode()).hexdigest()[:16]
         tables[split] = keyed_table({column: [row[column] for row in rows] for column in rows[0]}, f"{name}-{paths}")
     return datasets.DatasetDict(tables)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """How a test server wants one real dataset's predictions."""
+
+    images: Callable[[Path, str], list[Path]]  # a split's images, labelled or not
+    file_name: Callable[[Path], str]  # the prediction file's name for an image
+    table: np.ndarray  # train id -> submitted value
+
+
+SUBMISSIONS = {
+    # cityscapesScripts finds a prediction by the <city>_<seq>_<frame> in its name.
+    "cityscapes": Submission(_cityscapes_images, lambda image: image.name, SUBMISSION_MAPS["cityscapes"]),
+    "ade20k": Submission(_ade20k_images, lambda image: f"{image.stem}.png", SUBMISSION_MAPS["ade20k"]),
+    "coco_stuff": Submission(_coco_stuff_images, lambda image: f"{image.stem}.png", SUBMISSION_MAPS["coco_stuff"]),
+}
+
+
+def index_images(name: str, root: Path | None, split: str | None) -> datasets.Dataset:
+    """The images of one split (a test split has no labels; default: the val split), as a table for decode_image."""
+    if name not in SUBMISSIONS:
+        raise RecipeError("data.dataset", f"{name} has no test-server format; exports exist for {', '.join(SUBMISSIONS)}")
+    split = split or LAYOUTS[name].splits[1]
+    images = SUBMISSIONS[name].images(Path(root), split) if root is not None else []
+    if not images:
+        raise RecipeError("data.root", f"no {name} '{split}' images under {root}; expected {LAYOUTS[name].expected}")
+    paths = hashlib.sha256("\n".join(str(image) for image in images).encode()).hexdigest()[:16]
+    return keyed_table({"image": [str(image) for image in images]}, f"{name}-images-{paths}")
+
+
+def decode_image(row: Row) -> tuple[Image.Image, np.ndarray]:
+    """Read an image (as RGB) with no label: every pixel IGNORE_INDEX."""
+    with Image.open(row["image"]) as image:
+        pixels = image.convert("RGB")
+    return pixels, np.full((pixels.height, pixels.width), IGNORE_INDEX, np.uint8)
 
 
 def decode_files(row: Row) -> tuple[Image.Image, np.ndarray]:

@@ -9,8 +9,9 @@ centers and pushes the same entries in the same order.
     step.py        Trainer: one training step (forward, losses, backward, optimizer)
     terms.py       the bank a recipe asks for, and each contrast kind's loss and push (the gathers)
     loop.py        train_variant: the loop, logging, interim evaluation, checkpoints, the summary
-    evaluate.py    whole / slide / multi-scale + flip prediction, mIoU, val centers, qualitative samples
-    checkpoint.py  save / latest / resume, per-rank bank files
+    evaluate.py    whole / slide / multi-scale + flip prediction, mIoU, val centers, qualitative samples,
+                   a saved model's evaluation
+    checkpoint.py  save / latest / resume, per-rank bank files; model.safetensors: save, rebuild
     summary.py     launch info, speed and memory per rank, bank digests, failed summaries
 """
 

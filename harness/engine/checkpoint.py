@@ -1,4 +1,5 @@
-"""Checkpoints: save / find the latest / resume, with per-rank files for banks that differ across ranks."""
+"""Checkpoints: save / find the latest / resume, with per-rank files for banks that differ across ranks;
+the final weights (model.safetensors): save, and rebuild a model from them."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 
 from harness.contrast import Bank
 from harness.engine.setup import Progress
-from harness.results import CHECKPOINT_DIR
+from harness.models import SegmentationModel, build_model
+from harness.recipe import Recipe
+from harness.results import CHECKPOINT_DIR, MODEL_FILE, file_sha256, publish
 
 SCRATCH_DIR, OLD_DIR = f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old"
 
@@ -72,3 +76,30 @@ def remove_checkpoints(out_dir: Path) -> None:
     """A finished run has nothing to resume."""
     for name in (CHECKPOINT_DIR, OLD_DIR):
         shutil.rmtree(out_dir / name, ignore_errors=True)
+
+
+def save_model_file(accelerator: Accelerator, model: torch.nn.Module, out_dir: Path, with_aux: bool) -> str | None:
+    """Write out_dir/model.safetensors, the unwrapped model (gathered under ZeRO-3); its SHA-256 on the main process.
+
+    Every rank must call it: DeepSpeed ZeRO-3 gathers the shards collectively.
+    """
+    state = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return None
+    # torch.compile's wrapper survives unwrapping and prefixes every name; the file names the plain model's.
+    state = {name.removeprefix("_orig_mod."): tensor for name, tensor in state.items()}
+    kept = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()
+            if with_aux or not name.startswith("aux_head.")}
+    path = out_dir / MODEL_FILE
+    publish(path, lambda scratch: save_file(kept, str(scratch), metadata={"format": "pt"}))
+    return file_sha256(path)
+
+
+def load_model_file(recipe: Recipe, num_classes: int, path: Path) -> SegmentationModel:
+    """The model a run saved to `path`, rebuilt from its resolved recipe (no pretrained weights are fetched)."""
+    state = load_file(str(path))
+    with_aux = recipe.model.aux_head and any(name.startswith("aux_head.") for name in state)
+    cfg = recipe.model.model_copy(update={"pretrained": False, "weights": None, "aux_head": with_aux})
+    model = build_model(cfg, num_classes)
+    model.load_state_dict(state)
+    return model

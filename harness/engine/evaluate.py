@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,14 +13,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from harness.contrast import region_entries, truth_sums
-from harness.data import DatasetInfo, normalize
+from harness.data import DatasetInfo, build_datasets, build_unlabeled, normalize
+from harness.engine.checkpoint import load_model_file
+from harness.engine.setup import make_eval_loader
 from harness.engine.step import input_dtype
 from harness.engine.terms import resize_labels
 from harness.labels import IGNORE_INDEX
 from harness.losses import upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
-from harness.models import SegOutput
-from harness.recipe import EvalConfig
+from harness.models import SegOutput, batchnorm_in_float32
+from harness.recipe import EvalConfig, Recipe
+from harness.results import write_png
 
 QUALITATIVE_IMAGES = 4  # the paper's Fig. 4 shows four
 
@@ -143,6 +147,44 @@ def evaluate(
     if not centers:  # no unscaled view in the protocol: nothing to tap
         return Evaluation(miou, per_class, np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
     return Evaluation(miou, per_class, torch.cat(centers).numpy(), torch.cat(center_labels).numpy())
+
+
+def prepare_saved_model(accelerator: Accelerator, recipe: Recipe, num_classes: int, path: Path) -> torch.nn.Module:
+    """A run's saved model (model.safetensors), rebuilt from its recipe and prepared for inference."""
+    model = load_model_file(recipe, num_classes, path)
+    if input_dtype(accelerator) != torch.float32:
+        batchnorm_in_float32(model)
+    return accelerator.prepare(model.to(accelerator.device))
+
+
+def evaluate_saved(accelerator: Accelerator, recipe: Recipe, path: Path) -> tuple[Evaluation, DatasetInfo]:
+    """The val mIoU of a run's saved model under recipe.eval, computed exactly as the run computed its own."""
+    with accelerator.main_process_first():  # the main process builds the dataset caches; the others read them
+        _, val_set, info = build_datasets(recipe.data, recipe.run.seed)
+    model = prepare_saved_model(accelerator, recipe, info.num_classes, path)
+    loader = accelerator.prepare(make_eval_loader(val_set, recipe.data))
+    return evaluate(accelerator, model, loader, recipe.eval, info.num_classes), info
+
+
+@torch.no_grad()
+def export_saved(accelerator: Accelerator, recipe: Recipe, path: Path, split: str | None, out_dir: Path) -> int:
+    """Write a saved model's predictions on a split (no labels needed) in its test server's format; how many.
+
+    Each rank writes the PNGs of its own images, atomically: the repeats that pad an uneven split
+    only write a file again with the same content.
+    """
+    with accelerator.main_process_first():
+        dataset, info, submission = build_unlabeled(recipe.data, split)
+    model = prepare_saved_model(accelerator, recipe, info.num_classes, path)
+    model.eval()
+    images = dataset.table["image"]
+    for batch in tqdm(accelerator.prepare(make_eval_loader(dataset, recipe.data)), desc="export",
+                      disable=not accelerator.is_main_process):
+        preds = predict(model, normalize(batch["image"], input_dtype(accelerator)), recipe.eval).argmax(1)
+        for index, pred in zip(batch["index"].tolist(), preds.cpu().numpy().astype(np.uint8)):
+            write_png(out_dir / submission.file_name(Path(images[index])), submission.table[pred])
+    accelerator.wait_for_everyone()
+    return len(dataset)
 
 
 @torch.no_grad()

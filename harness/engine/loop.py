@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from harness import measure
-from harness.engine.checkpoint import remove_checkpoints, resume_from, save_checkpoint
+from harness.engine.checkpoint import remove_checkpoints, resume_from, save_checkpoint, save_model_file
 from harness.engine.evaluate import Evaluation, evaluate, qualitative_samples
 from harness.engine.setup import Setup, endless, set_up
 from harness.engine.step import NonFiniteWatch, Trainer
@@ -21,6 +21,7 @@ from harness.engine.summary import (
     throughput_and_memory,
 )
 from harness.engine.terms import region_bank_size
+from harness.engine.trackers import start_trackers, tracked
 from harness.recipe import EvalConfig, OptimConfig, Variant
 from harness.results import (
     SUMMARY_FILE,
@@ -68,11 +69,11 @@ class SteadyState:
             self.fill_total += self.trainer.bank.fill()
             self.fill_count += 1
 
-    def flush(self) -> float | None:
-        """Read the spans closed since the last flush (one host sync); the last step's seconds, if any."""
-        self.trainer.contrast_timer.flush()
+    def flush(self) -> tuple[float | None, float | None]:
+        """Read the spans closed since the last flush (one host sync); the last step's and contrast's seconds."""
+        contrast = self.trainer.contrast_timer.flush()
         spans = self.steps.flush()
-        return spans[-1] if spans else None
+        return (spans[-1] if spans else None), (contrast[-1] if contrast else None)
 
     def bank_fill(self) -> float | None:
         """The mean fraction of bank slots holding a key over the timed iterations."""
@@ -84,10 +85,17 @@ def interim_protocol(cfg: EvalConfig) -> EvalConfig:
     return cfg.model_copy(update={"scales": (1.0,), "flip": False})
 
 
+def record(accelerator: Accelerator, log: MetricsLog, values: dict[str, Any]) -> None:
+    """One metrics record: a line of metrics.jsonl, and the same numbers to the recipe's trackers."""
+    log.write(values)
+    accelerator.log(tracked(values), step=values["iter"])
+
+
 def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate one variant; write its metrics log, summary and report inputs."""
     recipe = variant.recipe
     setup = set_up(accelerator, recipe)
+    start_trackers(accelerator, variant)
     start = resume_from(accelerator, out_dir, setup.progress, setup.trainer.bank) if resume else 0
     log = MetricsLog(out_dir, accelerator.is_main_process)
     log.truncate_after(start)
@@ -99,13 +107,17 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
                          collect_centers=True)
         samples = qualitative_samples(accelerator, setup.trainer.model, setup.val_set, recipe.eval, setup.info)
         memory.mark("eval")
-    log.write({"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
+    record(accelerator, log, {"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
     summary = summarize(setup, variant, final, steady, memory)
+    summary["model_sha256"] = save_model_file(accelerator, setup.trainer.model, out_dir, recipe.run.save_aux_head)
+    if recipe.run.keep_checkpoint:
+        save_checkpoint(accelerator, out_dir, setup.trainer.bank)  # the final state, which the loop never saves
     if accelerator.is_main_process:
         write_npz(out_dir / VAL_CENTERS_FILE, centers=final.centers, labels=final.center_labels)
         write_npz(out_dir / VAL_SAMPLES_FILE, **samples)
         write_json(out_dir / SUMMARY_FILE, summary)
-        remove_checkpoints(out_dir)
+        if not recipe.run.keep_checkpoint:
+            remove_checkpoints(out_dir)
     accelerator.free_memory()
     return summary
 
@@ -134,7 +146,10 @@ def train(
         if done % recipe.run.log_interval == 0 or iteration == start:
             watch.check(done)
             values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # one host sync
-            log.write({"kind": "train", "iter": done, **values, "lr": lr, "step_time": steady.flush()})
+            step_time, contrast_time = steady.flush()
+            contrast_ms = None if contrast_time is None else 1000 * contrast_time
+            record(accelerator, log, {"kind": "train", "iter": done, **values, "lr": lr, "step_time": step_time,
+                                      "contrast_ms": contrast_ms})
             progress_bar.set_postfix(loss=f"{values['loss']:.3f}")
         if done == recipe.optim.iterations:
             break
@@ -143,7 +158,7 @@ def train(
             interim = evaluate(accelerator, trainer.model, setup.val_loader, interim_protocol(recipe.eval),
                                setup.info.num_classes)
             memory.mark("eval")
-            log.write({"kind": "eval", "iter": done, "val_miou": interim.miou})
+            record(accelerator, log, {"kind": "eval", "iter": done, "val_miou": interim.miou})
         if _due(done, recipe.run.checkpoint_interval):
             watch.check(done)  # no checkpoint ever holds a NaN
             save_checkpoint(accelerator, out_dir, trainer.bank)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
 
 from harness import measure
@@ -16,17 +17,23 @@ from harness.engine.step import Trainer, input_dtype
 from harness.engine.terms import build_term
 from harness.models import batchnorm_in_float32, build_model, weights_origin
 from harness.pretrain import digit_backbone_file
-from harness.recipe import ModelConfig, OptimConfig, Recipe
+from harness.recipe import DataConfig, ModelConfig, OptimConfig, Recipe
+from harness.results import TRACKERS_DIR
 
 
-def make_accelerator(recipe: Recipe) -> Accelerator:
+def make_accelerator(recipe: Recipe, out_dir: Path | None = None) -> Accelerator:
     """A fresh Accelerator per variant: its own prepared objects, checkpoint registry and accumulation.
 
     The seedable sampler makes each epoch's order a function of (seed, epoch) alone; batches from
-    pinned memory reach the GPU without blocking the host.
+    pinned memory reach the GPU without blocking the host. With `out_dir` (a training run), the
+    recipe's trackers log into out_dir/trackers/.
     """
     loading = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.run.seed, non_blocking=True)
-    return Accelerator(gradient_accumulation_steps=recipe.optim.grad_accum_steps, dataloader_config=loading)
+    tracking = {}
+    if out_dir is not None and recipe.run.trackers:
+        project = ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / TRACKERS_DIR))
+        tracking = {"log_with": list(recipe.run.trackers), "project_config": project}
+    return Accelerator(gradient_accumulation_steps=recipe.optim.grad_accum_steps, dataloader_config=loading, **tracking)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -44,25 +51,33 @@ def resolve_weights(recipe: Recipe) -> ModelConfig:
     return cfg.model_copy(update={"weights": digit_backbone_file(cfg.backbone, recipe.data.digit_scenes.seed)})
 
 
-def make_loaders(train: Dataset, val: Dataset, recipe: Recipe) -> tuple[DataLoader, DataLoader]:
-    """Shuffled training batches (full batches only) and in-order val batches, decoded by worker processes.
+def loading_options(data: DataConfig) -> dict[str, Any]:
+    """DataLoader options of every split: decoding worker processes, pinned batches where CUDA is, collate.
 
     Workers persist across epochs (no restart per epoch); SegmentationDataset.set_epoch reaches
-    them through shared memory. Batches are pinned where CUDA is, for faster copies to the GPU.
+    them through shared memory. Pinned batches copy to the GPU faster.
     """
-    data = recipe.data
     workers = auto_num_workers() if data.num_workers is None else data.num_workers
-    loading = dict(
+    return dict(
         num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), collate_fn=collate
     )
+
+
+def make_loaders(train: Dataset, val: Dataset, recipe: Recipe) -> tuple[DataLoader, DataLoader]:
+    """Shuffled training batches (full batches only) and in-order val batches, decoded by worker processes."""
     generator = torch.Generator().manual_seed(recipe.run.seed)
     train_loader = DataLoader(
-        train, batch_size=data.batch_size, shuffle=True, drop_last=True, generator=generator, **loading
+        train, batch_size=recipe.data.batch_size, shuffle=True, drop_last=True, generator=generator,
+        **loading_options(recipe.data),
     )
+    return train_loader, make_eval_loader(val, recipe.data)
+
+
+def make_eval_loader(dataset: Dataset, data: DataConfig) -> DataLoader:
+    """In-order batches of a split to evaluate or predict on."""
     # Real datasets have images of different sizes: evaluate them one at a time.
-    val_batch = data.batch_size if data.dataset == "digit_scenes" else 1
-    val_loader = DataLoader(val, batch_size=val_batch, shuffle=False, **loading)
-    return train_loader, val_loader
+    batch_size = data.batch_size if data.dataset == "digit_scenes" else 1
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **loading_options(data))
 
 
 def endless(loader: DataLoader, dataset: Dataset, first_batch: int) -> Iterator[dict[str, torch.Tensor]]:
