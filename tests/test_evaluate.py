@@ -13,14 +13,21 @@ from safetensors.torch import save_file
 
 from harness import evaluate, run
 from harness.data import normalize
-from harness.data.real import LAYOUTS, SUBMISSION_MAPS, decode_files
+from harness.data.real import LAYOUTS, SUBMISSION_MAPS, decode_files, index_images
 from harness.engine.checkpoint import load_model_file
 from harness.engine.evaluate import predict
 from harness.models import build_model
 from harness.recipe import Recipe, validate
 from harness.results import write_recipe
 from tests.conftest import CPU_ENV, check, seeded, torchrun
-from tests.data_fixtures import every_value, make_ade20k, make_cityscapes, make_coco_stuff, write_image
+from tests.data_fixtures import (
+    every_value,
+    make_ade20k,
+    make_cityscapes,
+    make_coco_stuff,
+    make_coco_stuff10k,
+    write_image,
+)
 from tests.test_run import tiny_recipe, write
 
 
@@ -106,6 +113,14 @@ def prediction(recipe: Recipe, folder: Path, image: Path) -> np.ndarray:
         return predict(model.eval(), normalize(pixels, torch.float32), recipe.eval).argmax(1)[0].numpy()
 
 
+def test_coco_stuff10k_exports_the_listed_test_images(tmp_path: Path) -> None:
+    root = make_coco_stuff10k(tmp_path, every_value(183))
+    table = index_images("coco_stuff10k", root, None)  # default: its test split
+    assert [Path(image).name for image in table["image"]] == ["COCO_train2014_000000009000.jpg",
+                                                             "COCO_train2014_000000009001.jpg"]
+    assert SUBMISSION_MAPS["coco_stuff10k"][[0, 11, 170, 255]].tolist() == [1, 13, 182, 0]
+
+
 def test_preconditions_of_an_export_are_checked(finished_run: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate.main([str(finished_run), "--export", str(tmp_path / "out")]) == 2
@@ -115,6 +130,7 @@ def test_preconditions_of_an_export_are_checked(finished_run: Path, tmp_path: Pa
 
 @pytest.mark.parametrize(("dataset", "label_map"), [
     ("cityscapes", "cityscapes_label_ids"), ("ade20k", "ade20k"), ("coco_stuff", "coco_stuff_raw"),
+    ("coco_stuff10k", "coco_stuff10k_mat"),
 ])
 def test_every_class_survives_the_submission_map_and_the_loaders_map(tmp_path: Path, dataset: str, label_map: str) -> None:
     classes = LAYOUTS[dataset].info.num_classes

@@ -144,6 +144,7 @@ SUBMISSION_MAPS: dict[str, np.ndarray] = {
     "cityscapes": _inverse(_LABEL_MAPS["cityscapes_label_ids"]),  # labelIds
     "ade20k": _inverse(_LABEL_MAPS["ade20k"]),  # 1..150
     "coco_stuff": _inverse(_LABEL_MAPS["coco_stuff_raw"]),  # the stuffthingmaps' own ids
+    "coco_stuff10k": _inverse(_LABEL_MAPS["coco_stuff10k_mat"]),  # its .mat ids, 1..182
 }
 
 # ---------------------------------------------------------------- real datasets on disk
@@ -211,18 +212,24 @@ def _coco_stuff_rows(root: Path, split: str) -> list[Row]:
     return rows
 
 
-def _coco_stuff10k_rows(root: Path, split: str) -> list[Row]:
-    """The images named in imageLists/<split>.txt: images/<name>.jpg with annotations/<name>.mat."""
+def _coco_stuff10k_images(root: Path, split: str) -> list[Path]:
+    """images/<name>.jpg for each name in imageLists/<split>.txt (none without the list)."""
     listing = root / "imageLists" / f"{split}.txt"
     if not listing.is_file():
         return []
-    rows = []
-    for name in listing.read_text().split():
-        image = root / "images" / f"{name}.jpg"
+    images = [root / "images" / f"{name}.jpg" for name in listing.read_text().split()]
+    for image in images:
         if not image.is_file():
-            raise RecipeError("data.root", f"{listing} names {name}, but {image} is missing")
-        rows.append(_pair(image, [(root / "annotations" / f"{name}.mat", "coco_stuff10k_mat")]))
-    return rows
+            raise RecipeError("data.root", f"{listing} names {image.stem}, but {image} is missing")
+    return images
+
+
+def _coco_stuff10k_rows(root: Path, split: str) -> list[Row]:
+    """The listed images with annotations/<name>.mat."""
+    return [
+        _pair(image, [(root / "annotations" / f"{image.stem}.mat", "coco_stuff10k_mat")])
+        for image in _coco_stuff10k_images(root, split)
+    ]
 
 
 @dataclass(frozen=True)
@@ -297,6 +304,9 @@ SUBMISSIONS = {
     "cityscapes": Submission(_cityscapes_images, lambda image: image.name, SUBMISSION_MAPS["cityscapes"]),
     "ade20k": Submission(_ade20k_images, lambda image: f"{image.stem}.png", SUBMISSION_MAPS["ade20k"]),
     "coco_stuff": Submission(_coco_stuff_images, lambda image: f"{image.stem}.png", SUBMISSION_MAPS["coco_stuff"]),
+    "coco_stuff10k": Submission(
+        _coco_stuff10k_images, lambda image: f"{image.stem}.png", SUBMISSION_MAPS["coco_stuff10k"]
+    ),
 }
 
 
