@@ -66,11 +66,16 @@ class RunConfig(Strict):
 class AugmentConfig(Strict):
     scale: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
+    # (long, short) side of mmsegmentation's base scale, e.g. (2048, 512) for ADE20K and COCO-Stuff: each
+    # image is first fitted into it, aspect kept, and `scale` jitters that size. None: jitter the native size.
+    base_size: tuple[int, int] | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> "AugmentConfig":
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError("scale must be (low, high) with 0 < low <= high")
+        if self.base_size is not None and not 0 < self.base_size[1] <= self.base_size[0]:
+            raise ValueError("base_size must be (long, short) with 0 < short <= long")
         return self
 
 

@@ -16,6 +16,7 @@ from harness import data
 from harness.data import digit_scenes, transforms
 from harness.data.real import read_label
 from harness.engine.setup import make_loaders
+from harness.labels import IGNORE_INDEX
 from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, Recipe, RecipeError
 from tests.data_fixtures import (
     HEIGHT,
@@ -298,6 +299,27 @@ def whole_image_window(
 
 # Odd image sizes: no scaled pixel's centre lies exactly on a source pixel edge, a tie that
 # resize_window breaks towards the later pixel and torch's float32 arithmetic either way.
+
+
+@pytest.mark.parametrize(("size", "factor"), [((480, 640), 512 / 480), ((640, 480), 512 / 480),
+                                              ((512, 4096), 0.5), ((1024, 2048), 0.5)])
+def test_base_size_fits_the_image_into_long_by_short_keeping_its_aspect(size: tuple[int, int], factor: float) -> None:
+    assert transforms.base_factor(size, (2048, 512)) == pytest.approx(factor)
+    assert transforms.base_factor(size, None) == 1.0
+
+
+def test_the_scale_jitter_multiplies_the_base_size() -> None:
+    label = np.zeros((480, 640), np.uint8)  # an ADE20K-sized image: 640 x 480 would be mostly padding at 520
+    transform = transforms.TrainTransform(520, (2.0, 2.0), flip=False, base_size=(2048, 512))
+    base = transforms.base_factor(label.shape, (2048, 512))
+    window = transforms.random_window(label.shape, 520, (2.0, 2.0), torch.Generator().manual_seed(0), base)
+    assert window.scaled == (1024, 1365)  # 480 x 640 fitted to short side 512, then doubled
+    pixels, labels = transform(Image.fromarray(np.zeros((480, 640, 3), np.uint8)), label, torch.Generator())
+    assert tuple(labels.shape) == (520, 520) and labels.eq(0).all()  # a full crop, no padding (255) in it
+    unbased = transforms.TrainTransform(520, (0.5, 0.5), flip=False)(
+        Image.fromarray(np.zeros((480, 640, 3), np.uint8)), label, torch.Generator()
+    )[1]
+    assert unbased.eq(IGNORE_INDEX).float().mean() > 0.5  # without a base, half scale is mostly padding
 
 
 @pytest.mark.parametrize("factor", [0.5, 0.61, 1.0, 1.37, 2.0])

@@ -178,3 +178,10 @@ def test_global_batch_that_does_not_divide_names_its_key() -> None:
 def test_without_a_global_batch_the_recipe_is_kept() -> None:
     recipe = validate({"data": {"batch_size": 2}, "optim": {"grad_accum_steps": 3}})
     assert with_batch_plan(recipe, 2) is recipe
+
+
+def test_base_size_is_long_then_short() -> None:
+    assert validate({"data": {"augment": {"base_size": [2048, 512]}}}).data.augment.base_size == (2048, 512)
+    with pytest.raises(RecipeError) as error:
+        validate({"data": {"augment": {"base_size": [512, 2048]}}})
+    assert error.value.key.startswith("data.augment")

@@ -113,7 +113,7 @@ def build_datasets(cfg: DataConfig, seed: int) -> tuple[SegmentationDataset, Seg
         decode, info = decode_arrays, DIGIT_SCENES
     else:
         tables, decode, info = index_files(cfg.dataset, cfg.root), decode_files, LAYOUTS[cfg.dataset].info
-    augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip)
+    augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip, cfg.augment.base_size)
     train = SegmentationDataset(tables["train"], decode, augment, seed)
     return train, SegmentationDataset(tables["val"], decode), info
 

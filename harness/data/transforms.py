@@ -67,12 +67,24 @@ class Window:
     width: int
 
 
+def base_factor(size: tuple[int, int], base_size: tuple[int, int] | None) -> float:
+    """The factor fitting an image of `size` (height, width) into base_size (long, short), aspect kept; 1 without one.
+
+    mmsegmentation's keep-ratio Resize: the largest factor at which neither the long side passes
+    the base's long side nor the short side its short side.
+    """
+    if base_size is None:
+        return 1.0
+    return min(base_size[0] / max(size), base_size[1] / min(size))
+
+
 def random_window(
-    size: tuple[int, int], crop_size: int, scale: tuple[float, float], generator: torch.Generator | None = None
+    size: tuple[int, int], crop_size: int, scale: tuple[float, float], generator: torch.Generator | None = None,
+    base: float = 1.0,
 ) -> Window:
-    """Scale by a factor drawn uniformly from `scale`, pad to crop_size, and place a crop uniformly."""
+    """Scale by `base` times a factor drawn uniformly from `scale`, pad to crop_size, and place a crop uniformly."""
     low, high = scale
-    factor = low + (high - low) * torch.rand((), generator=generator).item()
+    factor = base * (low + (high - low) * torch.rand((), generator=generator).item())
     scaled_height, scaled_width = (max(1, round(side * factor)) for side in size)
     # Padding goes bottom/right, so a crop of a scaled image smaller than it starts at 0.
     top = int(torch.randint(max(scaled_height, crop_size) - crop_size + 1, (), generator=generator))
@@ -118,11 +130,13 @@ class TrainTransform:
     crop_size: int
     scale: tuple[float, float]
     flip: bool
+    base_size: tuple[int, int] | None = None  # (long, short); see base_factor
 
     def __call__(
         self, image: Image.Image, label: np.ndarray, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        window = random_window(label.shape, self.crop_size, self.scale, generator)
+        base = base_factor(label.shape, self.base_size)
+        window = random_window(label.shape, self.crop_size, self.scale, generator, base)
         pixels, labels = to_tensors(*resize_window(image, label, window))
         pixels, labels = pad_to(pixels, labels, self.crop_size, self.crop_size)
         if self.flip and torch.rand((), generator=generator) < 0.5:
