@@ -35,12 +35,26 @@ def ohem_cross_entropy(
     return (pixel_loss * hard).sum() / hard.sum().clamp_min(1)
 
 
-def pixel_loss(cfg: LossConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The recipe's pixel loss (CE or OHEM) on logits resized to the label map."""
+def pixel_loss(cfg: LossConfig, logits: torch.Tensor, labels: torch.Tensor, hard_mining: bool = True) -> torch.Tensor:
+    """The recipe's pixel loss (CE, or OHEM where hard_mining allows it) on logits resized to the label map."""
     logits = upsample_to(logits, tuple(labels.shape[-2:])).float()
-    if cfg.kind == "ohem":
+    if cfg.kind == "ohem" and hard_mining:
         return ohem_cross_entropy(logits, labels, cfg.ohem_thresh, cfg.ohem_min_kept)
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def segmentation_losses(
+    cfg: LossConfig, logits: torch.Tensor, aux_logits: torch.Tensor | None, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The unweighted CE (or OHEM) term of the main logits and, when there is one, the aux head's plain CE.
+
+    OHEM mines the main head's pixels only, as mmsegmentation's OHEM configs do (the sampler sits on
+    the decode head): the aux head is a deep-supervision regulariser of stage 3, weighted 0.4.
+    """
+    parts = {"ce": pixel_loss(cfg, logits, labels)}
+    if aux_logits is not None and cfg.aux_weight > 0:
+        parts["aux"] = pixel_loss(cfg, aux_logits, labels, hard_mining=False)
+    return parts
 
 
 def total_loss(cfg: LossConfig, parts: dict[str, torch.Tensor]) -> torch.Tensor:

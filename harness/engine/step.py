@@ -15,7 +15,7 @@ from accelerate.utils import DistributedType
 from harness.contrast import Bank
 from harness.data import normalize
 from harness.engine.terms import Batch, ContrastTerm
-from harness.losses import pixel_loss, total_loss
+from harness.losses import segmentation_losses, total_loss
 from harness.measure import SpanTimer
 from harness.models import SegOutput
 from harness.recipe import Recipe
@@ -88,10 +88,8 @@ class Trainer:
 
     def loss_parts(self, output: SegOutput, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
         """CE, aux and contrast terms, unweighted; before loss.contrast.warmup_iters the bank fills, unused."""
-        cfg, labels = self.recipe.loss, batch["label"]
-        parts = {"ce": pixel_loss(cfg, output.logits, labels)}
-        if output.aux_logits is not None and cfg.aux_weight > 0:
-            parts["aux"] = pixel_loss(cfg, output.aux_logits, labels)
+        cfg = self.recipe.loss
+        parts = segmentation_losses(cfg, output.logits, output.aux_logits, batch["label"])
         if self.contrast is not None:
             self.contrast_timer.start()
             contrast = self.contrast(output, batch, with_loss=iteration >= cfg.contrast.warmup_iters)
