@@ -63,9 +63,11 @@ class Trainer:
     contrast: ContrastTerm | None
     # The contrast term plus its bank push, per step (events on a GPU, read at log intervals).
     contrast_timer: SpanTimer = field(init=False)
+    align_corners: bool = field(init=False)  # how the model's logits upsample onto the labels
 
     def __post_init__(self) -> None:
         self.contrast_timer = SpanTimer(self.accelerator.device)
+        self.align_corners = self.accelerator.unwrap_model(self.model).align_corners
 
     @property
     def bank(self) -> Bank | None:
@@ -89,7 +91,7 @@ class Trainer:
     def loss_parts(self, output: SegOutput, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
         """CE, aux and contrast terms, unweighted; before loss.contrast.warmup_iters the bank fills, unused."""
         cfg = self.recipe.loss
-        parts = segmentation_losses(cfg, output.logits, output.aux_logits, batch["label"])
+        parts = segmentation_losses(cfg, output.logits, output.aux_logits, batch["label"], self.align_corners)
         if self.contrast is not None:
             self.contrast_timer.start()
             contrast = self.contrast(output, batch, with_loss=iteration >= cfg.contrast.warmup_iters)
