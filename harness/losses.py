@@ -9,11 +9,15 @@ from harness.labels import IGNORE_INDEX
 from harness.recipe import LossConfig
 
 
-def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize logits [B,N,h,w] to [B,N,*size], as DeepLab does before the loss."""
+def upsample_to(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """Bilinearly resize logits [B,N,h,w] to [B,N,*size], as DeepLab does before the loss.
+
+    align_corners (model.align_corners) pins the corner cells to the corner pixels: with a crop of
+    stride * k + 1 pixels (DeepLab's 769 = 8 * 96 + 1), cell k then lands exactly on pixel stride * k.
+    """
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def ohem_cross_entropy(
@@ -35,12 +39,28 @@ def ohem_cross_entropy(
     return (pixel_loss * hard).sum() / hard.sum().clamp_min(1)
 
 
-def pixel_loss(cfg: LossConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The recipe's pixel loss (CE or OHEM) on logits resized to the label map."""
-    logits = upsample_to(logits, tuple(labels.shape[-2:])).float()
-    if cfg.kind == "ohem":
+def pixel_loss(
+    cfg: LossConfig, logits: torch.Tensor, labels: torch.Tensor, align_corners: bool, hard_mining: bool = True
+) -> torch.Tensor:
+    """The recipe's pixel loss (CE, or OHEM where hard_mining allows it) on logits resized to the label map."""
+    logits = upsample_to(logits, tuple(labels.shape[-2:]), align_corners).float()
+    if cfg.kind == "ohem" and hard_mining:
         return ohem_cross_entropy(logits, labels, cfg.ohem_thresh, cfg.ohem_min_kept)
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def segmentation_losses(
+    cfg: LossConfig, logits: torch.Tensor, aux_logits: torch.Tensor | None, labels: torch.Tensor, align_corners: bool
+) -> dict[str, torch.Tensor]:
+    """The unweighted CE (or OHEM) term of the main logits and, when there is one, the aux head's plain CE.
+
+    OHEM mines the main head's pixels only, as mmsegmentation's OHEM configs do (the sampler sits on
+    the decode head): the aux head is a deep-supervision regulariser of stage 3, weighted 0.4.
+    """
+    parts = {"ce": pixel_loss(cfg, logits, labels, align_corners)}
+    if aux_logits is not None and cfg.aux_weight > 0:
+        parts["aux"] = pixel_loss(cfg, aux_logits, labels, align_corners, hard_mining=False)
+    return parts
 
 
 def total_loss(cfg: LossConfig, parts: dict[str, torch.Tensor]) -> torch.Tensor:

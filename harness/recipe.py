@@ -137,6 +137,9 @@ class ModelConfig(Strict):
     sync_bn: bool = False
     # NHWC activations and weights: faster convolutions with bf16 tensor cores on a GPU.
     channels_last: bool = False
+    # Bilinear upsampling of logits (loss, evaluation) and of HRNet's branches with corners aligned:
+    # DeepLab's choice for crops of stride * k + 1 pixels (769), where feature cell k sits on pixel 8k.
+    align_corners: bool = False
 
 
 class PixelBankConfig(Strict):

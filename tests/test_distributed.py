@@ -115,7 +115,7 @@ def test_distributed_evaluation_counts_each_image_once(two_ranks: list[dict], tm
     with torch.no_grad():
         for index in range(len(val)):  # 5 images: 2 ranks x batch 2 pad the last batch with repeats
             item = val[index]
-            probs = upsample_to(model(normalize(item["image"][None], torch.float32)).logits, (32, 32))
+            probs = upsample_to(model(normalize(item["image"][None], torch.float32)).logits, (32, 32), False)
             total += confusion_matrix(probs.argmax(1)[0], item["label"], 11)
     expected, _ = iou_from_confusion(total)
     assert [rank["miou"] for rank in two_ranks] == [pytest.approx(expected)] * 2

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 from harness.contrast import AllPixelBank, PixelBank, RegionBank
 from harness.engine import summary
-from harness.engine.evaluate import CenterTap, forward_slide, forward_whole, predict
+from harness.engine.evaluate import CenterTap, evaluate, forward_slide, forward_whole, predict
 from harness.engine.loop import poly_lr
 from harness.engine.summary import state_digest
 from harness.engine.terms import build_term
@@ -324,3 +325,47 @@ def test_validation_centers_come_from_the_evaluations_own_forwards(mode: str, cr
             pixels = images[image].permute(1, 2, 0)[labels[image] == label]  # [H,W,C] -> [P,C]
             assert bool(valid[image, label]) == (len(pixels) > 0)
             torch.testing.assert_close(centers[image, label], pixels.mean(0))
+
+
+# ---------------------------------------------------------------- align_corners
+
+
+class StrideEightModel(nn.Module):
+    """Logits at stride 8 (every 8th pixel's linear map), carrying the model's align_corners."""
+
+    def __init__(self, align_corners: bool) -> None:
+        super().__init__()
+        self.align_corners = align_corners
+        self.anchor = nn.Parameter(torch.zeros(()))  # something for Accelerator.prepare to own
+
+    def forward(self, images: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=torch.einsum("nc,bchw->bnhw", WEIGHT, images[..., ::8, ::8]) + self.anchor)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_evaluation_upsamples_as_the_model_says(accelerator, align_corners):
+    # 8 * 4 + 1 pixels: 5 cells; with align_corners, cell k's prediction sits on pixel 8k.
+    images = torch.randn(1, 3, 33, 33, generator=seeded(4))
+    model = StrideEightModel(align_corners)
+    cell_probs = model(images).logits.softmax(1)
+    probs = predict(model, images, EvalConfig(), align_corners=align_corners)
+    assert torch.allclose(probs[..., ::8, ::8], cell_probs, atol=1e-6) == align_corners
+    # evaluate() reads the option off the (prepared) model, and passes it to every prediction.
+    seen = []
+    def spy(*args, **kwargs):
+        seen.append(args[4])  # predict(model, images, cfg, tap, align_corners)
+        return predict(*args, **kwargs)
+    loader = torch.utils.data.DataLoader([{"image": images[0], "label": torch.zeros(33, 33, dtype=torch.long)}])
+    with patch("harness.engine.evaluate.normalize", lambda image, dtype: image), \
+         patch("harness.engine.evaluate.predict", spy):
+        evaluate(accelerator, accelerator.prepare(model), accelerator.prepare(loader), EvalConfig(), NUM_CLASSES)
+    assert seen == [align_corners]
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_model_option_reaches_the_model_and_the_contrast_terms(accelerator, align_corners):
+    recipe = Recipe.model_validate(term_recipe("region", "head").model_dump() | {
+        "model": term_recipe("region", "head").model.model_dump() | {"align_corners": align_corners}})
+    model = build_model(recipe.model, NUM_CLASSES)
+    assert model.align_corners == align_corners
+    assert build_term(accelerator, recipe, model, NUM_CLASSES, TRAIN_IMAGES, seeded(0)).align_corners == align_corners

@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harness.labels import IGNORE_INDEX
-from harness.losses import ohem_cross_entropy
+from harness.losses import ohem_cross_entropy, segmentation_losses, upsample_to
+from harness.recipe import LossConfig
 
 # True-class probabilities of six labelled pixels, as a 2x3 map.
 P_TRUE = np.array([[0.9, 0.2, 0.6], [0.75, 0.4, 0.05]])
@@ -69,3 +71,39 @@ def test_all_ignored_is_zero_with_a_graph():
     assert loss.item() == 0 and not math.isnan(loss.item()) and loss.requires_grad
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_aux_head_gets_plain_ce_even_under_ohem():
+    generator = torch.Generator().manual_seed(0)
+    logits, aux_logits = (torch.randn(2, 3, 4, 4, generator=generator) for _ in range(2))
+    labels = torch.randint(0, 3, (2, 8, 8), generator=generator)
+    cfg = LossConfig(kind="ohem", ohem_thresh=0.7, ohem_min_kept=4)
+    parts = segmentation_losses(cfg, logits, aux_logits, labels, False)
+    plain = segmentation_losses(LossConfig(kind="ce"), logits, aux_logits, labels, False)
+    upsampled = upsample_to(aux_logits, (8, 8), align_corners=False)
+    assert parts["aux"].item() == pytest.approx(F.cross_entropy(upsampled, labels).item())
+    assert parts["aux"].item() == pytest.approx(plain["aux"].item())
+    # The main head is mined: a mean over its hardest pixels only, so above the plain mean.
+    assert parts["ce"].item() > plain["ce"].item()
+
+
+def test_no_aux_term_without_aux_logits_or_weight():
+    logits, labels = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)
+    assert set(segmentation_losses(LossConfig(), logits, None, labels, False)) == {"ce"}
+    assert set(segmentation_losses(LossConfig(aux_weight=0), logits, logits, labels, False)) == {"ce"}
+
+
+@pytest.mark.parametrize("cells", [97, 13])  # a 769 crop at stride 8, and a small one of 8 * 12 + 1
+def test_align_corners_puts_stride_8_cell_k_on_pixel_8k(cells: int):
+    pixels = 8 * (cells - 1) + 1
+    logits = torch.randn(1, 2, cells, cells, generator=torch.Generator().manual_seed(cells), dtype=torch.float64)
+    aligned = upsample_to(logits, (pixels, pixels), align_corners=True)
+    torch.testing.assert_close(aligned[..., ::8, ::8], logits, rtol=0, atol=1e-12)
+    # Half-pixel centres (False) shift the map by 3.5 px: cell k's value is no longer at pixel 8k.
+    shifted = upsample_to(logits, (pixels, pixels), align_corners=False)
+    assert not torch.allclose(shifted[..., ::8, ::8], logits)
+    # The loss sees the aligned map: CE on aligned logits equals CE on upsample_to(..., True).
+    labels = torch.randint(0, 2, (1, pixels, pixels), generator=torch.Generator().manual_seed(1))
+    loss = segmentation_losses(LossConfig(), logits, None, labels, align_corners=True)["ce"]
+    assert loss.item() == pytest.approx(F.cross_entropy(aligned, labels).item())
+    assert loss.item() != pytest.approx(F.cross_entropy(shifted, labels).item())

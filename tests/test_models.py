@@ -77,6 +77,7 @@ def test_hrnetv2_head_predicts_at_stride_4_from_four_branches():
     assert out.features.shape == (2, 16, SIZE // 4, SIZE // 4)
     assert out.aux_logits.shape == (2, NUM_CLASSES, SIZE // 16, SIZE // 16)
     assert out.backbone_features.shape[-1] == SIZE // 32
+    assert not model.head.align_corners  # model.align_corners reaches the branches' upsampling too
     # The head fuses the raw branches, not timm's 'incre' classification expansion.
     assert model.head.fuse[0].in_channels == sum(model.backbone.feature_info.channels())
 

@@ -54,17 +54,19 @@ class CenterTap:
 
 
 def forward_whole(
-    model: torch.nn.Module, images: torch.Tensor, tap: CenterTap | None = None, origin: tuple[int, int] = (0, 0)
+    model: torch.nn.Module, images: torch.Tensor, tap: CenterTap | None = None, origin: tuple[int, int] = (0, 0),
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Class probabilities [B,N,H,W] from one whole-image forward; `tap` sees it, placed at `origin`."""
     output = model(images)
     if tap is not None:
         tap(output, *origin, tuple(images.shape[-2:]))
-    return upsample_to(output.logits.float(), tuple(images.shape[-2:])).softmax(1)
+    return upsample_to(output.logits.float(), tuple(images.shape[-2:]), align_corners).softmax(1)
 
 
 def forward_slide(
-    model: torch.nn.Module, images: torch.Tensor, crop: int, stride: int, tap: CenterTap | None = None
+    model: torch.nn.Module, images: torch.Tensor, crop: int, stride: int, tap: CenterTap | None = None,
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Class probabilities [B,N,H,W] averaged over overlapping crop x crop windows."""
     height, width = images.shape[-2:]
@@ -73,7 +75,7 @@ def forward_slide(
     total = count = None
     for top in window_starts(pad_h, crop, stride):
         for left in window_starts(pad_w, crop, stride):
-            probs = forward_whole(model, padded[..., top:top + crop, left:left + crop], tap, (top, left))
+            probs = forward_whole(model, padded[..., top:top + crop, left:left + crop], tap, (top, left), align_corners)
             if total is None:
                 total = probs.new_zeros(probs.shape[0], probs.shape[1], pad_h, pad_w)
                 count = probs.new_zeros(1, 1, pad_h, pad_w)
@@ -90,8 +92,15 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     return starts
 
 
-def predict(model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig, tap: CenterTap | None = None) -> torch.Tensor:
-    """Probabilities [B,N,H,W] averaged over the recipe's scales and flips; `tap` sees the unscaled, unflipped view."""
+def predict(
+    model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig, tap: CenterTap | None = None,
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Probabilities [B,N,H,W] averaged over the recipe's scales and flips; `tap` sees the unscaled, unflipped view.
+
+    `align_corners` (the model's) places the logits on the pixels; images are rescaled by half-pixel
+    centres, as mmsegmentation's test pipeline resizes them.
+    """
     size = tuple(images.shape[-2:])
     total = None
     for scale in cfg.scales:
@@ -100,10 +109,10 @@ def predict(model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig, tap: 
         for index, view in enumerate(views):
             view_tap = tap if scale == 1.0 and index == 0 else None
             if cfg.mode == "slide":
-                probs = forward_slide(model, view, cfg.slide_crop, cfg.slide_stride, view_tap)
+                probs = forward_slide(model, view, cfg.slide_crop, cfg.slide_stride, view_tap, align_corners)
             else:
-                probs = forward_whole(model, view, view_tap)
-            probs = upsample_to(probs.flip(-1) if index == 1 else probs, size)
+                probs = forward_whole(model, view, view_tap, align_corners=align_corners)
+            probs = upsample_to(probs.flip(-1) if index == 1 else probs, size, align_corners)
             total = probs if total is None else total + probs
     return total / (len(cfg.scales) * (2 if cfg.flip else 1))
 
@@ -122,6 +131,7 @@ def evaluate(
     num_classes: int, collect_centers: bool = False,
 ) -> Evaluation:
     """mIoU over the whole val set: per-image confusion matrices, gathered without padding duplicates."""
+    align_corners = accelerator.unwrap_model(model).align_corners
     model.eval()
     total = torch.zeros(num_classes, num_classes, dtype=torch.long, device=accelerator.device)
     centers, center_labels = [], []
@@ -130,7 +140,7 @@ def evaluate(
             break
         images, labels = normalize(batch["image"], input_dtype(accelerator)), batch["label"]
         tap = CenterTap(labels, num_classes) if collect_centers else None
-        preds = predict(model, images, cfg, tap).argmax(1)
+        preds = predict(model, images, cfg, tap, align_corners).argmax(1)
         per_image = torch.stack([confusion_matrix(p, t, num_classes) for p, t in zip(preds, labels)])  # [B,N,N]
         total += accelerator.gather_for_metrics(per_image).sum(0)
         if tap is not None and tap.sums is not None:
@@ -195,10 +205,12 @@ def qualitative_samples(
 
     Every rank runs the forward, so models sharded by DeepSpeed ZeRO-3 do not hang.
     """
+    align_corners = accelerator.unwrap_model(model).align_corners
     model.eval()
     items = [dataset[index] for index in range(min(QUALITATIVE_IMAGES, len(dataset)))]
     dtype = input_dtype(accelerator)
-    preds = [predict(model, normalize(item["image"][None].to(accelerator.device), dtype), cfg).argmax(1)[0] for item in items]
+    images = [normalize(item["image"][None].to(accelerator.device), dtype) for item in items]
+    preds = [predict(model, image, cfg, align_corners=align_corners).argmax(1)[0] for image in images]
     model.train()
     return {
         "images": np.stack([item["image"].permute(1, 2, 0).numpy() for item in items]),  # Q x [3,H,W] -> [Q,H,W,3]

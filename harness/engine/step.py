@@ -15,7 +15,7 @@ from accelerate.utils import DistributedType
 from harness.contrast import Bank
 from harness.data import normalize
 from harness.engine.terms import Batch, ContrastTerm
-from harness.losses import pixel_loss, total_loss
+from harness.losses import segmentation_losses, total_loss
 from harness.measure import SpanTimer
 from harness.models import SegOutput
 from harness.recipe import Recipe
@@ -63,9 +63,11 @@ class Trainer:
     contrast: ContrastTerm | None
     # The contrast term plus its bank push, per step (events on a GPU, read at log intervals).
     contrast_timer: SpanTimer = field(init=False)
+    align_corners: bool = field(init=False)  # how the model's logits upsample onto the labels
 
     def __post_init__(self) -> None:
         self.contrast_timer = SpanTimer(self.accelerator.device)
+        self.align_corners = self.accelerator.unwrap_model(self.model).align_corners
 
     @property
     def bank(self) -> Bank | None:
@@ -88,10 +90,8 @@ class Trainer:
 
     def loss_parts(self, output: SegOutput, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
         """CE, aux and contrast terms, unweighted; before loss.contrast.warmup_iters the bank fills, unused."""
-        cfg, labels = self.recipe.loss, batch["label"]
-        parts = {"ce": pixel_loss(cfg, output.logits, labels)}
-        if output.aux_logits is not None and cfg.aux_weight > 0:
-            parts["aux"] = pixel_loss(cfg, output.aux_logits, labels)
+        cfg = self.recipe.loss
+        parts = segmentation_losses(cfg, output.logits, output.aux_logits, batch["label"], self.align_corners)
         if self.contrast is not None:
             self.contrast_timer.start()
             # The bank is written once per optimizer step: accumulated micro-batches all read the bank

@@ -59,18 +59,19 @@ def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized[:, 0].long()
 
 
-def embedding(cfg: ContrastConfig, output: SegOutput) -> tuple[torch.Tensor, torch.Tensor]:
+def embedding(cfg: ContrastConfig, output: SegOutput, align_corners: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The feature map that the contrast uses and the logits at its resolution."""
     features = output.features if cfg.feature == "head" else output.backbone_features
-    return features, upsample_to(output.logits, tuple(features.shape[-2:]))
+    return features, upsample_to(output.logits, tuple(features.shape[-2:]), align_corners)
 
 
 class RegionTerm:
     """Eq. 4 of this rank's region centers against a region bank (replicated or sharded), then a push."""
 
     def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, bank: contrast.RegionBank | contrast.ShardedRegionBank,
-                 num_classes: int) -> None:
+                 num_classes: int, align_corners: bool = False) -> None:
         self.accelerator, self.cfg, self.bank, self.num_classes = accelerator, cfg, bank, num_classes
+        self.align_corners = align_corners  # the model's: how its logits resize onto the contrast's feature map
         # Most (image, class) slots are padding (classes absent from the image). On a GPU they stay, masked,
         # so that no step waits for the host to count them; on a CPU, host and device are one, and dropping
         # them saves most of the loss's work. A sharded bank needs every rank's rows alike, so it keeps them.
@@ -79,7 +80,7 @@ class RegionTerm:
 
     def centers(self, output: SegOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's centers [B,N,C] and valid [B,N], and the whole gathered batch's, detached."""
-        features, logits = embedding(self.cfg, output)
+        features, logits = embedding(self.cfg, output, self.align_corners)
         small_labels = resize_labels(labels, tuple(features.shape[-2:]))
         centers, valid = contrast.region_centers(features, logits, small_labels, self.num_classes, self.cfg.variant)
         # Fixed [B,N,C] + [B,N] per rank, so the gather never meets ragged shapes.
@@ -140,13 +141,13 @@ class InBatchTerm(RegionTerm):
     many processes share the batch.
     """
 
-    def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, num_classes: int) -> None:
-        super().__init__(accelerator, cfg, None, num_classes)
+    def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, num_classes: int, align_corners: bool = False) -> None:
+        super().__init__(accelerator, cfg, None, num_classes, align_corners)
 
     def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True, push: bool = True) -> torch.Tensor | None:
         if not with_loss:
             return None  # no bank to fill
-        features, logits = embedding(self.cfg, output)
+        features, logits = embedding(self.cfg, output, self.align_corners)
         small_labels = resize_labels(batch["label"], tuple(features.shape[-2:]))
         centers, valid = contrast.region_centers(features, logits, small_labels, self.num_classes, self.cfg.variant)
         count, world = centers.shape[0], self.accelerator.num_processes
@@ -169,12 +170,13 @@ class PixelTerm:
     """Sampled anchors against ContrastiveSeg's pixel + segment queues; every rank pushes alike."""
 
     def __init__(self, accelerator: Accelerator, cfg: ContrastConfig, bank: contrast.PixelBank | contrast.AllPixelBank,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, align_corners: bool = False) -> None:
         self.accelerator, self.cfg, self.bank, self.generator = accelerator, cfg, bank, generator
         self.pending = PendingPushes()
+        self.align_corners = align_corners  # the model's: how its logits resize onto the contrast's feature map
 
     def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True, push: bool = True) -> torch.Tensor | None:
-        features, logits = embedding(self.cfg, output)
+        features, logits = embedding(self.cfg, output, self.align_corners)
         small_labels = resize_labels(batch["label"], tuple(features.shape[-2:]))
         pixel, loss = self.cfg.pixel, None
         if with_loss:
@@ -226,17 +228,17 @@ def build_term(
     if cfg.kind == "region":
         size = region_bank_size(cfg, train_images)
         if size == 0:
-            return InBatchTerm(accelerator, cfg, num_classes)
+            return InBatchTerm(accelerator, cfg, num_classes, model.align_corners)
         if cfg.bank_layout == "sharded":
             bank = contrast.ShardedRegionBank(
                 num_classes, size, dim, dtype, rank=accelerator.process_index, world_size=accelerator.num_processes
             )
         else:
             bank = contrast.RegionBank(num_classes, size, dim, dtype)
-        return RegionTerm(accelerator, cfg, bank.to(accelerator.device), num_classes)
+        return RegionTerm(accelerator, cfg, bank.to(accelerator.device), num_classes, model.align_corners)
     if cfg.kind == "pixel":
         bank = contrast.PixelBank(num_classes, cfg.pixel.memory_size, dim, cfg.pixel.pixel_update_freq, dtype)
-        return PixelTerm(accelerator, cfg, bank.to(accelerator.device), generator)
+        return PixelTerm(accelerator, cfg, bank.to(accelerator.device), generator, model.align_corners)
     side = math.ceil(recipe.data.crop_size / stride)  # feature map of one training crop
     bank = contrast.AllPixelBank(train_images, side, side, dim, dtype)
-    return AllPixelTerm(accelerator, cfg, bank.to(accelerator.device), generator)
+    return AllPixelTerm(accelerator, cfg, bank.to(accelerator.device), generator, model.align_corners)

@@ -48,7 +48,7 @@ class ASPP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B,Cin,h,w] -> [B,Cout,h,w]."""
-        # Upsampling a 1x1 map bilinearly is a broadcast, so expand it.
+        # Upsampling a 1x1 map bilinearly is a broadcast, with or without align_corners, so expand it.
         pooled = self.image_pool(x).expand(-1, -1, *x.shape[-2:])  # [B,C,1,1] -> [B,C,h,w]
         return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
 
@@ -86,15 +86,16 @@ class FCNHead(nn.Module):
 class HRNetV2Head(nn.Module):
     """HRNetV2: every branch upsampled to the finest, concatenated, mixed by 1x1 conv, classified."""
 
-    def __init__(self, in_channels: list[int], head_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: list[int], head_channels: int, num_classes: int, align_corners: bool) -> None:
         super().__init__()
+        self.align_corners = align_corners
         self.fuse = conv_bn_relu(sum(in_channels), head_channels, 1)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
 
     def forward(self, stages: list[Tensor]) -> HeadOutput:
         """Fuse the branches `stages` (finest first) at the finest branch's resolution."""
         size = stages[0].shape[-2:]
-        upsampled = [F.interpolate(stage, size=size, mode="bilinear", align_corners=False) for stage in stages]
+        upsampled = [F.interpolate(stage, size=size, mode="bilinear", align_corners=self.align_corners) for stage in stages]
         features = self.fuse(torch.cat(upsampled, dim=1))  # [B,sum(C_i),h,w] -> [B,C,h,w]
         return HeadOutput(self.classifier(features), features)
 
@@ -116,7 +117,7 @@ def _fcn(info: FeatureInfo, cfg: ModelConfig, num_classes: int) -> tuple[nn.Modu
 
 def _hrnetv2(info: FeatureInfo, cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, int]:
     """HRNetV2 head over all branches, at the finest branch's stride (4)."""
-    return HRNetV2Head(info.channels(), cfg.head_channels, num_classes), info.reduction()[0]
+    return HRNetV2Head(info.channels(), cfg.head_channels, num_classes, cfg.align_corners), info.reduction()[0]
 
 
 HEADS: dict[str, HeadFactory] = {"deeplabv3": _deeplabv3, "fcn": _fcn, "hrnetv2": _hrnetv2}
