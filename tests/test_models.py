@@ -11,9 +11,9 @@ import timm
 import torch
 from torch import nn
 
-from harness.models import build_model, validate_model_config
+from harness.models import build_model, validate_model_config, weights_origin
 from harness.models.heads import ASPP, ASPP_RATES, head_factory
-from harness.recipe import ModelConfig, RecipeError
+from harness.recipe import ModelConfig, RecipeError, load
 
 NUM_CLASSES = 5
 SIZE = 64
@@ -181,18 +181,43 @@ def test_pretrained_with_unreachable_hub_fails_fast(empty_hub_cache, monkeypatch
     assert time.perf_counter() - start < 5.0
 
 
-def test_pretrained_loads_from_the_hub_cache_offline(empty_hub_cache, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    classifier = timm.create_model("resnet10t")
-    repo = timm.models.get_pretrained_cfg("resnet10t").hf_hub_id
-    snapshot = empty_hub_cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+def cache_weights(cache: Path, name: str) -> nn.Module:
+    """Put a random classifier's weights into `cache` as timm's Hub file of `name` (tag included); return it."""
+    classifier = timm.create_model(name)
+    repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     safetensors.torch.save_file(classifier.state_dict(), snapshot / "model.safetensors")
+    return classifier
+
+
+def test_pretrained_loads_from_the_hub_cache_offline(empty_hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    classifier = cache_weights(empty_hub_cache, "resnet10t")
     model = build_model(tiny(pretrained=True), NUM_CLASSES)
     assert torch.equal(model.backbone.conv1[0].weight, classifier.conv1[0].weight)
     assert torch.equal(model.backbone.layer4[0].bn1.running_var, classifier.layer4[0].bn1.running_var)
+
+
+def test_a_pinned_tag_loads_those_weights_and_the_summary_names_it(empty_hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    classic = cache_weights(empty_hub_cache, "resnet18.tv_in1k")  # only the classic torchvision weights are cached
+    cfg = ModelConfig(backbone="resnet18.tv_in1k", pretrained=True, head_channels=8, aux_channels=8)
+    model = build_model(cfg, NUM_CLASSES)
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, classic.layer1[0].conv1.weight)
+    assert weights_origin(cfg) == "timm:resnet18.tv_in1k"
+    # Without a tag timm picks its default, a recent recipe: the summary says which.
+    assert weights_origin(cfg.model_copy(update={"backbone": "resnet18"})) == "timm:resnet18.a1_in1k"
+    with pytest.raises(RecipeError, match="a1_in1k"):  # its weights are not in this cache
+        build_model(cfg.model_copy(update={"backbone": "resnet18"}), NUM_CLASSES)
+    assert weights_origin(cfg.model_copy(update={"pretrained": False})) == "random"
+
+
+def test_unknown_weights_tag_names_the_backbone_and_lists_the_tags():
+    error = error_for(ModelConfig(backbone="resnet18.imagenet"))
+    assert error.key == "model.backbone" and "'imagenet'" in error.message and "tv_in1k" in error.message
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -244,3 +269,16 @@ def test_float32_batchnorm_matches_batchnorm_and_accepts_half_parameters() -> No
     converted[1].bias.data = converted[1].bias.data.bfloat16()
     out = converted[1](torch.randn(2, 4, 5, 5).bfloat16())
     assert out.dtype == torch.bfloat16 and converted[1].running_mean.dtype == torch.float32
+
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[path.stem for path in RECIPES])
+def test_shipped_recipes_build_and_pin_their_weights(path: Path):
+    for variant in load(path):
+        cfg = variant.recipe.model
+        validate_model_config(cfg)  # the backbone, its tag, the head and the stride all fit
+        if cfg.pretrained and cfg.pretrained_source == "timm":
+            # An untagged name loads whatever timm's default is this year (resnet50: a1_in1k).
+            assert "." in cfg.backbone, f"{variant.name}: pin timm's weights with a tag, e.g. resnet50.tv_in1k"

@@ -101,12 +101,22 @@ def _stride_error(cfg: ModelConfig, reason: str) -> RecipeError:
 
 
 def _check_backbone_name(name: str) -> None:
-    """Raise on a name timm does not know, suggesting close ones."""
+    """Raise on a name timm does not know, suggesting close ones; a pinned weights tag must be one of timm's."""
     if timm.is_model(name):
+        _check_weights_tag(name)
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
     raise RecipeError("model.backbone", f"timm has no model {name!r}{hint}")
+
+
+def _check_weights_tag(name: str) -> None:
+    """A name such as resnet50.tv_in1k pins timm's weights by tag: timm must have that tag."""
+    architecture, _, tag = name.partition(".")
+    tags = [listed.partition(".")[2] for listed in timm.list_pretrained(f"{architecture}.*")]
+    if tag and tag not in tags:
+        raise RecipeError("model.backbone", f"timm has no weights tagged {tag!r} for {architecture}; "
+                                            f"its tags: {', '.join(tags) or 'none'}")
 
 
 def _check_head(cfg: ModelConfig) -> None:
