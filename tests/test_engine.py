@@ -83,7 +83,8 @@ def test_slide_larger_than_the_image_crops_its_padding_away():
     images = torch.randn(2, 3, 8, 6, generator=seeded(2))
     model = KnownModel(context=False)  # pointwise: padding changes nothing but the shape
     cfg = EvalConfig(mode="slide", slide_crop=12, slide_stride=8)
-    torch.testing.assert_close(predict(model, images, cfg), predict(model, images, EvalConfig()))
+    torch.testing.assert_close(predict(model, images, cfg, align_corners=False),
+                               predict(model, images, EvalConfig(), align_corners=False))
 
 
 def test_multi_scale_flip_is_the_mean_of_the_unflipped_views():
@@ -97,7 +98,7 @@ def test_multi_scale_flip_is_the_mean_of_the_unflipped_views():
             probs = probs.flip(-1) if flip else probs
             views.append(F.interpolate(probs, size=(12, 12), mode="bilinear", align_corners=False))
     expected = torch.stack(views).mean(0)  # [4,B,N,H,W] -> [B,N,H,W]
-    torch.testing.assert_close(predict(model, images, EvalConfig(scales=(0.5, 1.0), flip=True)), expected)
+    torch.testing.assert_close(predict(model, images, EvalConfig(scales=(0.5, 1.0), flip=True), align_corners=False), expected)
     # Each view counts: dropping the flips or the half scale changes the result.
     assert not torch.allclose(expected, torch.stack(views[::2]).mean(0))
     assert not torch.allclose(expected, torch.stack(views[2:]).mean(0))
@@ -317,7 +318,7 @@ def test_validation_centers_come_from_the_evaluations_own_forwards(mode: str, cr
     labels[0, :2] = IGNORE_INDEX
     cfg = EvalConfig(mode=mode, slide_crop=crop, slide_stride=crop, scales=(0.5, 1.0), flip=True)
     tap = CenterTap(labels, NUM_CLASSES)
-    predict(FeatureModel(), images, cfg, tap)
+    predict(FeatureModel(), images, cfg, tap, align_corners=False)
     centers, valid = tap.centers()
     # Non-overlapping windows tile the image: the centers are the plain ground-truth means.
     for image in range(2):
@@ -353,7 +354,7 @@ def test_evaluation_upsamples_as_the_model_says(accelerator, align_corners):
     # evaluate() reads the option off the (prepared) model, and passes it to every prediction.
     seen = []
     def spy(*args, **kwargs):
-        seen.append(args[4])  # predict(model, images, cfg, tap, align_corners)
+        seen.append(kwargs["align_corners"])  # predict(model, images, cfg, tap, align_corners=...)
         return predict(*args, **kwargs)
     loader = torch.utils.data.DataLoader([{"image": images[0], "label": torch.zeros(33, 33, dtype=torch.long)}])
     with patch("harness.engine.evaluate.normalize", lambda image, dtype: image), \

@@ -110,7 +110,8 @@ def prediction(recipe: Recipe, folder: Path, image: Path) -> np.ndarray:
     model = load_model_file(recipe, LAYOUTS[recipe.data.dataset].info.num_classes, folder / "model.safetensors")
     pixels = torch.from_numpy(np.array(Image.open(image).convert("RGB"))).permute(2, 0, 1)[None]  # [1,3,H,W]
     with torch.no_grad():
-        return predict(model.eval(), normalize(pixels, torch.float32), recipe.eval).argmax(1)[0].numpy()
+        view = normalize(pixels, torch.float32)
+        return predict(model.eval(), view, recipe.eval, align_corners=model.align_corners).argmax(1)[0].numpy()
 
 
 def test_coco_stuff10k_exports_the_listed_test_images(tmp_path: Path) -> None:

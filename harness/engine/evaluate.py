@@ -93,8 +93,8 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
 
 
 def predict(
-    model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig, tap: CenterTap | None = None,
-    align_corners: bool = False,
+    model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig, tap: CenterTap | None = None, *,
+    align_corners: bool,
 ) -> torch.Tensor:
     """Probabilities [B,N,H,W] averaged over the recipe's scales and flips; `tap` sees the unscaled, unflipped view.
 
@@ -140,7 +140,7 @@ def evaluate(
             break
         images, labels = normalize(batch["image"], input_dtype(accelerator)), batch["label"]
         tap = CenterTap(labels, num_classes) if collect_centers else None
-        preds = predict(model, images, cfg, tap, align_corners).argmax(1)
+        preds = predict(model, images, cfg, tap, align_corners=align_corners).argmax(1)
         per_image = torch.stack([confusion_matrix(p, t, num_classes) for p, t in zip(preds, labels)])  # [B,N,N]
         total += accelerator.gather_for_metrics(per_image).sum(0)
         if tap is not None and tap.sums is not None:
@@ -187,10 +187,12 @@ def export_saved(accelerator: Accelerator, recipe: Recipe, path: Path, split: st
         dataset, info, submission = build_unlabeled(recipe.data, split)
     model = prepare_saved_model(accelerator, recipe, info.num_classes, path)
     model.eval()
+    align_corners = accelerator.unwrap_model(model).align_corners
     images = dataset.table["image"]
     for batch in tqdm(accelerator.prepare(make_eval_loader(dataset, recipe.data)), desc="export",
                       disable=not accelerator.is_main_process):
-        preds = predict(model, normalize(batch["image"], input_dtype(accelerator)), recipe.eval).argmax(1)
+        inputs = normalize(batch["image"], input_dtype(accelerator))
+        preds = predict(model, inputs, recipe.eval, align_corners=align_corners).argmax(1)
         for index, pred in zip(batch["index"].tolist(), preds.cpu().numpy().astype(np.uint8)):
             write_png(out_dir / submission.file_name(Path(images[index])), submission.table[pred])
     accelerator.wait_for_everyone()
