@@ -78,11 +78,15 @@ class RegionTerm:
         self.drop_padding = accelerator.device.type == "cpu" and bank is not None and bank.replicated
         self.pending = PendingPushes()
 
-    def centers(self, output: SegOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This rank's centers [B,N,C] and valid [B,N], and the whole gathered batch's, detached."""
+    def local_centers(self, output: SegOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's region centers [B,N,C] (with their graph) and valid [B,N]."""
         features, logits = embedding(self.cfg, output, self.align_corners)
         small_labels = resize_labels(labels, tuple(features.shape[-2:]))
-        centers, valid = contrast.region_centers(features, logits, small_labels, self.num_classes, self.cfg.variant)
+        return contrast.region_centers(features, logits, small_labels, self.num_classes, self.cfg.variant)
+
+    def centers(self, output: SegOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's centers [B,N,C] and valid [B,N], and the whole gathered batch's, detached."""
+        centers, valid = self.local_centers(output, labels)
         # Fixed [B,N,C] + [B,N] per rank, so the gather never meets ragged shapes.
         return centers, valid, self.accelerator.gather(centers.detach()), self.accelerator.gather(valid)
 
@@ -147,9 +151,7 @@ class InBatchTerm(RegionTerm):
     def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True, push: bool = True) -> torch.Tensor | None:
         if not with_loss:
             return None  # no bank to fill
-        features, logits = embedding(self.cfg, output, self.align_corners)
-        small_labels = resize_labels(batch["label"], tuple(features.shape[-2:]))
-        centers, valid = contrast.region_centers(features, logits, small_labels, self.num_classes, self.cfg.variant)
+        centers, valid = self.local_centers(output, batch["label"])
         count, world = centers.shape[0], self.accelerator.num_processes
         start = self.accelerator.process_index * count
         all_centers = GatherWithGrad.apply(centers, self.accelerator)  # [W*B,N,C]
