@@ -16,10 +16,11 @@ from torch import Tensor
 
 from harness import contrast
 from harness.data import ADE20K, CITYSCAPES, COCO_STUFF, DIGIT_SCENES
+from harness.models.heads import DEFAULT_HEAD_CHANNELS
 from harness.recipe import ContrastConfig, DataConfig, DigitScenesConfig, ModelConfig
 
 TAU = ContrastConfig().tau
-DIM = ModelConfig().head_channels
+DIM = DEFAULT_HEAD_CHANNELS  # DeepLabV3's feature map F
 FILL_CHUNK = 65536  # entries pushed per call while filling a bank, to bound the temporaries
 
 

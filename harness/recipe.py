@@ -131,7 +131,11 @@ class ModelConfig(Strict):
     weights: Path | None = None
     output_stride: Literal[8, 16, 32] = 8
     head: Literal["deeplabv3", "fcn", "hrnetv2"] = "deeplabv3"
-    head_channels: int = Field(256, ge=1)
+    # Channels of the feature map F. None: the head's reference width, 256 for deeplabv3 and fcn,
+    # the concatenated branches for hrnetv2 (720 for W48).
+    head_channels: int | None = Field(None, ge=1)
+    # An FCN aux head on the second-to-last stage. Unset: on for deeplabv3 and fcn, off for hrnetv2,
+    # whose reference trains without one.
     aux_head: bool = True
     aux_channels: int = Field(256, ge=1)
     sync_bn: bool = False
@@ -140,6 +144,14 @@ class ModelConfig(Strict):
     # Bilinear upsampling of logits (loss, evaluation) and of HRNet's branches with corners aligned:
     # DeepLab's choice for crops of stride * k + 1 pixels (769), where feature cell k sits on pixel 8k.
     align_corners: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aux_head_follows_the_head(cls, data: Any) -> Any:
+        """An unset aux_head takes the head's reference choice, so the resolved recipe states it."""
+        if isinstance(data, dict) and data.get("aux_head") is None:
+            return {**data, "aux_head": data.get("head", "deeplabv3") != "hrnetv2"}
+        return data
 
 
 class PixelBankConfig(Strict):

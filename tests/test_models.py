@@ -70,7 +70,7 @@ def test_aux_head_can_be_disabled():
 
 def test_hrnetv2_head_predicts_at_stride_4_from_four_branches():
     model, out = run(ModelConfig(backbone="hrnet_w18_small", output_stride=32, head="hrnetv2",
-                                 head_channels=16, aux_channels=8))
+                                 head_channels=16, aux_head=True, aux_channels=8))
     assert model.feature_stride == 4 and model.feature_dim == 16
     assert model.backbone.feature_info.reduction() == [4, 8, 16, 32]
     assert out.logits.shape == (2, NUM_CLASSES, SIZE // 4, SIZE // 4)
@@ -80,6 +80,40 @@ def test_hrnetv2_head_predicts_at_stride_4_from_four_branches():
     assert not model.head.align_corners  # model.align_corners reaches the branches' upsampling too
     # The head fuses the raw branches, not timm's 'incre' classification expansion.
     assert model.head.fuse[0].in_channels == sum(model.backbone.feature_info.channels())
+
+
+def test_hrnetv2_by_default_is_its_reference_head():
+    """As wide as the concatenated branches (720 for W48), no aux head, no dropout."""
+    cfg = ModelConfig(backbone="hrnet_w18_small", output_stride=32, head="hrnetv2")
+    assert cfg.aux_head is False and cfg.head_channels is None
+    model, out = run(cfg)
+    width = sum(model.backbone.feature_info.channels())  # 16 + 32 + 64 + 128 for w18_small
+    assert model.feature_dim == width and out.features.shape[1] == width
+    assert model.head.fuse[0].out_channels == width
+    assert model.aux_head is None and out.aux_logits is None
+    assert not any(isinstance(module, nn.Dropout) for module in model.head.modules())
+    assert [info["num_chs"] for info in timm.create_model("hrnet_w48", features_only=True, feature_location="",
+                                                          out_indices=(1, 2, 3, 4), pretrained=False).feature_info.get_dicts()] \
+        == [48, 96, 192, 384]  # so W48's head is 720 channels wide
+
+
+def test_aux_head_default_follows_the_head_and_yields_to_the_recipe():
+    assert ModelConfig().aux_head and ModelConfig(head="fcn").aux_head
+    assert not ModelConfig(head="hrnetv2").aux_head
+    assert ModelConfig(head="hrnetv2", aux_head=True).aux_head
+    assert not ModelConfig(head="deeplabv3", aux_head=False).aux_head
+
+
+@pytest.mark.parametrize("head", ["deeplabv3", "fcn"])
+def test_dropout_sits_between_the_feature_map_and_the_classifier(head):
+    """In training, F (which the region centers pool) is free of dropout noise; the logits are not."""
+    torch.manual_seed(0)
+    model = build_model(tiny(head=head, aux_head=False), NUM_CLASSES).train()
+    images = torch.randn(2, 3, SIZE, SIZE)
+    first, second = model(images), model(images)
+    assert torch.equal(first.features, second.features)
+    assert not torch.equal(first.logits, second.logits)
+    assert model.feature_dim == 16 and build_model(ModelConfig(backbone="resnet10t", head=head), 3).feature_dim == 256
 
 
 @pytest.mark.parametrize("stride, rates", [(8, (12, 24, 36)), (16, (6, 12, 18)), (32, (3, 6, 9))])

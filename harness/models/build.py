@@ -179,9 +179,9 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
     validate_model_config(cfg)
     backbone = build_backbone(cfg)
     info = backbone.feature_info
-    head, feature_stride = head_factory(cfg.head)(info, cfg, num_classes)
+    head = head_factory(cfg.head)(info, cfg, num_classes)
     aux_head = FCNHead(info.channels()[-2], cfg.aux_channels, num_classes) if cfg.aux_head else None
-    model = SegmentationModel(backbone, head, aux_head, feature_stride, cfg.head_channels, cfg.align_corners)
+    model = SegmentationModel(backbone, head.module, aux_head, head.stride, head.channels, cfg.align_corners)
     if cfg.channels_last:
         model.channels_last = True
         model.to(memory_format=torch.channels_last)

@@ -27,6 +27,12 @@ class HeadOutput(NamedTuple):
     features: Tensor  # [B,C,h,w]
 
 
+# model.head_channels when a recipe leaves it unset, for the heads whose reference fixes no width
+# from the backbone (DeepLabV3's ASPP and FCN); HRNetV2's is the sum of its branches.
+DEFAULT_HEAD_CHANNELS = 256
+# DeepLabV3 and FCN drop features before the classifier (mmsegmentation's dropout_ratio).
+CLASSIFIER_DROPOUT = 0.1
+
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> nn.Sequential:
     """A bias-free conv (the BN supplies the bias), BatchNorm and ReLU, size-preserving."""
@@ -44,7 +50,7 @@ class ASPP(nn.Module):
         self.branches = nn.ModuleList([conv_bn_relu(in_channels, out_channels, 1), *atrous])
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_channels, out_channels, 1))
         fused = out_channels * (len(self.branches) + 1)
-        self.project = nn.Sequential(conv_bn_relu(fused, out_channels, 1), nn.Dropout(0.1))
+        self.project = conv_bn_relu(fused, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """[B,Cin,h,w] -> [B,Cout,h,w]."""
@@ -54,18 +60,23 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3Head(nn.Module):
-    """ASPP on the last backbone stage, a 3x3 conv giving the feature map F, a 1x1 classifier."""
+    """ASPP on the last backbone stage, a 3x3 conv giving the feature map F, dropout, a 1x1 classifier.
+
+    The dropout sits between F and the classifier, where DeepLabV3 has it, so the region
+    centers pooled from F carry no dropout noise.
+    """
 
     def __init__(self, in_channels: int, head_channels: int, num_classes: int, atrous_rates: tuple[int, ...]) -> None:
         super().__init__()
         self.aspp = ASPP(in_channels, head_channels, atrous_rates)
         self.fuse = conv_bn_relu(head_channels, head_channels, 3)
+        self.dropout = nn.Dropout(CLASSIFIER_DROPOUT)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
 
     def forward(self, stages: list[Tensor]) -> HeadOutput:
         """Classify the deepest of the backbone `stages`."""
         features = self.fuse(self.aspp(stages[-1]))
-        return HeadOutput(self.classifier(features), features)
+        return HeadOutput(self.classifier(self.dropout(features)), features)
 
 
 class FCNHead(nn.Module):
@@ -74,7 +85,7 @@ class FCNHead(nn.Module):
     def __init__(self, in_channels: int, channels: int, num_classes: int) -> None:
         super().__init__()
         self.conv = conv_bn_relu(in_channels, channels, 3)
-        self.dropout = nn.Dropout(0.1)
+        self.dropout = nn.Dropout(CLASSIFIER_DROPOUT)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, stages: list[Tensor]) -> HeadOutput:
@@ -84,7 +95,11 @@ class FCNHead(nn.Module):
 
 
 class HRNetV2Head(nn.Module):
-    """HRNetV2: every branch upsampled to the finest, concatenated, mixed by 1x1 conv, classified."""
+    """HRNetV2: every branch upsampled to the finest, concatenated, mixed by 1x1 conv, classified.
+
+    The reference (HRNet-Semantic-Segmentation, mmsegmentation's fcn_hr48) keeps the
+    concatenation's width (720 channels for W48) and has no dropout.
+    """
 
     def __init__(self, in_channels: list[int], head_channels: int, num_classes: int, align_corners: bool) -> None:
         super().__init__()
@@ -100,24 +115,35 @@ class HRNetV2Head(nn.Module):
         return HeadOutput(self.classifier(features), features)
 
 
+class DecodeHead(NamedTuple):
+    """A built head, the stride it predicts at and the channels of its feature map F."""
 
-HeadFactory = Callable[[FeatureInfo, ModelConfig, int], tuple[nn.Module, int]]
+    module: nn.Module
+    stride: int
+    channels: int
 
 
-def _deeplabv3(info: FeatureInfo, cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, int]:
+HeadFactory = Callable[[FeatureInfo, ModelConfig, int], DecodeHead]
+
+
+def _deeplabv3(info: FeatureInfo, cfg: ModelConfig, num_classes: int) -> DecodeHead:
     """DeepLabV3 head on the last stage, at the backbone's output stride."""
-    rates = ASPP_RATES[cfg.output_stride]
-    return DeepLabV3Head(info.channels()[-1], cfg.head_channels, num_classes, rates), info.reduction()[-1]
+    channels = cfg.head_channels or DEFAULT_HEAD_CHANNELS
+    head = DeepLabV3Head(info.channels()[-1], channels, num_classes, ASPP_RATES[cfg.output_stride])
+    return DecodeHead(head, info.reduction()[-1], channels)
 
 
-def _fcn(info: FeatureInfo, cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, int]:
+def _fcn(info: FeatureInfo, cfg: ModelConfig, num_classes: int) -> DecodeHead:
     """FCN head on the last stage, at the backbone's output stride."""
-    return FCNHead(info.channels()[-1], cfg.head_channels, num_classes), info.reduction()[-1]
+    channels = cfg.head_channels or DEFAULT_HEAD_CHANNELS
+    return DecodeHead(FCNHead(info.channels()[-1], channels, num_classes), info.reduction()[-1], channels)
 
 
-def _hrnetv2(info: FeatureInfo, cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, int]:
-    """HRNetV2 head over all branches, at the finest branch's stride (4)."""
-    return HRNetV2Head(info.channels(), cfg.head_channels, num_classes, cfg.align_corners), info.reduction()[0]
+def _hrnetv2(info: FeatureInfo, cfg: ModelConfig, num_classes: int) -> DecodeHead:
+    """HRNetV2 head over all branches, at the finest branch's stride (4), as wide as the branches together."""
+    channels = cfg.head_channels or sum(info.channels())
+    head = HRNetV2Head(info.channels(), channels, num_classes, cfg.align_corners)
+    return DecodeHead(head, info.reduction()[0], channels)
 
 
 HEADS: dict[str, HeadFactory] = {"deeplabv3": _deeplabv3, "fcn": _fcn, "hrnetv2": _hrnetv2}
