@@ -286,23 +286,55 @@ def test_local_weights_report_missing_and_unexpected_keys(tmp_path):
     assert "layer4.0.conv1.weight" in caught.value.message and "stray.weight" in caught.value.message
 
 
-def test_float32_batchnorm_matches_batchnorm_and_accepts_half_parameters() -> None:
-    from harness.models.precision import Float32BatchNorm2d, batchnorm_in_float32
+def _norm(kind: str) -> nn.Module:
+    """A 4-channel batch norm of one of the classes a model here can hold."""
+    from timm.layers import BatchNormAct2d
+
+    from harness.models import synchronised_batch_norms
+
+    return {"batchnorm": lambda: nn.BatchNorm2d(4), "syncbatchnorm": lambda: nn.SyncBatchNorm(4),
+            "batchnormact": lambda: BatchNormAct2d(4, act_layer=nn.ReLU),
+            "syncbatchnormact": lambda: synchronised_batch_norms(BatchNormAct2d(4, act_layer=nn.ReLU))}[kind]()
+
+
+@pytest.mark.parametrize("kind", ["batchnorm", "syncbatchnorm", "batchnormact", "syncbatchnormact"])
+def test_float32_batch_norms_match_their_class_and_accept_deepspeed_half_parameters(kind: str) -> None:
+    from harness.models.norms import FLOAT32_NORMS, batchnorm_in_float32
 
     torch.manual_seed(0)
-    reference = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    reference = nn.Sequential(nn.Conv2d(3, 4, 1), _norm(kind))
+    with torch.no_grad():
+        reference[1].weight.uniform_(0.5, 1.5), reference[1].bias.uniform_(-1, 1)
     converted = batchnorm_in_float32(copy.deepcopy(reference))
-    assert type(converted[1]) is Float32BatchNorm2d
+    assert type(converted[1]) is FLOAT32_NORMS[type(reference[1])]
     x = torch.randn(2, 3, 5, 5)
     for mode in (True, False):  # train: batch statistics and running updates; eval: running statistics
         reference.train(mode), converted.train(mode)
         assert torch.allclose(reference(x), converted(x), atol=1e-6)
     assert torch.allclose(reference[1].running_mean, converted[1].running_mean)
     # DeepSpeed bf16: parameters in bf16, running statistics left in fp32, bf16 input.
-    converted[1].weight.data = converted[1].weight.data.bfloat16()
-    converted[1].bias.data = converted[1].bias.data.bfloat16()
-    out = converted[1](torch.randn(2, 4, 5, 5).bfloat16())
-    assert out.dtype == torch.bfloat16 and converted[1].running_mean.dtype == torch.float32
+    norm = converted[1].train()
+    norm.weight.data, norm.bias.data = norm.weight.data.bfloat16(), norm.bias.data.bfloat16()
+    features = reference[0](x).detach()
+    out = norm(features.bfloat16())
+    assert out.dtype == torch.bfloat16 and norm.running_mean.dtype == torch.float32
+    assert torch.allclose(out.float(), reference[1].train()(features), atol=0.05)
+    out.float().square().sum().backward()
+    assert norm.weight.grad.dtype == torch.bfloat16 and norm.weight.grad.abs().sum() > 0
+    assert norm.weight.dtype == torch.bfloat16  # the parameter itself is left as DeepSpeed made it
+
+
+def test_sync_bn_keeps_timm_norm_activations() -> None:
+    """torch's converter would turn BatchNormAct2d into a plain SyncBatchNorm and drop its ReLU."""
+    from timm.layers import SyncBatchNormAct
+
+    from harness.models import synchronised_batch_norms
+
+    model = synchronised_batch_norms(nn.Sequential(nn.Conv2d(3, 4, 1), _norm("batchnormact"), nn.BatchNorm2d(4)))
+    assert type(model[1]) is SyncBatchNormAct and isinstance(model[1].act, nn.ReLU)
+    assert type(model[2]) is nn.SyncBatchNorm
+    model.eval()
+    assert (model[1](torch.randn(2, 4, 3, 3)) >= 0).all()
 
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))

@@ -15,7 +15,7 @@ from harness import measure
 from harness.data import DatasetInfo, auto_num_workers, build_datasets, collate
 from harness.engine.step import Trainer, input_dtype
 from harness.engine.terms import build_term
-from harness.models import batchnorm_in_float32, build_model, weights_origin
+from harness.models import batchnorm_in_float32, build_model, synchronised_batch_norms, weights_origin
 from harness.pretrain import digit_backbone_file
 from harness.recipe import DataConfig, ModelConfig, OptimConfig, Recipe
 from harness.results import TRACKERS_DIR
@@ -133,7 +133,7 @@ def set_up(accelerator: Accelerator, recipe: Recipe) -> Setup:
         model_cfg = resolve_weights(recipe)
     model = build_model(model_cfg, info.num_classes)
     if recipe.model.sync_bn and accelerator.num_processes > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = synchronised_batch_norms(model)
     if input_dtype(accelerator) != torch.float32:
         batchnorm_in_float32(model)
     model.to(accelerator.device)

@@ -3,7 +3,7 @@
     build.py      SegmentationModel, validate_model_config (fast, names the recipe key), build_model
     heads.py      the decode heads and the aux head
     weights.py    pretrained weights from the Hugging Face cache (fast offline errors) or local files
-    precision.py  fp32 batch norm under DeepSpeed bf16/fp16
+    norms.py      batch norms synchronised across ranks, and in fp32 under DeepSpeed bf16/fp16
 """
 
 from harness.models.build import (
@@ -13,8 +13,9 @@ from harness.models.build import (
     validate_model_config,
     weights_origin,
 )
-from harness.models.precision import batchnorm_in_float32
+from harness.models.norms import batchnorm_in_float32, synchronised_batch_norms
 
 __all__ = [
-    "SegOutput", "SegmentationModel", "batchnorm_in_float32", "build_model", "validate_model_config", "weights_origin",
+    "SegOutput", "SegmentationModel", "batchnorm_in_float32", "build_model", "synchronised_batch_norms",
+    "validate_model_config", "weights_origin",
 ]
