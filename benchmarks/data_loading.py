@@ -38,8 +38,8 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.data import SegmentationDataset, build_datasets  # noqa: E402
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform  # noqa: E402
+from harness.data import IMAGENET, SegmentationDataset, build_datasets  # noqa: E402
+from harness.data.transforms import TrainTransform  # noqa: E402
 from harness.engine.setup import make_loaders  # noqa: E402
 from harness.recipe import AugmentConfig, DataConfig, Recipe  # noqa: E402
 
@@ -94,7 +94,7 @@ def write_tree(root: Path, images: int) -> None:
 def whole_image_item(dataset: SegmentationDataset, index: int, generator: torch.Generator) -> torch.Tensor:
     """A training crop as commit 7bc5b65 made it: normalise the whole image, resize it all, pad, crop, flip."""
     image, label = dataset.decode(dataset.table[index])
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)  # [3] -> [3,1,1]
+    mean, std = torch.tensor(IMAGENET.mean).view(3, 1, 1), torch.tensor(IMAGENET.std).view(3, 1, 1)  # [3] -> [3,1,1]
     pixels = (torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255 - mean) / std  # [H,W,3] -> [3,H,W]
     labels = torch.from_numpy(label.astype(np.int64))
     low, high = SCALE
@@ -188,8 +188,8 @@ def main() -> None:
         write_tree(root, args.images)
         mean_mb = np.mean([path.stat().st_size for path in root.glob("leftImg8bit/train/*/*.png")]) / 1e6
         cfg = DataConfig(dataset="cityscapes", root=root, crop_size=CROP)
-        train, val, _ = build_datasets(cfg, seed=0)
-        assert train.transform == TrainTransform(CROP, SCALE, True)
+        train, val, _ = build_datasets(cfg, seed=0, statistics=IMAGENET)
+        assert train.transform == TrainTransform(CROP, SCALE, True, IMAGENET.pad_colour)
 
         # A warm-up pass over every file puts them all in the page cache.
         items, warmup, threads = repeated(train, len(train) + args.samples), len(train), torch.get_num_threads()

@@ -64,7 +64,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from benchmarks.common import GEOMETRIES, TAU, batch_queries, dense_bank_loss, fill_bank  # noqa: E402
 from harness.contrast import RegionBank, region_contrast_loss  # noqa: E402
-from harness.data import normalize  # noqa: E402
+from harness.data import IMAGENET, normalize  # noqa: E402
 from harness.engine.setup import build_optimizer  # noqa: E402
 from harness.engine.step import Trainer  # noqa: E402
 from harness.engine.terms import build_term  # noqa: E402
@@ -249,7 +249,7 @@ def bare_loss(model: torch.nn.Module, batch: Batch) -> Tensor:
     """CE + 0.4 aux CE on logits interpolated to the labels, all under plain bf16 autocast."""
     labels = batch["label"]
     with torch.autocast(labels.device.type, dtype=torch.bfloat16):
-        output = model(normalize(batch["image"], torch.float32))
+        output = model(normalize(batch["image"], torch.float32, IMAGENET))
         size = tuple(labels.shape[-2:])
         logits = F.interpolate(output.logits, size=size, mode="bilinear", align_corners=False)
         aux = F.interpolate(output.aux_logits, size=size, mode="bilinear", align_corners=False)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.data.digit_scenes import build_digit_scenes, digit_scenes_key
-from harness.data.transforms import normalize
+from harness.data.transforms import image_statistics, normalize
 from harness.recipe import DigitScenesConfig
 from harness.results import publish
 
@@ -59,13 +59,14 @@ def pretrain_on_digits(backbone: str, data_seed: int) -> dict[str, torch.Tensor]
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     steps = EPOCHS * (len(images) // BATCH)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    statistics = image_statistics(backbone)  # as the segmentation model will normalise its images
     model.train()
     progress = tqdm(total=steps, desc=f"pretraining {backbone} on train-split digits (once; cached)")
     for _ in range(EPOCHS):
         order = torch.randperm(len(images))
         for start in range(0, len(order) - BATCH + 1, BATCH):
             chosen = order[start : start + BATCH]
-            loss = F.cross_entropy(model(normalize(images[chosen], torch.float32)), digits[chosen])
+            loss = F.cross_entropy(model(normalize(images[chosen], torch.float32, statistics)), digits[chosen])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

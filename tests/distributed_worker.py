@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from harness import contrast, engine
-from harness.data import build_datasets
+from harness.data import IMAGENET, build_datasets
 from harness.engine.evaluate import evaluate
 from harness.engine.setup import make_loaders
 from harness.engine.terms import InBatchTerm, RegionTerm
@@ -27,7 +27,7 @@ NUM_CLASSES, DIM, SIDE, STEPS = 11, 8, 4, 4
 
 def served_indices(accelerator: Accelerator, recipe: Recipe) -> torch.Tensor:
     """Every training index this rank receives in one epoch."""
-    train, val, _ = build_datasets(recipe.data, recipe.run.seed)
+    train, val, _ = build_datasets(recipe.data, recipe.run.seed, IMAGENET)
     train_loader, _ = make_loaders(train, val, recipe)
     train_loader = accelerator.prepare(train_loader)
     return torch.cat([batch["index"] for batch in train_loader])
@@ -76,11 +76,11 @@ def global_in_batch_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def evaluate_tiny_model(accelerator: Accelerator, recipe: Recipe) -> tuple[float, dict]:
     """mIoU of an untrained model (same seed on every rank) over a val set that does not split evenly."""
-    _, val, _ = build_datasets(recipe.data, recipe.run.seed)
+    _, val, _ = build_datasets(recipe.data, recipe.run.seed, IMAGENET)
     torch.manual_seed(0)
     model = build_model(recipe.model, NUM_CLASSES).eval()
     loader = accelerator.prepare(torch.utils.data.DataLoader(val, batch_size=2))
-    result = evaluate(accelerator, model, loader, recipe.eval, NUM_CLASSES)
+    result = evaluate(accelerator, model, loader, recipe.eval, NUM_CLASSES, IMAGENET)
     return result.miou, model.state_dict()
 
 

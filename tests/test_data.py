@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness import data
-from harness.data import digit_scenes, transforms
+from harness.data import IMAGENET, digit_scenes, transforms
 from harness.data.real import read_label
-from harness.engine.setup import make_loaders
+from harness.engine.setup import make_eval_loader, make_loaders
 from harness.labels import IGNORE_INDEX
-from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, Recipe, RecipeError
+from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, ModelConfig, Recipe, RecipeError
 from tests.data_fixtures import (
     HEIGHT,
     WIDTH,
@@ -47,7 +47,7 @@ def small_config(root: Path, **changes: object) -> DataConfig:
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Scenes:
     """Train and val digit scenes of the small config, seed 0."""
-    train, val, _ = data.build_datasets(small_config(tmp_path_factory.mktemp("digits")), seed=0)
+    train, val, _ = data.build_datasets(small_config(tmp_path_factory.mktemp("digits")), seed=0, statistics=IMAGENET)
     return train, val
 
 
@@ -95,56 +95,56 @@ def test_digits_stand_out_from_their_background(scenes: Scenes) -> None:
 
 def old_normalisation(image: np.ndarray) -> torch.Tensor:
     """The pre-uint8 pipeline's dataset-side normalisation of a uint8 [H,W,3] image, to float32 [3,H,W]."""
-    mean, std = torch.tensor(transforms.IMAGENET_MEAN), torch.tensor(transforms.IMAGENET_STD)
+    mean, std = torch.tensor(IMAGENET.mean), torch.tensor(IMAGENET.std)
     pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255  # [H,W,3] -> [3,H,W]
     return (pixels - mean.view(3, 1, 1)) / std.view(3, 1, 1)  # [3] -> [3,1,1]
 
 
 def test_normalize_matches_the_old_normalisation(scenes: Scenes) -> None:
     _, val = scenes
-    batch = data.collate([val[3], val[4]])
-    normalised = data.normalize(batch["image"], torch.float32)
+    batch = data.collate([val[3], val[4]], IMAGENET.pad_colour)
+    normalised = data.normalize(batch["image"], torch.float32, IMAGENET)
     assert normalised.dtype == torch.float32 and normalised.shape == (2, 3, 64, 64)
     for row, image in zip((3, 4), normalised):
         assert torch.equal(image, old_normalisation(val.table[row]["image"]))
-    half = data.normalize(batch["image"], torch.bfloat16)
+    half = data.normalize(batch["image"], torch.bfloat16, IMAGENET)
     assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), normalised, atol=2e-2)
     # Padding with the mean colour is padding with the old 0, within half an intensity level.
-    mean_colour = torch.tensor(transforms.MEAN_COLOUR, dtype=torch.uint8).view(1, 3, 1, 1)  # [3] -> [1,3,1,1]
-    assert data.normalize(mean_colour, torch.float32).abs().max() <= 0.5 / 255 / min(transforms.IMAGENET_STD)
+    mean_colour = torch.tensor(IMAGENET.pad_colour, dtype=torch.uint8).view(1, 3, 1, 1)  # [3] -> [1,3,1,1]
+    assert data.normalize(mean_colour, torch.float32, IMAGENET).abs().max() <= 0.5 / 255 / min(IMAGENET.std)
 
 
 def test_digit_scenes_cache_is_reused_and_keyed_by_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = small_config(tmp_path, seed=3)
-    _, val, _ = data.build_datasets(cfg, seed=0)
+    _, val, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
     assert (tmp_path / digit_scenes.digit_scenes_key(cfg.digit_scenes, 3)).is_dir()
 
     def refuse(*_: object) -> None:
         raise AssertionError("rebuilt although a cache exists")
 
     monkeypatch.setattr(digit_scenes, "build_digit_scenes", refuse)
-    _, cached_val, _ = data.build_datasets(cfg, seed=0)
+    _, cached_val, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
     assert torch.equal(cached_val[5]["label"], val[5]["label"])
     # The run's seed (a sweep's seeds) augments differently but draws the same scenes.
-    _, same_scenes, _ = data.build_datasets(cfg, seed=4)
+    _, same_scenes, _ = data.build_datasets(cfg, seed=4, statistics=IMAGENET)
     assert torch.equal(same_scenes[5]["label"], val[5]["label"])
     with pytest.raises(AssertionError, match="rebuilt"):
-        data.build_datasets(small_config(tmp_path, val_images=31, seed=3), seed=0)
+        data.build_datasets(small_config(tmp_path, val_images=31, seed=3), seed=0, statistics=IMAGENET)
     with pytest.raises(AssertionError, match="rebuilt"):
-        data.build_datasets(small_config(tmp_path, seed=4), seed=0)
+        data.build_datasets(small_config(tmp_path, seed=4), seed=0, statistics=IMAGENET)
 
 
 def test_digit_scenes_cache_defaults_to_dot_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = DataConfig(digit_scenes=SMALL.model_copy(update={"train_images": 4, "val_images": 2}))
-    train, _, info = data.build_datasets(cfg, seed=0)
+    train, _, info = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
     assert (tmp_path / ".cache" / "digit_scenes" / digit_scenes.digit_scenes_key(cfg.digit_scenes, 0)).is_dir()
     assert len(train) == 4 and info.num_classes == 11 and info.class_names[:2] == ["background", "0"]
 
 
 def test_digit_size_follows_digit_scale(tmp_path: Path) -> None:
     large = small_config(tmp_path, digit_scale=(0.5, 0.5), digits_per_image=(1, 1))
-    train, _, _ = data.build_datasets(large, seed=0)
+    train, _, _ = data.build_datasets(large, seed=0, statistics=IMAGENET)
     extents = []
     for row in range(5):
         rows, cols = np.nonzero(train.table[row]["label"])
@@ -163,7 +163,7 @@ def real_config(name: str, root: Path | None, crop_size: int = 24) -> DataConfig
 
 def test_cityscapes_maps_label_ids_to_train_ids(tmp_path: Path) -> None:
     raw = every_value(34)
-    train, val, info = data.build_datasets(real_config("cityscapes", make_cityscapes(tmp_path, raw)), seed=0)
+    train, val, info = data.build_datasets(real_config("cityscapes", make_cityscapes(tmp_path, raw)), seed=0, statistics=IMAGENET)
     assert (len(train), len(val), info.num_classes) == (2, 2, 19)
     assert info.class_names[13] == "car" and info.palette[0] == (128, 64, 128)
     label = val[1]["label"]
@@ -177,7 +177,7 @@ def test_cityscapes_prefers_label_train_ids_when_present(tmp_path: Path) -> None
     root = make_cityscapes(tmp_path, every_value(34), per_split=1)
     train_ids = every_value(19)
     write_image(root / "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_labelTrainIds.png", train_ids)
-    _, val, _ = data.build_datasets(real_config("cityscapes", root), seed=0)
+    _, val, _ = data.build_datasets(real_config("cityscapes", root), seed=0, statistics=IMAGENET)
     assert np.array_equal(val[0]["label"].numpy(), train_ids)
 
 
@@ -186,7 +186,7 @@ def test_ade20k_shifts_labels_and_accepts_either_root(tmp_path: Path) -> None:
     base = make_ade20k(tmp_path, raw)
     expected = np.where((raw >= 1) & (raw <= 150), raw.astype(np.int64) - 1, 255)
     for root in (tmp_path, base):
-        train, val, info = data.build_datasets(real_config("ade20k", root), seed=0)
+        train, val, info = data.build_datasets(real_config("ade20k", root), seed=0, statistics=IMAGENET)
         assert (len(train), len(val), info.num_classes, info.class_names[0]) == (2, 2, 150, "wall")
         assert np.array_equal(val[0]["label"].numpy(), expected)
     assert "ADE_val_00000002.jpg" in val.table[1]["image"]
@@ -195,7 +195,7 @@ def test_ade20k_shifts_labels_and_accepts_either_root(tmp_path: Path) -> None:
 def test_coco_stuff_raw_ids_skip_the_unused_things(tmp_path: Path) -> None:
     raw = every_value(183)
     raw[0, :2] = 255
-    _, val, info = data.build_datasets(real_config("coco_stuff", make_coco_stuff(tmp_path, raw, ".png")), seed=0)
+    _, val, info = data.build_datasets(real_config("coco_stuff", make_coco_stuff(tmp_path, raw, ".png")), seed=0, statistics=IMAGENET)
     label = val[0]["label"]
     assert info.num_classes == 171 and info.class_names[11] == "stop sign"
     spot_checks = {0: 0, 10: 10, 11: 255, 12: 11, 90: 255, 91: 80, 181: 170, 182: 255, 255: 255}
@@ -207,14 +207,14 @@ def test_coco_stuff_raw_ids_skip_the_unused_things(tmp_path: Path) -> None:
 def test_coco_stuff_prefers_label_train_ids(tmp_path: Path) -> None:
     train_ids = every_value(171)
     root = make_coco_stuff(tmp_path, train_ids, "_labelTrainIds.png")
-    train, val, _ = data.build_datasets(real_config("coco_stuff", root), seed=0)
+    train, val, _ = data.build_datasets(real_config("coco_stuff", root), seed=0, statistics=IMAGENET)
     assert np.array_equal(val[1]["label"].numpy(), train_ids)
     assert train[0]["image"].shape == (3, 24, 24) and train[0]["label"].dtype == torch.int64
 
 
 def test_coco_stuff10k_reads_mat_labels_and_the_image_lists(tmp_path: Path) -> None:
     raw = every_value(183)  # S: 0 = unlabeled, 1-182 = COCO-Stuff ids, the 11 unused ones never labelled
-    train, val, info = data.build_datasets(real_config("coco_stuff10k", make_coco_stuff10k(tmp_path, raw)), seed=0)
+    train, val, info = data.build_datasets(real_config("coco_stuff10k", make_coco_stuff10k(tmp_path, raw)), seed=0, statistics=IMAGENET)
     assert (len(train), len(val), info.name, info.num_classes) == (3, 2, "coco_stuff10k", 171)
     assert [Path(row["image"]).name for row in val.table] == ["COCO_train2014_000000009000.jpg",
                                                              "COCO_train2014_000000009001.jpg"]
@@ -232,7 +232,7 @@ def test_coco_stuff10k_names_a_listed_image_that_is_missing(tmp_path: Path) -> N
     missing = root / "images" / "COCO_train2014_000000000078.jpg"
     missing.unlink()
     with pytest.raises(RecipeError, match=str(missing)) as error:
-        data.build_datasets(real_config("coco_stuff10k", root), seed=0)
+        data.build_datasets(real_config("coco_stuff10k", root), seed=0, statistics=IMAGENET)
     assert error.value.key == "data.root"
 
 
@@ -247,7 +247,7 @@ def test_a_mat_file_without_a_label_matrix_is_named(tmp_path: Path) -> None:
 def test_missing_or_empty_root_names_data_root(tmp_path: Path, name: str) -> None:
     for root in (None, tmp_path / "absent", tmp_path):
         with pytest.raises(RecipeError) as error:
-            data.build_datasets(real_config(name, root), seed=0)
+            data.build_datasets(real_config(name, root), seed=0, statistics=IMAGENET)
         assert error.value.key == "data.root" and str(root) in error.value.message
 
 
@@ -256,7 +256,7 @@ def test_missing_label_file_is_named(tmp_path: Path) -> None:
     missing = base / "annotations" / "training" / "ADE_train_00000002.png"
     missing.unlink()
     with pytest.raises(RecipeError, match=str(missing)) as error:
-        data.build_datasets(real_config("ade20k", tmp_path), seed=0)
+        data.build_datasets(real_config("ade20k", tmp_path), seed=0, statistics=IMAGENET)
     assert error.value.key == "data.root"
 
 
@@ -310,13 +310,13 @@ def test_base_size_fits_the_image_into_long_by_short_keeping_its_aspect(size: tu
 
 def test_the_scale_jitter_multiplies_the_base_size() -> None:
     label = np.zeros((480, 640), np.uint8)  # an ADE20K-sized image: 640 x 480 would be mostly padding at 520
-    transform = transforms.TrainTransform(520, (2.0, 2.0), flip=False, base_size=(2048, 512))
+    transform = transforms.TrainTransform(520, (2.0, 2.0), flip=False, pad_colour=IMAGENET.pad_colour, base_size=(2048, 512))
     base = transforms.base_factor(label.shape, (2048, 512))
     window = transforms.random_window(label.shape, 520, (2.0, 2.0), torch.Generator().manual_seed(0), base)
     assert window.scaled == (1024, 1365)  # 480 x 640 fitted to short side 512, then doubled
     pixels, labels = transform(Image.fromarray(np.zeros((480, 640, 3), np.uint8)), label, torch.Generator())
     assert tuple(labels.shape) == (520, 520) and labels.eq(0).all()  # a full crop, no padding (255) in it
-    unbased = transforms.TrainTransform(520, (0.5, 0.5), flip=False)(
+    unbased = transforms.TrainTransform(520, (0.5, 0.5), flip=False, pad_colour=IMAGENET.pad_colour)(
         Image.fromarray(np.zeros((480, 640, 3), np.uint8)), label, torch.Generator()
     )[1]
     assert unbased.eq(IGNORE_INDEX).float().mean() > 0.5  # without a base, half scale is mostly padding
@@ -343,7 +343,7 @@ def old_train_transform(
     pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True)[0]  # -> [3,h,w]
     labels = torch.from_numpy(label).float()[None, None]  # [H,W] -> [1,1,H,W]
     labels = F.interpolate(labels, size=size, mode="nearest-exact")[0, 0].long()  # -> [h,w]
-    mean_colour = torch.tensor(transforms.MEAN_COLOUR, dtype=torch.float32).view(3, 1, 1)  # [3] -> [3,1,1]
+    mean_colour = torch.tensor(IMAGENET.pad_colour, dtype=torch.float32).view(3, 1, 1)  # [3] -> [3,1,1]
     padded = mean_colour.repeat(1, max(size[0], crop), max(size[1], crop))
     padded[:, : size[0], : size[1]] = pixels
     padded_labels = torch.full(padded.shape[1:], 255, dtype=torch.long)
@@ -360,7 +360,7 @@ def old_train_transform(
 def test_train_transform_draws_what_the_old_one_drew() -> None:
     """Same generator, same scale, window and flip as the whole-image transform: only the resampling cost changed."""
     image, label = smooth_photo(61, 101), random_labels(61, 101, seed=2)
-    transform = transforms.TrainTransform(56, (0.5, 2.0), flip=True)
+    transform = transforms.TrainTransform(56, (0.5, 2.0), flip=True, pad_colour=IMAGENET.pad_colour)
     for seed in range(12):
         pixels, labels = transform(Image.fromarray(image), label, torch.Generator().manual_seed(seed))
         old = old_train_transform(image, label, transform, torch.Generator().manual_seed(seed))
@@ -370,17 +370,17 @@ def test_train_transform_draws_what_the_old_one_drew() -> None:
 
 def test_small_images_are_padded_with_ignore_and_the_mean_colour() -> None:
     image, label = Image.new("RGB", (50, 40), (9, 9, 9)), random_labels(40, 50, seed=0)
-    transform = transforms.TrainTransform(64, (0.5, 0.5), flip=False)
+    transform = transforms.TrainTransform(64, (0.5, 0.5), flip=False, pad_colour=IMAGENET.pad_colour)
     out_image, out_label = transform(image, label, torch.Generator().manual_seed(0))
     assert out_image.shape == (3, 64, 64) and out_label.shape == (64, 64)
     assert out_label[20:].eq(255).all() and out_label[:, 25:].eq(255).all() and out_label[:20, :25].lt(19).all()
-    mean_colour = torch.tensor(transforms.MEAN_COLOUR, dtype=torch.uint8).view(3, 1)  # [3] -> [3,1]
+    mean_colour = torch.tensor(IMAGENET.pad_colour, dtype=torch.uint8).view(3, 1)  # [3] -> [3,1]
     assert out_image[:, 20:].flatten(1).eq(mean_colour).all() and out_image[:, :20, :25].eq(9).all()
 
 
 def test_crop_keeps_image_and_label_aligned_and_flips_both() -> None:
     image, label = column_labels(48, 48)
-    transform = transforms.TrainTransform(32, (1.0, 1.0), flip=True)
+    transform = transforms.TrainTransform(32, (1.0, 1.0), flip=True, pad_colour=IMAGENET.pad_colour)
     directions = set()
     for seed in range(16):
         out_image, out_label = transform(image, label, torch.Generator().manual_seed(seed))
@@ -394,7 +394,7 @@ def test_colour_coded_labels_stay_aligned_under_scale_crop_and_flip() -> None:
     palette = np.random.default_rng(3).integers(0, 256, (19, 3), dtype=np.uint8)
     label = random_labels(6, 10, seed=4).repeat(12, 0).repeat(12, 1)  # [6,10] -> [72,120]
     image = Image.fromarray(palette[label])  # [72,120] -> [72,120,3]
-    transform = transforms.TrainTransform(64, (0.5, 2.0), flip=True)
+    transform = transforms.TrainTransform(64, (0.5, 2.0), flip=True, pad_colour=IMAGENET.pad_colour)
     for seed in range(24):
         out_image, out_label = transform(image, label, torch.Generator().manual_seed(seed))
         # Pixels whose 5x5 neighbourhood holds one label lie inside a block, out of the filter's reach of an
@@ -408,7 +408,7 @@ def test_colour_coded_labels_stay_aligned_under_scale_crop_and_flip() -> None:
 
 def test_no_flip_when_disabled() -> None:
     image, label = column_labels(32, 40)
-    transform = transforms.TrainTransform(32, (0.8, 1.5), flip=False)
+    transform = transforms.TrainTransform(32, (0.8, 1.5), flip=False, pad_colour=IMAGENET.pad_colour)
     for seed in range(8):
         _, out_label = transform(image, label, torch.Generator().manual_seed(seed))
         valid = out_label[0][out_label[0] != 255]
@@ -417,7 +417,7 @@ def test_no_flip_when_disabled() -> None:
 
 def test_train_transform_is_reproducible_from_its_generator() -> None:
     image, label = Image.fromarray(smooth_photo(50, 60)), random_labels(50, 60, seed=0)
-    transform = transforms.TrainTransform(32, (0.5, 2.0), flip=True)
+    transform = transforms.TrainTransform(32, (0.5, 2.0), flip=True, pad_colour=IMAGENET.pad_colour)
     first, again, other = (transform(image, label, torch.Generator().manual_seed(s)) for s in (7, 7, 8))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], other[0])
@@ -426,7 +426,7 @@ def test_train_transform_is_reproducible_from_its_generator() -> None:
 def test_training_items_are_crops_and_validation_items_whole(tmp_path: Path) -> None:
     tiny = SMALL.model_copy(update={"train_images": 3, "val_images": 2})
     cfg = DataConfig(root=tmp_path, crop_size=40, augment=AugmentConfig(scale=(0.5, 1.5)), digit_scenes=tiny)
-    train, val, _ = data.build_datasets(cfg, seed=0)
+    train, val, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
     assert train[2]["image"].shape == (3, 40, 40) and train[2]["label"].shape == (40, 40)
     # Augmentation is a function of (seed, epoch, index) alone: torch's global RNG plays no part.
     torch.manual_seed(11)
@@ -445,12 +445,40 @@ def test_collate_pads_mixed_sizes() -> None:
     images = torch.full((3, 20, 30), 7, dtype=torch.uint8), torch.full((3, 25, 10), 9, dtype=torch.uint8)
     labels = torch.zeros(20, 30, dtype=torch.long), torch.ones(25, 10, dtype=torch.long)
     items = [{"image": image, "label": label, "index": index} for image, label, index in zip(images, labels, (4, 9))]
-    batch = data.collate(items)
+    batch = data.collate(items, IMAGENET.pad_colour)
     assert batch["image"].shape == (2, 3, 25, 30) and batch["label"].shape == (2, 25, 30)
     assert batch["image"].dtype == torch.uint8 and batch["image"][1, :, :, :10].eq(9).all()
-    assert batch["image"][0, :, 20:].flatten(1).eq(torch.tensor(transforms.MEAN_COLOUR).view(3, 1)).all()
+    assert batch["image"][0, :, 20:].flatten(1).eq(torch.tensor(IMAGENET.pad_colour).view(3, 1)).all()
     assert batch["label"][0, 20:].eq(255).all() and batch["label"][1, :, 10:].eq(255).all()
     assert batch["index"].tolist() == [4, 9]
+
+
+@pytest.mark.parametrize(("backbone", "mean"), [("resnet50.tv_in1k", IMAGENET.mean), ("hrnet_w48.ms_in1k", IMAGENET.mean),
+                                               ("inception_v3.tv_in1k", (0.5, 0.5, 0.5)),
+                                               ("vit_small_patch16_224", (0.5, 0.5, 0.5))])
+def test_image_statistics_come_from_the_backbones_pretrained_config(backbone: str, mean: tuple[float, ...]) -> None:
+    statistics = data.image_statistics(backbone)
+    assert statistics.mean == pytest.approx(mean)
+    assert statistics.std == pytest.approx(IMAGENET.std if mean == IMAGENET.mean else (0.5, 0.5, 0.5))
+
+
+def test_a_backbones_statistics_normalise_and_pad_its_images(tmp_path: Path) -> None:
+    """With 0.5 / 0.5 statistics (inception, ViT), grey 128 is what normalises to 0 and pads the batches."""
+    halves = data.image_statistics("inception_v3.tv_in1k")
+    assert halves.pad_colour == (128, 128, 128) and IMAGENET.pad_colour == (124, 116, 104)
+    levels = torch.tensor([128.0, 0.0, 255.0])
+    pixels = levels.to(torch.uint8).view(1, 1, 1, 3).expand(1, 3, 1, 3)  # [3] -> [1,3,1,3], every channel alike
+    expected = ((levels / 255 - 0.5) / 0.5).view(1, 1, 1, 3).expand(1, 3, 1, 3)  # [3] -> [1,3,1,3]
+    assert torch.allclose(data.normalize(pixels, torch.float32, halves), expected)
+    recipe = loader_recipe(tmp_path, 0).model_copy(update={"model": ModelConfig(backbone="inception_v3.tv_in1k")})
+    train, val, _ = data.build_datasets(recipe.data, seed=0, statistics=halves)
+    assert train.transform.pad_colour == (128, 128, 128)
+    sizes = torch.full((3, 4, 6), 7, dtype=torch.uint8), torch.full((3, 5, 2), 9, dtype=torch.uint8)
+    items = [{"image": image, "label": torch.zeros(image.shape[1:], dtype=torch.long), "index": i}
+             for i, image in enumerate(sizes)]
+    loader = make_eval_loader(items, recipe)
+    batch = next(iter(torch.utils.data.DataLoader(items, batch_size=2, collate_fn=loader.collate_fn)))
+    assert batch["image"][1, :, :, 2:].eq(128).all() and batch["image"][0, :, 4:].eq(128).all()
 
 
 # ---------------------------------------------------------------- loaders
@@ -477,7 +505,7 @@ def by_index(loader: torch.utils.data.DataLoader) -> dict[int, tuple[torch.Tenso
 
 
 def test_persistent_workers_augment_each_epoch_as_the_main_process_would(tmp_path: Path) -> None:
-    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0)
+    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0, statistics=IMAGENET)
     with_workers, _ = make_loaders(train, val, loader_recipe(tmp_path, 2))
     in_process, _ = make_loaders(train, val, loader_recipe(tmp_path, 0))
     assert with_workers.persistent_workers and not in_process.persistent_workers
@@ -507,7 +535,7 @@ def test_loaders_default_to_auto_workers_and_keep_an_explicit_count(
 ) -> None:
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert DataConfig().num_workers is None
-    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0)
+    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0, statistics=IMAGENET)
     for requested, expected in ((None, data.auto_num_workers()), (0, 0), (2, 2)):
         loaders = make_loaders(train, val, loader_recipe(tmp_path, requested))
         assert [loader.num_workers for loader in loaders] == [expected, expected]

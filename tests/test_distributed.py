@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from harness import contrast
-from harness.data import build_datasets, normalize
+from harness.data import IMAGENET, build_datasets, normalize
 from harness.engine.checkpoint import load_model_file
 from harness.losses import upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
@@ -108,14 +108,14 @@ def test_distributed_evaluation_counts_each_image_once(two_ranks: list[dict], tm
                  "digit_scenes": {"train_images": 12, "val_images": 5, "image_size": 32, "digits_per_image": [1, 2]}},
         "model": {"backbone": "resnet18", "head_channels": 8, "aux_channels": 8},
     })
-    _, val, _ = build_datasets(recipe.data, 0)
+    _, val, _ = build_datasets(recipe.data, 0, IMAGENET)
     model = build_model(recipe.model, 11).eval()
     model.load_state_dict(two_ranks[0]["weights"])
     total = torch.zeros(11, 11, dtype=torch.long)
     with torch.no_grad():
         for index in range(len(val)):  # 5 images: 2 ranks x batch 2 pad the last batch with repeats
             item = val[index]
-            probs = upsample_to(model(normalize(item["image"][None], torch.float32)).logits, (32, 32), False)
+            probs = upsample_to(model(normalize(item["image"][None], torch.float32, IMAGENET)).logits, (32, 32), False)
             total += confusion_matrix(probs.argmax(1)[0], item["label"], 11)
     expected, _ = iou_from_confusion(total)
     assert [rank["miou"] for rank in two_ranks] == [pytest.approx(expected)] * 2

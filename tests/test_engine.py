@@ -15,6 +15,7 @@ from accelerate.state import AcceleratorState
 from torch import nn
 
 from harness.contrast import AllPixelBank, PixelBank, RegionBank
+from harness.data import IMAGENET
 from harness.engine import summary
 from harness.engine.evaluate import CenterTap, evaluate, forward_slide, forward_whole, predict
 from harness.engine.loop import poly_lr
@@ -357,9 +358,10 @@ def test_evaluation_upsamples_as_the_model_says(accelerator, align_corners):
         seen.append(kwargs["align_corners"])  # predict(model, images, cfg, tap, align_corners=...)
         return predict(*args, **kwargs)
     loader = torch.utils.data.DataLoader([{"image": images[0], "label": torch.zeros(33, 33, dtype=torch.long)}])
-    with patch("harness.engine.evaluate.normalize", lambda image, dtype: image), \
+    with patch("harness.engine.evaluate.normalize", lambda image, dtype, statistics: image), \
          patch("harness.engine.evaluate.predict", spy):
-        evaluate(accelerator, accelerator.prepare(model), accelerator.prepare(loader), EvalConfig(), NUM_CLASSES)
+        evaluate(accelerator, accelerator.prepare(model), accelerator.prepare(loader), EvalConfig(), NUM_CLASSES,
+                 IMAGENET)
     assert seen == [align_corners]
 
 

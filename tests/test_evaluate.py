@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from harness import evaluate, run
-from harness.data import normalize
+from harness.data import IMAGENET, normalize
 from harness.data.real import LAYOUTS, SUBMISSION_MAPS, decode_files, index_images
 from harness.engine.checkpoint import load_model_file
 from harness.engine.evaluate import predict
@@ -110,7 +110,7 @@ def prediction(recipe: Recipe, folder: Path, image: Path) -> np.ndarray:
     model = load_model_file(recipe, LAYOUTS[recipe.data.dataset].info.num_classes, folder / "model.safetensors")
     pixels = torch.from_numpy(np.array(Image.open(image).convert("RGB"))).permute(2, 0, 1)[None]  # [1,3,H,W]
     with torch.no_grad():
-        view = normalize(pixels, torch.float32)
+        view = normalize(pixels, torch.float32, IMAGENET)
         return predict(model.eval(), view, recipe.eval, align_corners=model.align_corners).argmax(1)[0].numpy()
 
 

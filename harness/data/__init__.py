@@ -8,7 +8,7 @@
 `SegmentationDataset` turns a row into torch tensors,
 `{"image": uint8 [3,H,W], "label": int64 [H,W], "index": int}`; training items are also
 randomly scaled, padded, cropped and flipped. Images are normalised on the model's device,
-by `normalize`.
+by `normalize`, with the backbone's `image_statistics`; padding takes their mean colour.
 """
 
 from __future__ import annotations
@@ -41,14 +41,23 @@ from harness.data.real import (
     index_files,
     index_images,
 )
-from harness.data.transforms import TrainTransform, normalize, pad_to, to_tensors
+from harness.data.transforms import (
+    IMAGENET,
+    ImageStatistics,
+    TrainTransform,
+    image_statistics,
+    normalize,
+    pad_to,
+    to_tensors,
+)
 from harness.recipe import DataConfig
 
 Row = dict[str, Any]
 
 __all__ = [
-    "ADE20K", "CITYSCAPES", "COCO_STUFF", "DIGIT_SCENES", "DatasetInfo", "SegmentationDataset", "Submission",
-    "auto_num_workers", "build_datasets", "build_unlabeled", "collate", "index_files", "normalize",
+    "ADE20K", "CITYSCAPES", "COCO_STUFF", "DIGIT_SCENES", "IMAGENET", "DatasetInfo", "ImageStatistics",
+    "SegmentationDataset", "Submission", "auto_num_workers", "build_datasets", "build_unlabeled", "collate",
+    "image_statistics", "index_files", "normalize",
 ]
 
 
@@ -93,17 +102,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return {"image": image, "label": label, "index": index}
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Batch items; differently sized ones (ADE20K / COCO val) are padded with the mean colour / IGNORE_INDEX."""
+def collate(items: list[dict[str, Any]], pad_colour: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """Batch items; differently sized ones (ADE20K / COCO val) are padded with `pad_colour` / IGNORE_INDEX."""
     height = max(item["label"].shape[0] for item in items)
     width = max(item["label"].shape[1] for item in items)
-    images, labels = zip(*(pad_to(item["image"], item["label"], height, width) for item in items))
+    images, labels = zip(*(pad_to(item["image"], item["label"], height, width, pad_colour) for item in items))
     indices = torch.tensor([item["index"] for item in items])
     return {"image": torch.stack(images), "label": torch.stack(labels), "index": indices}
 
 
-def build_datasets(cfg: DataConfig, seed: int) -> tuple[SegmentationDataset, SegmentationDataset, DatasetInfo]:
-    """The (train, val, info) of `cfg.dataset`; train items are augmented by `seed`, val items are whole.
+def build_datasets(
+    cfg: DataConfig, seed: int, statistics: ImageStatistics
+) -> tuple[SegmentationDataset, SegmentationDataset, DatasetInfo]:
+    """The (train, val, info) of `cfg.dataset`; train items are augmented by `seed` (padded with the mean
+    colour of `statistics`), val items are whole.
 
     The digit scenes themselves come from their own data.digit_scenes.seed, fixed across a sweep's seeds.
     """
@@ -113,7 +125,8 @@ def build_datasets(cfg: DataConfig, seed: int) -> tuple[SegmentationDataset, Seg
         decode, info = decode_arrays, DIGIT_SCENES
     else:
         tables, decode, info = index_files(cfg.dataset, cfg.root), decode_files, LAYOUTS[cfg.dataset].info
-    augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip, cfg.augment.base_size)
+    augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip, statistics.pad_colour,
+                             cfg.augment.base_size)
     train = SegmentationDataset(tables["train"], decode, augment, seed)
     return train, SegmentationDataset(tables["val"], decode), info
 

@@ -1,9 +1,9 @@
 """Tensor conversion, normalisation and training augmentation: scale, pad, crop, flip, from a given generator.
 
-Images stay uint8 until they reach the model's device, where `normalize` turns them
-into ImageNet-normalised floats: a quarter of the bytes through worker queues, pinning and
-host-to-device copies. The training crop is resampled from the window of the original image
-it covers, never from the whole image scaled first.
+Images stay uint8 until they reach the model's device, where `normalize` turns them into
+floats normalised by the backbone's pretraining statistics (`image_statistics`): a quarter
+of the bytes through worker queues, pinning and host-to-device copies. The training crop is
+resampled from the window of the original image it covers, never from the whole image scaled first.
 """
 
 from __future__ import annotations
@@ -12,15 +12,39 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import timm.models
 import torch
 from PIL import Image
 
 from harness.labels import IGNORE_INDEX
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The uint8 colour closest to the mean: padding with it normalises to (almost exactly) 0.
-MEAN_COLOUR = tuple(round(255 * mean) for mean in IMAGENET_MEAN)
+@dataclass(frozen=True)
+class ImageStatistics:
+    """The per-channel mean and std (fractions of 255) a backbone's pretraining normalised its images with."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def pad_colour(self) -> tuple[int, int, int]:
+        """The uint8 colour closest to the mean: padding with it normalises to (almost exactly) 0, as
+        mmsegmentation's padding of normalised images with 0 does."""
+        red, green, blue = (round(255 * mean) for mean in self.mean)
+        return red, green, blue
+
+
+IMAGENET = ImageStatistics((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def image_statistics(backbone: str) -> ImageStatistics:
+    """The mean and std in timm's pretrained config of `backbone` (of its tag, when the name pins one).
+
+    Random or locally loaded weights keep the architecture's convention; ImageNet's when timm has no config.
+    """
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if cfg is None:
+        return IMAGENET
+    return ImageStatistics(tuple(cfg.mean), tuple(cfg.std))
 
 
 def to_tensors(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,26 +54,28 @@ def to_tensors(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, tor
 
 
 @functools.cache
-def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet mean and std [3,1,1] on `device`, made once: a fresh copy from the host each step would sync."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)  # [3] -> [3,1,1]
-    std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)  # [3] -> [3,1,1]
+def _on_device(statistics: ImageStatistics, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std [3,1,1] on `device`, made once: a fresh copy from the host each step would sync."""
+    mean = torch.tensor(statistics.mean, device=device).view(3, 1, 1)  # [3] -> [3,1,1]
+    std = torch.tensor(statistics.std, device=device).view(3, 1, 1)  # [3] -> [3,1,1]
     return mean, std
 
 
-def normalize(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 images [B,3,H,W] on any device -> ImageNet-normalised `dtype`, computed in float32."""
-    mean, std = _statistics(images.device)
+def normalize(images: torch.Tensor, dtype: torch.dtype, statistics: ImageStatistics) -> torch.Tensor:
+    """uint8 images [B,3,H,W] on any device -> `dtype` normalised by `statistics`, computed in float32."""
+    mean, std = _on_device(statistics, images.device)
     return ((images.float() / 255 - mean) / std).to(dtype)
 
 
-def pad_to(image: torch.Tensor, label: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad bottom/right to at least height x width: image with MEAN_COLOUR, label with IGNORE_INDEX."""
+def pad_to(
+    image: torch.Tensor, label: torch.Tensor, height: int, width: int, colour: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad bottom/right to at least height x width: image with `colour`, label with IGNORE_INDEX."""
     rows, cols = label.shape
     height, width = max(height, rows), max(width, cols)
     if (height, width) == (rows, cols):
         return image, label
-    pixels = torch.tensor(MEAN_COLOUR, dtype=image.dtype).view(3, 1, 1).repeat(1, height, width)  # [3] -> [3,H,W]
+    pixels = torch.tensor(colour, dtype=image.dtype).view(3, 1, 1).repeat(1, height, width)  # [3] -> [3,H,W]
     pixels[:, :rows, :cols] = image
     labels = label.new_full((height, width), IGNORE_INDEX)
     labels[:rows, :cols] = label
@@ -130,6 +156,7 @@ class TrainTransform:
     crop_size: int
     scale: tuple[float, float]
     flip: bool
+    pad_colour: tuple[int, int, int]  # the backbone's mean colour (ImageStatistics.pad_colour)
     base_size: tuple[int, int] | None = None  # (long, short); see base_factor
 
     def __call__(
@@ -138,7 +165,7 @@ class TrainTransform:
         base = base_factor(label.shape, self.base_size)
         window = random_window(label.shape, self.crop_size, self.scale, generator, base)
         pixels, labels = to_tensors(*resize_window(image, label, window))
-        pixels, labels = pad_to(pixels, labels, self.crop_size, self.crop_size)
+        pixels, labels = pad_to(pixels, labels, self.crop_size, self.crop_size, self.pad_colour)
         if self.flip and torch.rand((), generator=generator) < 0.5:
             pixels, labels = pixels.flip(-1), labels.flip(-1)
         return pixels, labels

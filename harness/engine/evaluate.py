@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from harness.contrast import region_entries, truth_sums
-from harness.data import DatasetInfo, build_datasets, build_unlabeled, normalize
+from harness.data import DatasetInfo, ImageStatistics, build_datasets, build_unlabeled, image_statistics, normalize
 from harness.engine.checkpoint import load_model_file
 from harness.engine.setup import make_eval_loader
 from harness.engine.step import input_dtype
@@ -128,9 +128,12 @@ class Evaluation:
 @torch.no_grad()
 def evaluate(
     accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, cfg: EvalConfig,
-    num_classes: int, collect_centers: bool = False,
+    num_classes: int, statistics: ImageStatistics, collect_centers: bool = False,
 ) -> Evaluation:
-    """mIoU over the whole val set: per-image confusion matrices, gathered without padding duplicates."""
+    """mIoU over the whole val set: per-image confusion matrices, gathered without padding duplicates.
+
+    Images are normalised by `statistics`, the backbone's.
+    """
     align_corners = accelerator.unwrap_model(model).align_corners
     model.eval()
     total = torch.zeros(num_classes, num_classes, dtype=torch.long, device=accelerator.device)
@@ -138,7 +141,7 @@ def evaluate(
     for batch_index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_main_process)):
         if cfg.max_images is not None and batch_index * loader.total_batch_size >= cfg.max_images:
             break
-        images, labels = normalize(batch["image"], input_dtype(accelerator)), batch["label"]
+        images, labels = normalize(batch["image"], input_dtype(accelerator), statistics), batch["label"]
         tap = CenterTap(labels, num_classes) if collect_centers else None
         preds = predict(model, images, cfg, tap, align_corners=align_corners).argmax(1)
         per_image = torch.stack([confusion_matrix(p, t, num_classes) for p, t in zip(preds, labels)])  # [B,N,N]
@@ -170,10 +173,11 @@ def prepare_saved_model(accelerator: Accelerator, recipe: Recipe, num_classes: i
 def evaluate_saved(accelerator: Accelerator, recipe: Recipe, path: Path) -> tuple[Evaluation, DatasetInfo]:
     """The val mIoU of a run's saved model under recipe.eval, computed exactly as the run computed its own."""
     with accelerator.main_process_first():  # the main process builds the dataset caches; the others read them
-        _, val_set, info = build_datasets(recipe.data, recipe.run.seed)
+        statistics = image_statistics(recipe.model.backbone)
+        _, val_set, info = build_datasets(recipe.data, recipe.run.seed, statistics)
     model = prepare_saved_model(accelerator, recipe, info.num_classes, path)
-    loader = accelerator.prepare(make_eval_loader(val_set, recipe.data))
-    return evaluate(accelerator, model, loader, recipe.eval, info.num_classes), info
+    loader = accelerator.prepare(make_eval_loader(val_set, recipe))
+    return evaluate(accelerator, model, loader, recipe.eval, info.num_classes, statistics), info
 
 
 @torch.no_grad()
@@ -189,9 +193,10 @@ def export_saved(accelerator: Accelerator, recipe: Recipe, path: Path, split: st
     model.eval()
     align_corners = accelerator.unwrap_model(model).align_corners
     images = dataset.table["image"]
-    for batch in tqdm(accelerator.prepare(make_eval_loader(dataset, recipe.data)), desc="export",
+    statistics = image_statistics(recipe.model.backbone)
+    for batch in tqdm(accelerator.prepare(make_eval_loader(dataset, recipe)), desc="export",
                       disable=not accelerator.is_main_process):
-        inputs = normalize(batch["image"], input_dtype(accelerator))
+        inputs = normalize(batch["image"], input_dtype(accelerator), statistics)
         preds = predict(model, inputs, recipe.eval, align_corners=align_corners).argmax(1)
         for index, pred in zip(batch["index"].tolist(), preds.cpu().numpy().astype(np.uint8)):
             write_png(out_dir / submission.file_name(Path(images[index])), submission.table[pred])
@@ -202,6 +207,7 @@ def export_saved(accelerator: Accelerator, recipe: Recipe, path: Path, split: st
 @torch.no_grad()
 def qualitative_samples(
     accelerator: Accelerator, model: torch.nn.Module, dataset: Dataset, cfg: EvalConfig, info: DatasetInfo,
+    statistics: ImageStatistics,
 ) -> dict[str, np.ndarray]:
     """Image, ground truth and prediction for the first val images (the paper's Fig. 4).
 
@@ -211,7 +217,7 @@ def qualitative_samples(
     model.eval()
     items = [dataset[index] for index in range(min(QUALITATIVE_IMAGES, len(dataset)))]
     dtype = input_dtype(accelerator)
-    images = [normalize(item["image"][None].to(accelerator.device), dtype) for item in items]
+    images = [normalize(item["image"][None].to(accelerator.device), dtype, statistics) for item in items]
     preds = [predict(model, image, cfg, align_corners=align_corners).argmax(1)[0] for image in images]
     model.train()
     return {

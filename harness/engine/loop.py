@@ -103,9 +103,11 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
     steady = SteadyState(setup.trainer, warmup=min(5, (recipe.optim.iterations - start) // 2))
     with measure.PeakMemory(accelerator.device) as memory:
         train(setup, variant, out_dir, start, log, steady, memory)
-        final = evaluate(accelerator, setup.trainer.model, setup.val_loader, recipe.eval, setup.info.num_classes,
-                         collect_centers=True)
-        samples = qualitative_samples(accelerator, setup.trainer.model, setup.val_set, recipe.eval, setup.info)
+        trainer = setup.trainer
+        final = evaluate(accelerator, trainer.model, setup.val_loader, recipe.eval, setup.info.num_classes,
+                         trainer.statistics, collect_centers=True)
+        samples = qualitative_samples(accelerator, trainer.model, setup.val_set, recipe.eval, setup.info,
+                                      trainer.statistics)
         memory.mark("eval")
     record(accelerator, log, {"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
     summary = summarize(setup, variant, final, steady, memory)
@@ -156,7 +158,7 @@ def train(
         if _due(done, recipe.eval.interval):
             memory.mark("train")
             interim = evaluate(accelerator, trainer.model, setup.val_loader, interim_protocol(recipe.eval),
-                               setup.info.num_classes)
+                               setup.info.num_classes, trainer.statistics)
             memory.mark("eval")
             record(accelerator, log, {"kind": "eval", "iter": done, "val_miou": interim.miou})
         if _due(done, recipe.run.checkpoint_interval):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,12 +13,12 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 
 from harness import measure
-from harness.data import DatasetInfo, auto_num_workers, build_datasets, collate
+from harness.data import DatasetInfo, auto_num_workers, build_datasets, collate, image_statistics
 from harness.engine.step import Trainer, input_dtype
 from harness.engine.terms import build_term
 from harness.models import batchnorm_in_float32, build_model, synchronised_batch_norms, weights_origin
 from harness.pretrain import digit_backbone_file
-from harness.recipe import DataConfig, ModelConfig, OptimConfig, Recipe
+from harness.recipe import ModelConfig, OptimConfig, Recipe
 from harness.results import TRACKERS_DIR
 
 
@@ -51,16 +52,17 @@ def resolve_weights(recipe: Recipe) -> ModelConfig:
     return cfg.model_copy(update={"weights": digit_backbone_file(cfg.backbone, recipe.data.digit_scenes.seed)})
 
 
-def loading_options(data: DataConfig) -> dict[str, Any]:
+def loading_options(recipe: Recipe) -> dict[str, Any]:
     """DataLoader options of every split: decoding worker processes, pinned batches where CUDA is, collate.
 
     Workers persist across epochs (no restart per epoch); SegmentationDataset.set_epoch reaches
-    them through shared memory. Pinned batches copy to the GPU faster.
+    them through shared memory. Pinned batches copy to the GPU faster. Batches of differently
+    sized images are padded with the backbone's mean colour.
     """
-    workers = auto_num_workers() if data.num_workers is None else data.num_workers
-    return dict(
-        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), collate_fn=collate
-    )
+    workers = auto_num_workers() if recipe.data.num_workers is None else recipe.data.num_workers
+    pad_colour = image_statistics(recipe.model.backbone).pad_colour
+    return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                collate_fn=functools.partial(collate, pad_colour=pad_colour))
 
 
 def make_loaders(train: Dataset, val: Dataset, recipe: Recipe) -> tuple[DataLoader, DataLoader]:
@@ -68,16 +70,16 @@ def make_loaders(train: Dataset, val: Dataset, recipe: Recipe) -> tuple[DataLoad
     generator = torch.Generator().manual_seed(recipe.run.seed)
     train_loader = DataLoader(
         train, batch_size=recipe.data.batch_size, shuffle=True, drop_last=True, generator=generator,
-        **loading_options(recipe.data),
+        **loading_options(recipe),
     )
-    return train_loader, make_eval_loader(val, recipe.data)
+    return train_loader, make_eval_loader(val, recipe)
 
 
-def make_eval_loader(dataset: Dataset, data: DataConfig) -> DataLoader:
+def make_eval_loader(dataset: Dataset, recipe: Recipe) -> DataLoader:
     """In-order batches of a split to evaluate or predict on."""
     # Real datasets have images of different sizes: evaluate them one at a time.
-    batch_size = data.batch_size if data.dataset == "digit_scenes" else 1
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **loading_options(data))
+    batch_size = recipe.data.batch_size if recipe.data.dataset == "digit_scenes" else 1
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **loading_options(recipe))
 
 
 def endless(loader: DataLoader, dataset: Dataset, first_batch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -129,7 +131,8 @@ def set_up(accelerator: Accelerator, recipe: Recipe) -> Setup:
     """Data, model, contrast term and optimizer, prepared; a bank is registered but never prepared."""
     set_seed(recipe.run.seed, deterministic=recipe.run.deterministic)
     with accelerator.main_process_first():  # the main process builds the caches; the others read them
-        train_set, val_set, info = build_datasets(recipe.data, recipe.run.seed)
+        statistics = image_statistics(recipe.model.backbone)
+        train_set, val_set, info = build_datasets(recipe.data, recipe.run.seed, statistics)
         model_cfg = resolve_weights(recipe)
     model = build_model(model_cfg, info.num_classes)
     if recipe.model.sync_bn and accelerator.num_processes > 1:

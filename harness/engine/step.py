@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from harness.contrast import Bank
-from harness.data import normalize
+from harness.data import ImageStatistics, image_statistics, normalize
 from harness.engine.terms import Batch, ContrastTerm
 from harness.losses import segmentation_losses, total_loss
 from harness.measure import SpanTimer
@@ -64,10 +64,12 @@ class Trainer:
     # The contrast term plus its bank push, per step (events on a GPU, read at log intervals).
     contrast_timer: SpanTimer = field(init=False)
     align_corners: bool = field(init=False)  # how the model's logits upsample onto the labels
+    statistics: ImageStatistics = field(init=False)  # what the backbone's pretraining normalised images by
 
     def __post_init__(self) -> None:
         self.contrast_timer = SpanTimer(self.accelerator.device)
         self.align_corners = self.accelerator.unwrap_model(self.model).align_corners
+        self.statistics = image_statistics(self.recipe.model.backbone)
 
     @property
     def bank(self) -> Bank | None:
@@ -80,7 +82,7 @@ class Trainer:
         Returns the total and each part, detached, still on the device (reading them is a host sync).
         """
         with self.accelerator.accumulate(self.model):
-            output = self.model(normalize(batch["image"], input_dtype(self.accelerator)))
+            output = self.model(normalize(batch["image"], input_dtype(self.accelerator), self.statistics))
             parts = self.loss_parts(output, batch, iteration)
             loss = total_loss(self.recipe.loss, parts)
             self.accelerator.backward(loss)
