@@ -63,6 +63,13 @@ class RunConfig(Strict):
     compile: bool = False
 
 
+def _check_base_size(value: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A base scale is (long, short) sides, both positive."""
+    if value is not None and not 0 < value[1] <= value[0]:
+        raise ValueError("base_size must be (long, short) with 0 < short <= long")
+    return value
+
+
 class AugmentConfig(Strict):
     scale: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
@@ -70,12 +77,12 @@ class AugmentConfig(Strict):
     # image is first fitted into it, aspect kept, and `scale` jitters that size. None: jitter the native size.
     base_size: tuple[int, int] | None = None
 
+    _base_size = field_validator("base_size")(_check_base_size)
+
     @model_validator(mode="after")
     def _ordered(self) -> "AugmentConfig":
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError("scale must be (low, high) with 0 < low <= high")
-        if self.base_size is not None and not 0 < self.base_size[1] <= self.base_size[0]:
-            raise ValueError("base_size must be (long, short) with 0 < short <= long")
         return self
 
 
@@ -216,7 +223,12 @@ class EvalConfig(Strict):
     slide_stride: int | None = Field(None, ge=1)
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+    # (long, short): mmsegmentation's test pipeline fits each image into this base scale (aspect kept)
+    # before the `scales`, and scores the prediction at the native size. None: scale the native size.
+    base_size: tuple[int, int] | None = None
     max_images: int | None = Field(None, ge=1)
+
+    _base_size = field_validator("base_size")(_check_base_size)
 
     @model_validator(mode="after")
     def _slide_needs_geometry(self) -> "EvalConfig":

@@ -20,7 +20,7 @@ from harness.engine import summary
 from harness.engine.evaluate import CenterTap, evaluate, forward_slide, forward_whole, predict
 from harness.engine.loop import poly_lr
 from harness.engine.summary import state_digest
-from harness.engine.terms import build_term
+from harness.engine.terms import build_term, resize_labels
 from harness.labels import IGNORE_INDEX
 from harness.models import build_model
 from harness.recipe import EvalConfig, OptimConfig, Recipe
@@ -327,6 +327,43 @@ def test_validation_centers_come_from_the_evaluations_own_forwards(mode: str, cr
             pixels = images[image].permute(1, 2, 0)[labels[image] == label]  # [H,W,C] -> [P,C]
             assert bool(valid[image, label]) == (len(pixels) > 0)
             torch.testing.assert_close(centers[image, label], pixels.mean(0))
+
+
+class SizeRecordingModel(FeatureModel):
+    """FeatureModel recording the size of every image batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, images: torch.Tensor) -> SimpleNamespace:
+        self.sizes.append(tuple(images.shape[-2:]))
+        return super().forward(images)
+
+
+def test_evaluation_fits_images_into_the_base_scale_before_its_ratios():
+    """mmsegmentation's test pipeline: resize to the base scale (aspect kept), then the ratios; score natively."""
+    images = torch.randn(1, 3, 10, 20, generator=seeded(4))  # long side 20, short 10
+    labels = torch.randint(0, NUM_CLASSES, (1, 10, 20), generator=seeded(5))
+    model = SizeRecordingModel()
+    cfg = EvalConfig(scales=(0.5, 1.0), base_size=(60, 15))  # min(60 / 20, 15 / 10) = 1.5
+    tap = CenterTap(labels, NUM_CLASSES)
+    probs = predict(model, images, cfg, tap, align_corners=False)
+    assert model.sizes == [(8, 15), (15, 30)]  # 1.5 x 0.5 and 1.5 x 1.0 of (10, 20), rounded
+    views = [F.interpolate(images, size=size, mode="bilinear", align_corners=False) for size in model.sizes]
+    expected = torch.stack([F.interpolate(model(view).logits.softmax(1), size=(10, 20), mode="bilinear",
+                                          align_corners=False) for view in views]).mean(0)  # [2,B,N,H,W] -> [B,N,H,W]
+    assert probs.shape == (1, NUM_CLASSES, 10, 20)
+    torch.testing.assert_close(probs, expected)
+    # The tap reads the base view's features against the labels resized to that view.
+    hand = CenterTap(resize_labels(labels, (15, 30)), NUM_CLASSES)
+    hand(SimpleNamespace(features=views[1]), 0, 0, (15, 30))
+    for actual, wanted in zip(tap.centers(), hand.centers()):
+        torch.testing.assert_close(actual, wanted)
+    # Without a base scale the native size is what gets scaled.
+    model.sizes.clear()
+    predict(model, images, EvalConfig(scales=(0.5, 1.0)), align_corners=False)
+    assert model.sizes == [(5, 10), (10, 20)]
 
 
 # ---------------------------------------------------------------- align_corners

@@ -81,6 +81,8 @@ def test_override_applies_to_every_variant(tmp_path: Path) -> None:
         ({"sweep": {"grid": {"loss.contrast.kind": []}}}, [], "sweep.grid.loss.contrast.kind"),
         ({"sweep": {"variants": {"x": {}}, "paper": {"y": {"table": "T", "row": "r", "miou": 1}}}}, [], "sweep.paper.y"),
         ({"eval": {"mode": "slide"}}, [], "eval"),
+        ({"eval": {"base_size": [512, 2048]}}, [], "eval.base_size"),
+        ({"data": {"augment": {"base_size": [512, 2048]}}}, [], "data.augment.base_size"),
         ({"data": {"digit_scenes": {"digits_per_image": [3, 2]}}}, [], "data.digit_scenes.digits_per_image"),
         ({"data": {"digit_scenes": {"digit_scale": [0.5, 1.5]}}}, [], "data.digit_scenes.digit_scale"),
         ({}, ["optim.name=adam"], "optim.name"),
@@ -112,6 +114,8 @@ def test_recipes_are_shipped() -> None:
 def test_every_shipped_recipe_loads(path: Path) -> None:
     variants = load(path)
     assert variants and len({(variant.name, variant.seed) for variant in variants}) == len(variants)
+    for variant in variants:  # a model trained at a base scale is tested at it
+        assert variant.recipe.eval.base_size == variant.recipe.data.augment.base_size, variant.name
 
 
 def test_seeds_repeat_every_variant_with_its_run_seed(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ from harness.data.transforms import (
     IMAGENET,
     ImageStatistics,
     TrainTransform,
+    base_factor,
     image_statistics,
     normalize,
     pad_to,
@@ -56,7 +57,7 @@ Row = dict[str, Any]
 
 __all__ = [
     "ADE20K", "CITYSCAPES", "COCO_STUFF", "DIGIT_SCENES", "IMAGENET", "DatasetInfo", "ImageStatistics",
-    "SegmentationDataset", "Submission", "auto_num_workers", "build_datasets", "build_unlabeled", "collate",
+    "SegmentationDataset", "Submission", "auto_num_workers", "base_factor", "build_datasets", "build_unlabeled", "collate",
     "image_statistics", "index_files", "normalize",
 ]
 

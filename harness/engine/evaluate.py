@@ -13,7 +13,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from harness.contrast import region_entries, truth_sums
-from harness.data import DatasetInfo, ImageStatistics, build_datasets, build_unlabeled, image_statistics, normalize
+from harness.data import (
+    DatasetInfo,
+    ImageStatistics,
+    base_factor,
+    build_datasets,
+    build_unlabeled,
+    image_statistics,
+    normalize,
+)
 from harness.engine.checkpoint import load_model_file
 from harness.engine.setup import make_eval_loader
 from harness.engine.step import input_dtype
@@ -47,6 +55,10 @@ class CenterTap:
                                   self.num_classes)
         self.sums = sums if self.sums is None else self.sums + sums
         self.counts = counts if self.counts is None else self.counts + counts
+
+    def view_at(self, size: tuple[int, int]) -> None:
+        """Read the labels at `size`, the size of the rescaled view the forwards will see (nearest)."""
+        self.labels = resize_labels(self.labels, size)
 
     def centers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Centers [B,N,C] and valid [B,N]."""
@@ -96,18 +108,25 @@ def predict(
     model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig, tap: CenterTap | None = None, *,
     align_corners: bool,
 ) -> torch.Tensor:
-    """Probabilities [B,N,H,W] averaged over the recipe's scales and flips; `tap` sees the unscaled, unflipped view.
+    """Probabilities [B,N,H,W] averaged over the recipe's scales and flips; `tap` sees the scale-1, unflipped view.
 
-    `align_corners` (the model's) places the logits on the pixels; images are rescaled by half-pixel
-    centres, as mmsegmentation's test pipeline resizes them.
+    Each scale multiplies the base factor fitting the images into cfg.base_size (1 without one),
+    as mmsegmentation's test pipeline resizes to its base scale before its ratios; predictions
+    are scored at the native size. `align_corners` (the model's) places the logits on the pixels;
+    images are rescaled by half-pixel centres, as mmsegmentation's test pipeline resizes them.
     """
     size = tuple(images.shape[-2:])
+    base = base_factor(size, cfg.base_size)
     total = None
     for scale in cfg.scales:
-        scaled = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        scaled_size = tuple(max(1, round(side * base * scale)) for side in size)
+        scaled = images if scaled_size == size else F.interpolate(images, size=scaled_size, mode="bilinear",
+                                                                   align_corners=False)
         views = [scaled, scaled.flip(-1)] if cfg.flip else [scaled]
         for index, view in enumerate(views):
             view_tap = tap if scale == 1.0 and index == 0 else None
+            if view_tap is not None and scaled_size != size:
+                view_tap.view_at(scaled_size)
             if cfg.mode == "slide":
                 probs = forward_slide(model, view, cfg.slide_crop, cfg.slide_stride, view_tap, align_corners)
             else:
