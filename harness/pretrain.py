@@ -28,7 +28,7 @@ from harness.results import publish
 PRETRAIN_VERSION = 1
 DEFAULT_PRETRAIN_ROOT = Path(".cache/digit_backbones")
 PATCHES = DigitScenesConfig(
-    train_images=12000, val_images=1, image_size=32, digits_per_image=(1, 1), digit_scale=(0.5, 0.875)
+    train_images=12000, val_images=1, test_images=1, image_size=32, digits_per_image=(1, 1), digit_scale=(0.5, 0.875)
 )
 EPOCHS, BATCH, LR, WEIGHT_DECAY = 3, 128, 2e-3, 1e-4
 
@@ -52,8 +52,18 @@ def digit_patches(data_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pretrain_on_digits(backbone: str, data_seed: int) -> dict[str, torch.Tensor]:
-    """A timm `backbone` classifier trained on digit_patches (AdamW, cosine schedule); its state dict."""
-    torch.manual_seed(data_seed)
+    """A timm `backbone` classifier trained on digit_patches (AdamW, cosine schedule); its state dict.
+
+    Runs on a fork of the global RNG, seeded by `data_seed` and restored afterwards: the run that
+    pretrains (a cold cache) then draws its own initialisation exactly as a run with a warm cache does.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(data_seed)
+        return _train_classifier(backbone, data_seed)
+
+
+def _train_classifier(backbone: str, data_seed: int) -> dict[str, torch.Tensor]:
+    """The body of pretrain_on_digits, drawing from the (forked) global RNG."""
     images, digits = digit_patches(data_seed)
     model = timm.create_model(backbone, num_classes=10)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
