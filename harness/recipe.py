@@ -91,6 +91,7 @@ class DigitScenesConfig(Strict):
 
     train_images: int = Field(1000, ge=1)
     val_images: int = Field(200, ge=1)
+    test_images: int = Field(200, ge=1)  # held out: scored only by a recipe with eval.split: test
     image_size: int = Field(64, ge=16)
     digits_per_image: tuple[int, int] = (2, 4)
     digit_scale: tuple[float, float] = (0.25, 0.4375)  # digit side as a fraction of the image side
@@ -217,6 +218,9 @@ class OptimConfig(Strict):
 
 
 class EvalConfig(Strict):
+    # The labelled split scored: val while developing; test (the digit scenes' held-out digits) once,
+    # for a study whose design is fixed. val_miou in the summary is this split's mIoU.
+    split: Literal["val", "test"] = "val"
     interval: int = Field(0, ge=0)  # 0: evaluate once, at the end
     mode: Literal["whole", "slide"] = "whole"
     slide_crop: int | None = Field(None, ge=8)
@@ -262,6 +266,11 @@ def _check_across_sections(recipe: Recipe) -> None:
     model = recipe.model
     if model.pretrained and model.pretrained_source == "digits" and recipe.data.dataset != "digit_scenes":
         raise RecipeError("model.pretrained_source", "the digits stand-in only fits data.dataset: digit_scenes")
+    if recipe.eval.split == "test" and recipe.data.dataset != "digit_scenes":
+        raise RecipeError("eval.split", f"{recipe.data.dataset} publishes no test labels: score its test split "
+                          "on the benchmark's server (python -m harness.evaluate RUN --export DIR --split test)")
+    if recipe.eval.split == "test" and recipe.eval.interval:
+        raise RecipeError("eval.interval", "a test split is scored once, at the end: set eval.interval: 0")
 
 
 class SweepSpec(Strict):
@@ -274,6 +283,10 @@ class SweepSpec(Strict):
     seeds: list[int] = []
     # The CE variant deltas are paired against; unset: the only variant without a contrastive loss.
     baseline: str | None = None
+    # The smallest Δ mIoU (a fraction: 0.005 = 0.5 pp) the study means to detect, for its power and planning;
+    # and the margin inside which a variant counts as equivalent to the baseline (TOST on the 90 % CI).
+    target_delta: float = Field(0.005, gt=0)
+    equivalence_margin: float = Field(0.005, gt=0)
 
     @field_validator("seeds")
     @classmethod

@@ -1,6 +1,7 @@
 """The results-folder contract: what a run writes, under which names, and how it is read back.
 
-    results/<recipe>/sweep.json           {"baseline": the CE variant named by sweep.baseline or null, "seeds": [...]}
+    results/<recipe>/sweep.json           {"baseline": the CE variant named by sweep.baseline or null, "seeds": [...],
+                                          "target_delta", "equivalence_margin": the study's planned Δ and margin}
     results/<recipe>/<variant>/           one run, or, in a sweep with `seeds`, one seed-<k>/ folder per seed,
                                           each laid out like this:
         recipe.yaml       the resolved recipe the variant ran with (written before training)
@@ -39,7 +40,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from harness.recipe import Recipe, RecipeError, validate
+from harness.recipe import Recipe, RecipeError, SweepSpec, validate
 
 SWEEP_FILE = "sweep.json"
 SEED_PREFIX = "seed-"
@@ -148,15 +149,18 @@ class MetricsLog:
                 handle.write(json.dumps(without_nan(record)) + "\n")
 
 
-def write_sweep(recipe_dir: Path, baseline: str | None, seeds: list[int]) -> None:
-    """What the report must know of the sweep beyond its runs: the named baseline and the seeds."""
-    write_json(Path(recipe_dir) / SWEEP_FILE, {"baseline": baseline, "seeds": seeds})
+SWEEP_DEFAULTS = {"baseline": None, "seeds": [], "target_delta": 0.005, "equivalence_margin": 0.005}
+
+
+def write_sweep(recipe_dir: Path, sweep: SweepSpec) -> None:
+    """What the report must know of the sweep beyond its runs: the baseline, the seeds, the target Δ and margin."""
+    write_json(Path(recipe_dir) / SWEEP_FILE, {key: getattr(sweep, key) for key in SWEEP_DEFAULTS})
 
 
 def read_sweep(results_dir: Path) -> dict[str, Any]:
-    """sweep.json, or its defaults where a run predates it."""
+    """sweep.json, with defaults for what a study written before a field existed lacks."""
     path = Path(results_dir) / SWEEP_FILE
-    return json.loads(path.read_text()) if path.exists() else {"baseline": None, "seeds": []}
+    return {**SWEEP_DEFAULTS, **(json.loads(path.read_text()) if path.exists() else {})}
 
 
 # ---------------------------------------------------------------- what a variant is
@@ -174,6 +178,7 @@ def variant_fields(name: str, recipe: Recipe) -> dict[str, Any]:
         "bank_size": contrast.bank_size if contrast.kind != "none" else None,
         "paper": recipe.paper.model_dump() if recipe.paper else None,
         "iterations": recipe.optim.iterations,
+        "eval_split": recipe.eval.split,  # the split val_miou was scored on
     }
 
 

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cfg = variants[0].recipe.run
     recipe_dir = run_cfg.output_dir / run_cfg.name
     if state.is_main_process:
-        write_sweep(recipe_dir, sweep.baseline, sweep.seeds)
+        write_sweep(recipe_dir, sweep)
     failed = []
     for variant in variants:
         out_dir = run_dir(recipe_dir, variant.name, variant.seed)

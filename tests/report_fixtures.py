@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from harness.recipe import Recipe
+from harness.recipe import Recipe, SweepSpec
 from harness.results import run_dir, write_sweep
 
 RECIPE = "quick"
@@ -169,5 +169,5 @@ def build_seeded_results(
             content = seeded_summary(variant, kind, seed, miou)
             write_variant(results_dir, variant, kind, content["bank_size"], content,
                           arrays=variant in arrays and miou is not None, seed=seed)
-    write_sweep(results_dir, baseline, list(seeds))
+    write_sweep(results_dir, SweepSpec(baseline=baseline, seeds=list(seeds)))
     return results_dir

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from harness import data
+from harness import data, pretrain
 from harness.data import IMAGENET, digit_scenes, transforms
 from harness.data.real import read_label
 from harness.engine.setup import make_eval_loader, make_loaders
 from harness.labels import IGNORE_INDEX
-from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, ModelConfig, Recipe, RecipeError
+from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, ModelConfig, Recipe, RecipeError, validate
 from tests.data_fixtures import (
     HEIGHT,
     WIDTH,
@@ -30,7 +30,7 @@ from tests.data_fixtures import (
 )
 
 Scenes = tuple[data.SegmentationDataset, data.SegmentationDataset]
-SMALL = DigitScenesConfig(train_images=60, val_images=30, image_size=64, digits_per_image=(2, 4))
+SMALL = DigitScenesConfig(train_images=60, val_images=30, test_images=20, image_size=64, digits_per_image=(2, 4))
 
 # The official Cityscapes labelId -> trainId table (cityscapesscripts' labels.py).
 CITYSCAPES_TRAIN_IDS = {
@@ -62,13 +62,42 @@ def test_digit_scenes_are_deterministic_per_seed() -> None:
         assert not np.array_equal(first[split]["image"], other[split]["image"])
 
 
-def test_train_and_val_use_disjoint_sklearn_samples(scenes: Scenes) -> None:
-    train, val = scenes
-    train_samples = {s for row in train.table["digit_samples"] for s in row.tolist()}
-    val_samples = {s for row in val.table["digit_samples"] for s in row.tolist()}
-    assert train_samples and val_samples and not train_samples & val_samples
+def used_samples(split: data.SegmentationDataset) -> set[int]:
+    """The sklearn digit samples a digit-scenes split draws."""
+    return {sample for row in split.table["digit_samples"] for sample in row.tolist()}
+
+
+def test_train_val_and_test_use_disjoint_sklearn_samples(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path)
+    train, val, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
+    _, test, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET, eval_split="test")
+    splits = [used_samples(split) for split in (train, val, test)]
+    assert all(splits) and len(test) == SMALL.test_images
+    assert not splits[0] & splits[1] and not splits[0] & splits[2] and not splits[1] & splits[2]
     pools = digit_scenes.digit_pools(seed=0, num_samples=1797)
-    assert train_samples <= set(pools[0].tolist()) and val_samples <= set(pools[1].tolist())
+    assert all(used <= set(pool.tolist()) for used, pool in zip(splits, pools))
+    # Pretraining draws its patches from the train pool only, so the stand-in never saw a val or test digit.
+    patches = digit_scenes.build_digit_scenes(pretrain.PATCHES.model_copy(update={"train_images": 200}), 0)
+    assert {s for row in patches["train"]["digit_samples"] for s in row} <= set(pools[0].tolist())
+
+
+def test_the_train_pool_is_the_one_before_the_test_split() -> None:
+    """The test split comes out of the old val pool: training scenes and the stand-in stay as they were."""
+    order = np.random.default_rng([0, 0]).permutation(1797)
+    train, val, test = digit_scenes.digit_pools(seed=0, num_samples=1797)
+    assert np.array_equal(train, np.sort(order[:1797 - int(0.2 * 1797)]))
+    assert np.array_equal(np.sort(np.concatenate([val, test])), np.sort(order[1797 - int(0.2 * 1797):]))
+    assert abs(len(val) - len(test)) <= 1
+
+
+def test_a_test_split_is_digit_scenes_only_and_scored_once() -> None:
+    with pytest.raises(RecipeError) as error:
+        validate({"eval": {"split": "test"}, "data": {"dataset": "cityscapes", "root": "x"}})
+    assert error.value.key == "eval.split" and "--export" in error.value.message
+    with pytest.raises(RecipeError) as error:
+        validate({"eval": {"split": "test", "interval": 100}})
+    assert error.value.key == "eval.interval"
+    assert validate({"eval": {"split": "test"}}).eval.split == "test"
 
 
 def test_digit_items_have_documented_types_and_cover_every_class(scenes: Scenes) -> None:

@@ -113,10 +113,10 @@ def collate(items: list[dict[str, Any]], pad_colour: tuple[int, int, int]) -> di
 
 
 def build_datasets(
-    cfg: DataConfig, seed: int, statistics: ImageStatistics
+    cfg: DataConfig, seed: int, statistics: ImageStatistics, eval_split: str = "val"
 ) -> tuple[SegmentationDataset, SegmentationDataset, DatasetInfo]:
-    """The (train, val, info) of `cfg.dataset`; train items are augmented by `seed` (padded with the mean
-    colour of `statistics`), val items are whole.
+    """The (train, evaluated split, info) of `cfg.dataset`; train items are augmented by `seed` (padded with
+    the mean colour of `statistics`), the evaluated split's (eval.split: val, or the digit scenes' test) are whole.
 
     The digit scenes themselves come from their own data.digit_scenes.seed, fixed across a sweep's seeds.
     """
@@ -129,7 +129,7 @@ def build_datasets(
     augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip, statistics.pad_colour,
                              cfg.augment.base_size)
     train = SegmentationDataset(tables["train"], decode, augment, seed)
-    return train, SegmentationDataset(tables["val"], decode), info
+    return train, SegmentationDataset(tables[eval_split], decode), info
 
 
 def build_unlabeled(cfg: DataConfig, split: str | None) -> tuple[SegmentationDataset, DatasetInfo, Submission]:

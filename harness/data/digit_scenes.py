@@ -1,7 +1,8 @@
 """Digit scenes: the embedded dataset, real handwritten digits (scikit-learn's) pasted on textures.
 
 Built once per (geometry, seed), stored as a Hugging Face `datasets` table and cached
-on disk; train and val scenes use disjoint digit samples.
+on disk; train, val and test scenes use disjoint digit samples. Development evaluates on
+val; the test split is held out for a study scored once (eval.split: test).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ DIGIT_SCENES = DatasetInfo(
 )
 
 # Bump whenever the generator's output changes, so stale caches are never reused.
-_DIGIT_SCENES_VERSION = 3
-_VAL_FRACTION = 0.2
+_DIGIT_SCENES_VERSION = 4  # 4: the held-out 20 % split in half, val and test
+_HELD_OUT_FRACTION = 0.2  # of sklearn's digits, for val and test; the rest (and only it) trains and pretrains
 _LABEL_THRESHOLD = 0.25  # upscaled ink intensity above which a pixel is the digit's ink
 _HALO = 3  # the label is the ink dilated by a 3x3 window: a region, not a 1-px stroke
 _PLACEMENT_TRIES = 8
+SPLITS = ("train", "val", "test")
 
 
 def digit_scenes_key(cfg: DigitScenesConfig, seed: int) -> str:
@@ -38,15 +40,20 @@ def digit_scenes_key(cfg: DigitScenesConfig, seed: int) -> str:
     small, large = cfg.digit_scale
     return (
         f"v{_DIGIT_SCENES_VERSION}-seed{seed}-size{cfg.image_size}"
-        f"-train{cfg.train_images}-val{cfg.val_images}-digits{low}to{high}-scale{small:g}to{large:g}"
+        f"-train{cfg.train_images}-val{cfg.val_images}-test{cfg.test_images}-digits{low}to{high}-scale{small:g}to{large:g}"
     )
 
 
-def digit_pools(seed: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint sorted sklearn sample indices for the train (80 %) and val (20 %) scenes."""
+def digit_pools(seed: int, num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint sorted sklearn sample indices for the train (80 %), val (10 %) and test (10 %) scenes.
+
+    The train pool is the one versions before the test split had, so training scenes and the
+    pretrained stand-in are unchanged; the old val pool is split in two.
+    """
     order = np.random.default_rng([seed, 0]).permutation(num_samples)
-    cut = num_samples - int(_VAL_FRACTION * num_samples)
-    return np.sort(order[:cut]), np.sort(order[cut:])
+    cut = num_samples - int(_HELD_OUT_FRACTION * num_samples)
+    middle = cut + (num_samples - cut) // 2
+    return np.sort(order[:cut]), np.sort(order[cut:middle]), np.sort(order[middle:])
 
 
 def _texture(rng: np.random.Generator, base: np.ndarray, size: int) -> np.ndarray:
@@ -138,15 +145,17 @@ def _build_split(
 
 
 def build_digit_scenes(cfg: DigitScenesConfig, seed: int) -> datasets.DatasetDict:
-    """Generate the train and val digit scenes from disjoint 80/20 parts of sklearn's digits."""
+    """Generate the train, val and test digit scenes from disjoint 80/10/10 parts of sklearn's digits."""
     sklearn_digits = load_digits()
     digits = ((sklearn_digits.images / 16).astype(np.float32), sklearn_digits.target)  # ink 0..16 -> 0..1
-    train_pool, val_pool = digit_pools(seed, len(sklearn_digits.target))
+    pools = digit_pools(seed, len(sklearn_digits.target))
+    counts = (cfg.train_images, cfg.val_images, cfg.test_images)
     key = digit_scenes_key(cfg, seed)
-    return datasets.DatasetDict(
-        train=_build_split(np.random.default_rng([seed, 1]), digits, train_pool, cfg.train_images, cfg, f"{key}-train"),
-        val=_build_split(np.random.default_rng([seed, 2]), digits, val_pool, cfg.val_images, cfg, f"{key}-val"),
-    )
+    # Each split draws from its own stream: [seed, 1] and [seed, 2] as before the test split existed.
+    return datasets.DatasetDict({
+        split: _build_split(np.random.default_rng([seed, stream]), digits, pool, count, cfg, f"{key}-{split}")
+        for stream, (split, pool, count) in enumerate(zip(SPLITS, pools, counts), start=1)
+    })
 
 
 def load_digit_scenes(cfg: DigitScenesConfig, seed: int, root: Path) -> datasets.DatasetDict:

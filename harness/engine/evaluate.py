@@ -193,7 +193,7 @@ def evaluate_saved(accelerator: Accelerator, recipe: Recipe, path: Path) -> tupl
     """The val mIoU of a run's saved model under recipe.eval, computed exactly as the run computed its own."""
     with accelerator.main_process_first():  # the main process builds the dataset caches; the others read them
         statistics = image_statistics(recipe.model.backbone)
-        _, val_set, info = build_datasets(recipe.data, recipe.run.seed, statistics)
+        _, val_set, info = build_datasets(recipe.data, recipe.run.seed, statistics, recipe.eval.split)
     model = prepare_saved_model(accelerator, recipe, info.num_classes, path)
     loader = accelerator.prepare(make_eval_loader(val_set, recipe))
     return evaluate(accelerator, model, loader, recipe.eval, info.num_classes, statistics), info

@@ -132,7 +132,7 @@ def set_up(accelerator: Accelerator, recipe: Recipe) -> Setup:
     set_seed(recipe.run.seed, deterministic=recipe.run.deterministic)
     with accelerator.main_process_first():  # the main process builds the caches; the others read them
         statistics = image_statistics(recipe.model.backbone)
-        train_set, val_set, info = build_datasets(recipe.data, recipe.run.seed, statistics)
+        train_set, val_set, info = build_datasets(recipe.data, recipe.run.seed, statistics, recipe.eval.split)
         model_cfg = resolve_weights(recipe)
     model = build_model(model_cfg, info.num_classes)
     if recipe.model.sync_bn and accelerator.num_processes > 1:
