@@ -14,18 +14,10 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from harness.report import (
-    NO_DIFFERENCE,
-    aggregate_frame,
-    bank_points,
-    baseline_choice,
-    build_report,
-    colorize,
-    holm_adjusted,
-    ignore_color,
-    per_class_frame,
-    results_frame,
-)
+from harness.report import build_report
+from harness.report.plots import bank_points, colorize, ignore_color
+from harness.report.stats import NO_DIFFERENCE, holm_adjusted
+from harness.report.tables import aggregate_frame, baseline_choice, per_class_frame, results_frame
 from tests.report_fixtures import (
     OOM_ERROR,
     PALETTE,

@@ -1,0 +1,391 @@
+"""Tidy frames of a study (one row per run, one per variant, curves, per-class IoU) and the markdown of report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from harness.report.stats import holm_adjusted, paired_stats, t_interval, verdict
+from harness.results import METRIC_FIELDS, METRICS_FILE, read_metrics, read_summary, run_folders
+
+MIB = 2**20
+ERROR_CHARS = 80
+# Lists or dicts in summary.json, possibly null, and the traceback: never a column of their own.
+NON_SCALAR_FIELDS = {"per_class_iou", "class_names", "versions", "paper", "traceback"}
+MEMORY_KINDS = {"cuda_max_allocated": "GPU max allocated", "rss": "process RSS"}
+MULTI_SEED_STUDY = "recipes/digit_scenes_ablations.yaml"
+MULTI_SEED_REPORT = "reports/digit_scenes_ablations/"
+# Newer summaries add these; older ones lack them, so every column built from them may be blank.
+OPTIONAL_METRICS = ("contrast_ms_per_iter", "bank_fill", "train_peak_memory_bytes", "eval_peak_memory_bytes")
+RUN_METRICS = list(dict.fromkeys([*METRIC_FIELDS, *OPTIONAL_METRICS]))  # once each, should results.py list them
+# What a variant is: the same for all its seeds, so aggregate.csv takes the first known value.
+CONFIG_FIELDS = ["contrast_kind", "center_variant", "bank_size", "paper_miou"]
+# Run fields compared with the baseline's run of the same seed (Δ mIoU, extra time, extra memory).
+PAIRED_FIELDS = ("val_miou", "s_per_iter", "train_peak_memory_bytes")
+# Run fields averaged over a variant's finished seeds, as aggregate.csv's <field>_mean.
+MEAN_FIELDS = (
+    "s_per_iter", "contrast_ms_per_iter", "train_peak_memory_bytes", "eval_peak_memory_bytes",
+    "peak_memory_bytes", "train_images_per_s", "bank_fill",
+)
+
+
+def signed(value: float, digits: int = 2) -> str:
+    """'+1.23'; a difference that rounds to zero prints as '+0.00', never '-0.00'."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"  # + 0.0 turns -0.0 into 0.0
+
+
+# (header, results.csv column, cell formatter); formatted (numeric) columns are right-aligned.
+TABLE_COLUMNS = (
+    ("variant", "variant", str),
+    ("seed", "seed", "{:.0f}".format),
+    ("backbone", "backbone", str),
+    ("head", "head", str),
+    ("contrast", "contrast_kind", str),
+    ("center variant", "center_variant", str),
+    ("bank size", "bank_size_text", str),
+    ("precision", "mixed_precision", str),
+    ("world size", "world_size", "{:.0f}".format),
+    ("val mIoU (%)", "val_miou_pct", "{:.2f}".format),
+    ("Δ mIoU vs CE (pp)", "delta_miou_pp", signed),
+    ("paper mIoU (%)", "paper_miou", "{:.1f}".format),
+    ("paper row", "paper_ref", str),
+    ("images/s", "train_images_per_s", "{:.1f}".format),
+    ("s/iter", "s_per_iter", "{:.3f}".format),
+    ("peak memory (MiB)", "peak_memory_mib", "{:.0f}".format),
+    ("bank (MiB)", "bank_mib", "{:.2f}".format),
+    ("status", "status_text", str),
+)
+PAPER_COLUMNS = ("paper_miou", "paper_ref")
+DELTA_COLUMNS = ("delta_mean", "delta_ci95_low", "delta_ci95_high")
+# (header, aggregate.csv column, divisor to the shown unit, cell formatter)
+COST_COLUMNS = (
+    ("s/iter", "s_per_iter_mean", 1, "{:.3f}".format),
+    ("extra s/iter", "extra_s_per_iter", 1, lambda value: signed(value, 3)),
+    ("contrast ms/iter", "contrast_ms_per_iter_mean", 1, "{:.1f}".format),
+    ("train memory (MiB)", "train_peak_memory_bytes_mean", MIB, "{:.0f}".format),
+    ("extra train memory (MiB)", "extra_train_memory_bytes", MIB, lambda value: signed(value, 0)),
+    ("bank fill", "bank_fill_mean", 1, "{:.0%}".format),
+)
+DERIVED_COLUMNS = {
+    "bank_size_text", "val_miou_pct", "delta_miou_pp", "peak_memory_mib", "bank_mib", "paper_ref", "status_text",
+}
+
+
+# ---------------------------------------------------------------- tidy tables
+
+
+def flat_scalars(summary: dict[str, Any]) -> dict[str, Any]:
+    """Scalars of a summary, nested dicts flattened as parent_child; lists (and their nulls) left out."""
+    flat: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}_{child}": item for child, item in value.items()})
+        elif key not in NON_SCALAR_FIELDS and not isinstance(value, list):
+            flat[key] = value
+    return flat
+
+
+def baseline_choice(frame: pd.DataFrame, named: str | None) -> tuple[str | None, str]:
+    """The recipe's CE baseline and why: the variant sweep.json names, else the only contrast-free
+    variant, else the contrast-free one called 'ce'; None (and the reason) when none qualifies."""
+    if named in set(frame["variant"]):
+        return named, "named by `sweep.baseline`"
+    candidates = sorted(set(frame.loc[frame["contrast_kind"] == "none", "variant"]))
+    if len(candidates) == 1:
+        return candidates[0], "the only contrast-free variant"
+    if "ce" in candidates:
+        return "ce", "the contrast-free variant called `ce`"
+    if candidates:
+        return None, f"{len(candidates)} contrast-free variants and `sweep.baseline` names none of them"
+    return None, "no variant is contrast-free"
+
+
+def shorten(text: Any, limit: int = ERROR_CHARS) -> str:
+    """One line of at most `limit` characters, for table cells."""
+    if not isinstance(text, str):
+        return ""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def bank_size_text(kind: str, size: float) -> str | None:
+    """Bank size as the table shows it; a null region bank size means one slot per training image."""
+    if pd.notna(size):
+        return f"{size:.0f}"
+    return "train set" if kind == "region" else None
+
+
+def baseline_values(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """For each run, the baseline's `column` on the same seed; NaN where the baseline has no such run.
+
+    Summaries that predate the seed field (one run per variant) pair with each other: pandas merges
+    missing keys as equal.
+    """
+    base = frame.loc[frame["is_baseline"], ["seed", column]].drop_duplicates("seed")
+    return frame[["seed"]].merge(base, on="seed", how="left")[column].to_numpy()
+
+
+def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Columns in the units the report shows: %, percentage points, MiB."""
+    frame["bank_size_text"] = [bank_size_text(*pair) for pair in zip(frame["contrast_kind"], frame["bank_size"])]
+    frame["val_miou_pct"] = frame["val_miou"] * 100
+    frame["is_baseline"] = frame["variant"] == baseline
+    frame["delta_miou_pp"] = (frame["val_miou"] - baseline_values(frame, "val_miou")) * 100
+    frame["peak_memory_mib"] = frame["peak_memory_bytes"] / MIB
+    frame["bank_mib"] = frame["bank_bytes"] / MIB
+    frame["paper_ref"] = [
+        f"{table}: {row}" if pd.notna(miou) else None
+        for table, row, miou in zip(frame["paper_table"], frame["paper_row"], frame["paper_miou"])
+    ]
+    frame["status_text"] = [
+        f"{status}: {shorten(error)}" if shorten(error) else status
+        for status, error in zip(frame["status"], frame["error"])
+    ]
+    return frame
+
+
+def study_summaries(results_dir: Path) -> list[dict[str, Any]]:
+    """Every run's summary (or its stand-in) with its folder relative to `results_dir` as run_folder."""
+    summaries = [
+        {**read_summary(folder), "run_folder": folder.relative_to(results_dir).as_posix()}
+        for folder in run_folders(results_dir)
+    ]
+    if not summaries:
+        raise FileNotFoundError(f"no variant folders under {results_dir}")
+    return summaries
+
+
+def results_frame(summaries: list[dict[str, Any]], named_baseline: str | None = None) -> pd.DataFrame:
+    """One row per run, the baseline's first, then by variant and seed; metrics of unfinished or failed
+    runs blanked."""
+    frame = pd.DataFrame([flat_scalars(summary) for summary in summaries])
+    needed = [*RUN_METRICS, "seed", "run_folder", "error", "paper_table", "paper_row", "paper_miou", "memory_kind"]
+    needed += [*CONFIG_FIELDS, *(column for _, column, _ in TABLE_COLUMNS if column not in DERIVED_COLUMNS)]
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *needed])))
+    unfinished = frame["status"] != "ok"
+    frame[RUN_METRICS] = frame[RUN_METRICS].astype(float).mask(unfinished)
+    baseline, _ = baseline_choice(frame, named_baseline)
+    frame = frame.assign(order=frame["variant"] != baseline).sort_values(["order", "variant", "seed"])
+    return add_derived(frame.drop(columns="order").reset_index(drop=True), baseline)
+
+
+
+def variant_stats(runs: pd.DataFrame, has_baseline: bool) -> dict[str, Any]:
+    """aggregate.csv's numbers for one variant; `runs` carry base_<field>, the baseline's run of the same seed."""
+    ok = runs[runs["status"] == "ok"]
+    miou_low, miou_high = t_interval(ok["val_miou"])
+    row = {
+        "is_baseline": bool(runs["is_baseline"].iloc[0]), "runs": status_counts(runs), "n_seeds": len(ok),
+        "miou_mean": ok["val_miou"].mean(), "miou_std": ok["val_miou"].std(ddof=1),
+        "miou_ci95_low": miou_low, "miou_ci95_high": miou_high,
+    }
+    row.update(paired_stats(ok, row["is_baseline"]))
+    # a variant with no number says why: its runs' status, e.g. the failure
+    row["verdict"] = verdict(row, has_baseline) if len(ok) else "; ".join(dict.fromkeys(runs["status_text"]))
+    return {**row, **{f"{field}_mean": ok[field].mean() for field in MEAN_FIELDS}}
+
+
+
+def aggregate_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant, in the runs' order: means over finished seeds and the paired comparison
+    with the baseline (mIoU and Δ as fractions, like val_miou)."""
+    runs = frame.assign(  # runs that predate the training-only peak: their overall peak is the closest measure
+        train_peak_memory_bytes=frame["train_peak_memory_bytes"].fillna(frame["peak_memory_bytes"])
+    )
+    runs = runs.assign(**{f"base_{field}": baseline_values(runs, field) for field in PAIRED_FIELDS})
+    groups, has_baseline = runs.groupby("variant", sort=False), bool(frame["is_baseline"].any())
+    numbers = pd.DataFrame([variant_stats(group, has_baseline) for _, group in groups])
+    numbers.insert(numbers.columns.get_loc("p_value") + 1, "p_holm", holm_adjusted(numbers["p_value"]))
+    return pd.concat([groups[CONFIG_FIELDS].first().reset_index(), numbers], axis=1)
+
+
+def curves_frame(results_dir: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Tidy curves (variant, seed, iter, metric, value) from every run's metrics.jsonl."""
+    rows = []
+    for variant, seed, folder in zip(frame["variant"], frame["seed"], frame["run_folder"]):
+        path = results_dir / folder / METRICS_FILE
+        for record in read_metrics(path) if path.exists() else []:
+            rows += [
+                (variant, seed, record["iter"], metric, float(value))
+                for metric, value in record.items()
+                if metric not in ("kind", "iter") and isinstance(value, (int, float))
+            ]
+    return pd.DataFrame(rows, columns=["variant", "seed", "iter", "metric", "value"])
+
+
+def per_class_frame(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per-class IoU (%) with classes as rows and finished variants as columns (mean over seeds); null -> NaN."""
+    columns = [
+        pd.Series(
+            [np.nan if iou is None else iou * 100 for iou in summary["per_class_iou"]],
+            index=summary.get("class_names") or range(len(summary["per_class_iou"])),
+            dtype=float, name=summary["variant"],
+        )
+        for summary in summaries
+        if summary.get("status") == "ok" and summary.get("per_class_iou")
+    ]
+    return pd.concat(columns, axis=1).T.groupby(level=0, sort=False).mean().T if columns else pd.DataFrame()
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def format_cell(value: Any, formatter: Callable[[Any], str]) -> str:
+    """A table cell: blank for missing values, formatted otherwise."""
+    return "" if value is None or pd.isna(value) else formatter(value)
+
+
+def markdown_table(cells: pd.DataFrame, right_aligned: set[str]) -> str:
+    """A GitHub markdown table of string cells (no tabulate dependency)."""
+    escaped = cells.map(lambda text: text.replace("|", "\\|"))
+    rule = ["---:" if column in right_aligned else "---" for column in cells.columns]
+    lines = [list(cells.columns), rule, *escaped.itertuples(index=False)]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def comparison_table(frame: pd.DataFrame) -> str:
+    """The runs table; the paper's columns only when some variant reproduces a paper row."""
+    has_paper = frame["paper_miou"].notna().any()
+    spec = [entry for entry in TABLE_COLUMNS if has_paper or entry[1] not in PAPER_COLUMNS]
+    cells = pd.DataFrame({
+        header: [format_cell(value, formatter) for value in frame[column]]
+        for header, column, formatter in spec
+    })
+    return markdown_table(cells, {header for header, _, formatter in spec if formatter is not str})
+
+
+def mean_std_text(mean: float, std: float) -> str:
+    """'52.31 ± 1.20', or the mean alone for one seed."""
+    return format_cell(mean, "{:.2f}".format) + format_cell(std, " ± {:.2f}".format)
+
+
+def delta_text(mean: float, low: float, high: float) -> str:
+    """'+2.10 [+0.50, +3.70]', or the Δ alone without a CI."""
+    return format_cell(mean, signed) + ("" if pd.isna(low) else f" [{signed(low)}, {signed(high)}]")
+
+
+def p_text(p_value: float) -> str:
+    """A p-value with three decimals; below 0.001 only its bound."""
+    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
+
+
+def variant_table(aggregate: pd.DataFrame) -> str:
+    """Per variant: mean ± std over seeds, Δ with its CI and p, the verdict, and the costs."""
+    pct = {column: aggregate[column] * 100 for column in ("miou_mean", "miou_std", *DELTA_COLUMNS)}
+    cells = {
+        "variant": aggregate["variant"],
+        "contrast": aggregate["contrast_kind"].map(lambda kind: format_cell(kind, str)),
+        "runs": aggregate["runs"],
+        "mIoU (%) mean ± std": list(map(mean_std_text, pct["miou_mean"], pct["miou_std"])),
+    }
+    if aggregate["paper_miou"].notna().any():
+        cells["paper mIoU (%)"] = aggregate["paper_miou"].map(lambda value: format_cell(value, "{:.1f}".format))
+    cells["Δ mIoU vs CE (pp) [95 % CI]"] = list(map(delta_text, *(pct[column] for column in DELTA_COLUMNS)))
+    cells["p"] = aggregate["p_value"].map(lambda value: format_cell(value, p_text))
+    cells["p (Holm)"] = aggregate["p_holm"].map(lambda value: format_cell(value, p_text))
+    cells["verdict"] = aggregate["verdict"]
+    for header, column, scale, formatter in COST_COLUMNS:
+        cells[header] = (aggregate[column] / scale).map(lambda value: format_cell(value, formatter))
+    return markdown_table(pd.DataFrame(cells), set(cells) - {"variant", "contrast", "runs", "verdict"})
+
+
+def per_class_table(per_class: pd.DataFrame) -> str:
+    """Per-class IoU (%) as a markdown table, classes as rows."""
+    cells = per_class.map(lambda value: format_cell(value, "{:.1f}".format))
+    cells.insert(0, "class", [str(name) for name in per_class.index])
+    return markdown_table(cells.reset_index(drop=True), set(per_class.columns))
+
+
+def status_counts(frame: pd.DataFrame) -> str:
+    """'3 ok, 1 failed' for the report's header line."""
+    return ", ".join(f"{count} {status}" for status, count in frame["status"].value_counts().items())
+
+
+def memory_label(frame: pd.DataFrame) -> str:
+    """How peak memory was measured, e.g. 'GPU max allocated'."""
+    kinds = frame["memory_kind"].dropna().unique()
+    return " / ".join(MEMORY_KINDS.get(kind, str(kind)) for kind in kinds) or "unknown"
+
+
+def train_memory_source(frame: pd.DataFrame) -> str:
+    """Which summary field the training memory numbers come from (older runs record only the overall peak)."""
+    recorded = frame.loc[frame["status"] == "ok", "train_peak_memory_bytes"].notna()
+    if recorded.all():
+        return "the training peak, `train_peak_memory_bytes`"
+    if not recorded.any():
+        return "the overall peak, `peak_memory_bytes`, evaluation included: these runs predate the training peak"
+    return "the training peak, `train_peak_memory_bytes`, or for runs that predate it the overall `peak_memory_bytes`"
+
+
+def seed_suffix(seed: float) -> str:
+    """' (seed 3)', or nothing where the summary predates the seed field."""
+    return "" if pd.isna(seed) else f" (seed {seed:.0f})"
+
+
+def seeds_text(frame: pd.DataFrame) -> str:
+    """'seeds 0, 1, 2' (or 'seed 0') over the finished runs; 'seed not recorded' for old summaries."""
+    seeds = sorted({int(seed) for seed in frame.loc[frame["status"] == "ok", "seed"].dropna()})
+    if not seeds:
+        return "seed not recorded"
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def comparison_notes(frame: pd.DataFrame, aggregate: pd.DataFrame) -> list[str]:
+    """What the variants table's numbers are, and, with one seed per variant, that they are an anecdote."""
+    notes = [
+        "mIoU is the mean ± sample standard deviation over a variant's finished seeds. Δ is its mIoU minus the "
+        "CE baseline's on the same seed, averaged over the seeds where both finished, in percentage points; "
+        "[95 % CI] is the two-sided Student-t interval over those n pairs (n − 1 degrees of freedom) and p the "
+        "paired t-test, both from two pairs on. The verdict says better or worse only when the interval "
+        "excludes 0. p (Holm) adjusts p for the number of variants tested against the same baseline runs "
+        "(Holm's step-down method): a verdict whose adjusted p is 0.05 or more is a consistent sign, not a "
+        "settled effect. Extra s/iter and memory are paired by seed the same way; training memory is "
+        f"{train_memory_source(frame)}.",
+    ]
+    if aggregate["n_seeds"].max() == 1:
+        notes += [
+            "",
+            f"**One seed: an anecdote, not a measurement.** Every variant here finished once ({seeds_text(frame)}), "
+            "so each Δ is a single paired difference with no confidence interval and no p-value, and it cannot "
+            f"be told apart from seed-to-seed noise. The multi-seed study (`{MULTI_SEED_STUDY}`, "
+            f"`{MULTI_SEED_REPORT}`) is where the confidence intervals are.",
+        ]
+    return notes
+
+
+
+def report_markdown(
+    recipe: str, results_dir: Path, frame: pd.DataFrame, aggregate: pd.DataFrame, named_baseline: str | None,
+    figures: list[str], per_class: pd.DataFrame,
+) -> str:
+    """The whole report.md: header, variants table, runs table, the figures' sections, per-class IoU."""
+    baseline, why = baseline_choice(frame, named_baseline)
+    lines = [
+        f"# Report: {recipe}",
+        "",
+        f"From `{results_dir}`: {len(frame)} runs of {len(aggregate)} variants ({status_counts(frame)}; "
+        f"{seeds_text(frame)}); "
+        + (f"CE baseline: `{baseline}` ({why})." if baseline else
+           f"CE baseline: none ({why}), so there is no Δ, no verdict and no cost-benefit figure."),
+        "",
+        "## Variants",
+        "",
+        variant_table(aggregate),
+        "",
+        *comparison_notes(frame, aggregate),
+        "",
+        "## Runs",
+        "",
+        comparison_table(frame),
+        "",
+        "One row per run. Δ mIoU is in percentage points against the CE baseline's run of the same seed; "
+        f"memory is in MiB (2^20 bytes; memory kind: {memory_label(frame)}).",
+        *figures,
+    ]
+    if len(per_class.columns):
+        lines += ["", "## Per-class IoU (%)", "", "Mean over a variant's finished seeds.", "",
+                  per_class_table(per_class)]
+    return "\n".join(lines) + "\n"
