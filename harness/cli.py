@@ -3,7 +3,8 @@
     harness run RECIPE [...]           train a recipe's sweep (harness/run.py); on several processes
                                        the documented way stays `accelerate launch harness/run.py RECIPE`
     harness evaluate RESULTS_DIR [...] re-evaluate or export a finished run (harness/evaluate.py)
-    harness report RESULTS_DIR [...]   tables and plots of a recipe's results (harness/report.py)
+    harness report RESULTS_DIR [...]   tables and plots of a recipe's results (harness/report/)
+    harness plan RESULTS_DIR [...]     seeds and training hours a study needs, from a pilot (harness/report/plan.py)
     harness banks [...]                the banks' memory profile (benchmarks/bank_profile.py)
 
 Everything after the subcommand goes to that module's own options (`harness run --help`).
@@ -17,6 +18,7 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "run": "harness.run", "evaluate": "harness.evaluate", "report": "harness.report", "banks": "benchmarks.bank_profile",
+    "plan": "harness.report.plan",
 }
 
 
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the subcommand's own arguments")
     args = parser.parse_args(argv)
     result = importlib.import_module(COMMANDS[args.command]).main(args.args)
-    return result if isinstance(result, int) else 0  # report and banks return nothing or their rows
+    return result if isinstance(result, int) else 0  # report, plan and banks return nothing or their rows
 
 
 if __name__ == "__main__":

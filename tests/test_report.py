@@ -16,7 +16,7 @@ from scipy import stats
 
 from harness.report import build_report
 from harness.report.plots import bank_points, colorize, ignore_color
-from harness.report.stats import NO_DIFFERENCE, holm_adjusted
+from harness.report.stats import INCONCLUSIVE, holm_adjusted
 from harness.report.tables import aggregate_frame, baseline_choice, per_class_frame, results_frame
 from tests.report_fixtures import (
     OOM_ERROR,
@@ -338,7 +338,7 @@ def test_results_csv_has_one_row_per_run(seeded_report: Path) -> None:
 def test_verdicts_follow_the_confidence_interval(seeded_report: Path) -> None:
     table = table_under(seeded_report, "## Variants").set_index("variant")
     assert table.loc["gain", "verdict"] == "better" and table.loc["loss", "verdict"] == "worse"
-    assert table.loc["overlap", "verdict"] == NO_DIFFERENCE and table.loc["ce", "verdict"] == "baseline"
+    assert table.loc["overlap", "verdict"] == INCONCLUSIVE and table.loc["ce", "verdict"] == "baseline"
     gain = read_aggregate(seeded_report).loc["gain"]
     low, high = gain["delta_ci95_low"] * 100, gain["delta_ci95_high"] * 100
     assert table.loc["gain", "Δ mIoU vs CE (pp) [95 % CI]"] == f"+8.25 [{low:+.2f}, {high:+.2f}]"

@@ -4,9 +4,11 @@ It reads only files under results/, through the contract in harness/results.py, 
 torch, so a report can be rebuilt anywhere.
 
     build.py    build_report and the command line (`python -m harness.report`, `harness report`)
-    stats.py    Student-t intervals, the paired comparison with the baseline, Holm, verdicts
-    tables.py   tidy frames (runs, variants, curves, per-class IoU) and report.md's markdown
+    stats.py    Student-t intervals, the paired comparison with the baseline, Holm, what it can detect
+                (noncentral-t power, MDE, seeds for a target Δ, the exact sign-flip p), verdicts
+    tables.py   tidy frames (runs, variants, curves, per-class IoU, the plan) and report.md's markdown
     plots.py    the seaborn / matplotlib figures, t-SNE and qualitative included
+    plan.py     `harness plan RESULTS_DIR`: seeds and training hours the next study needs
 """
 
 from harness.report.build import build_report, main

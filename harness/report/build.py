@@ -33,9 +33,9 @@ def build_report(results_dir: Path, reports_root: Path = Path("reports")) -> Pat
     for stale in out.glob("*.png"):  # a plot the data no longer supports must not linger
         stale.unlink()
     summaries = study_summaries(results_dir)
-    named_baseline = read_sweep(results_dir)["baseline"]
-    frame = results_frame(summaries, named_baseline)
-    aggregate = aggregate_frame(frame)
+    sweep = read_sweep(results_dir)
+    frame = results_frame(summaries, sweep["baseline"])
+    aggregate = aggregate_frame(frame, sweep["target_delta"], sweep["equivalence_margin"])
     curves = curves_frame(results_dir, frame)
     write_text(out / "results.csv", frame.convert_dtypes().to_csv(index=False))  # integral counts print as ints
     write_text(out / "aggregate.csv", aggregate.convert_dtypes().to_csv(index=False))
@@ -44,7 +44,7 @@ def build_report(results_dir: Path, reports_root: Path = Path("reports")) -> Pat
         figures = figure_sections(make_plots(frame, aggregate, curves, results_dir, out))
     report = out / "report.md"
     per_class = per_class_frame(summaries)
-    write_text(report, report_markdown(recipe, results_dir, frame, aggregate, named_baseline, figures, per_class))
+    write_text(report, report_markdown(recipe, results_dir, frame, aggregate, sweep, figures, per_class))
     return report
 
 

@@ -392,7 +392,7 @@ def ignore_color(palette: np.ndarray) -> tuple[str, np.ndarray]:
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray, ignore: np.ndarray) -> np.ndarray:
-    """[H,W] class ids -> [H,W,3] colours in 0..1; ids without a palette entry (the ignore id among them) get `ignore`."""
+    """[H,W] class ids -> [H,W,3] colours in 0..1; ids with no palette entry (255, ignored) get `ignore`."""
     table = np.tile(ignore, (256, 1))  # [3] -> [256,3]
     table[: len(palette)] = palette
     return table[labels]

@@ -8,10 +8,21 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from harness.report.stats import holm_adjusted, paired_stats, t_interval, verdict
-from harness.results import METRIC_FIELDS, METRICS_FILE, read_metrics, read_summary, run_folders
+from harness.report.stats import (
+    ALPHA,
+    POWER,
+    SEEDS_CAP,
+    TOST_CONFIDENCE,
+    holm_adjusted,
+    paired_stats,
+    sign_flip_floor,
+    t_interval,
+    verdict,
+)
+from harness.results import METRIC_FIELDS, METRICS_FILE, SWEEP_DEFAULTS, read_metrics, read_summary, run_folders
 
 MIB = 2**20
+HOUR = 3600.0
 ERROR_CHARS = 80
 # Lists or dicts in summary.json, possibly null, and the traceback: never a column of their own.
 NON_SCALAR_FIELDS = {"per_class_iou", "class_names", "versions", "paper", "traceback"}
@@ -28,7 +39,7 @@ PAIRED_FIELDS = ("val_miou", "s_per_iter", "train_peak_memory_bytes")
 # Run fields averaged over a variant's finished seeds, as aggregate.csv's <field>_mean.
 MEAN_FIELDS = (
     "s_per_iter", "contrast_ms_per_iter", "train_peak_memory_bytes", "eval_peak_memory_bytes",
-    "peak_memory_bytes", "train_images_per_s", "bank_fill",
+    "peak_memory_bytes", "train_images_per_s", "bank_fill", "train_hours",
 )
 
 
@@ -68,6 +79,12 @@ COST_COLUMNS = (
     ("train memory (MiB)", "train_peak_memory_bytes_mean", MIB, "{:.0f}".format),
     ("extra train memory (MiB)", "extra_train_memory_bytes", MIB, lambda value: signed(value, 0)),
     ("bank fill", "bank_fill_mean", 1, "{:.0%}".format),
+)
+# (header, plan_frame column, cell formatter) of the planning view's costs, in hours
+PLAN_HOURS = (
+    ("h per variant run", "variant_run_hours", "{:.3f}".format),
+    ("h per baseline run", "baseline_run_hours", "{:.3f}".format),
+    ("study hours", "study_hours", "{:.2f}".format),
 )
 DERIVED_COLUMNS = {
     "bank_size_text", "val_miou_pct", "delta_miou_pp", "peak_memory_mib", "bank_mib", "paper_ref", "status_text",
@@ -136,6 +153,7 @@ def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     frame["delta_miou_pp"] = (frame["val_miou"] - baseline_values(frame, "val_miou")) * 100
     frame["peak_memory_mib"] = frame["peak_memory_bytes"] / MIB
     frame["bank_mib"] = frame["bank_bytes"] / MIB
+    frame["train_hours"] = frame["s_per_iter"] * frame["iterations"] / HOUR  # the planning view's unit of cost
     frame["paper_ref"] = [
         f"{table}: {row}" if pd.notna(miou) else None
         for table, row, miou in zip(frame["paper_table"], frame["paper_row"], frame["paper_miou"])
@@ -162,7 +180,8 @@ def results_frame(summaries: list[dict[str, Any]], named_baseline: str | None = 
     """One row per run, the baseline's first, then by variant and seed; metrics of unfinished or failed
     runs blanked."""
     frame = pd.DataFrame([flat_scalars(summary) for summary in summaries])
-    needed = [*RUN_METRICS, "seed", "run_folder", "error", "paper_table", "paper_row", "paper_miou", "memory_kind"]
+    needed = [*RUN_METRICS, "seed", "run_folder", "error", "paper_table", "paper_row", "paper_miou", "memory_kind",
+              "iterations", "device"]
     needed += [*CONFIG_FIELDS, *(column for _, column, _ in TABLE_COLUMNS if column not in DERIVED_COLUMNS)]
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *needed])))
     unfinished = frame["status"] != "ok"
@@ -172,8 +191,7 @@ def results_frame(summaries: list[dict[str, Any]], named_baseline: str | None = 
     return add_derived(frame.drop(columns="order").reset_index(drop=True), baseline)
 
 
-
-def variant_stats(runs: pd.DataFrame, has_baseline: bool) -> dict[str, Any]:
+def variant_stats(runs: pd.DataFrame, has_baseline: bool, target_delta: float, margin: float) -> dict[str, Any]:
     """aggregate.csv's numbers for one variant; `runs` carry base_<field>, the baseline's run of the same seed."""
     ok = runs[runs["status"] == "ok"]
     miou_low, miou_high = t_interval(ok["val_miou"])
@@ -182,22 +200,26 @@ def variant_stats(runs: pd.DataFrame, has_baseline: bool) -> dict[str, Any]:
         "miou_mean": ok["val_miou"].mean(), "miou_std": ok["val_miou"].std(ddof=1),
         "miou_ci95_low": miou_low, "miou_ci95_high": miou_high,
     }
-    row.update(paired_stats(ok, row["is_baseline"]))
+    row.update(paired_stats(ok, row["is_baseline"], target_delta))
     # a variant with no number says why: its runs' status, e.g. the failure
-    row["verdict"] = verdict(row, has_baseline) if len(ok) else "; ".join(dict.fromkeys(runs["status_text"]))
+    row["verdict"] = verdict(row, has_baseline, margin) if len(ok) else "; ".join(dict.fromkeys(runs["status_text"]))
     return {**row, **{f"{field}_mean": ok[field].mean() for field in MEAN_FIELDS}}
 
 
-
-def aggregate_frame(frame: pd.DataFrame) -> pd.DataFrame:
+def aggregate_frame(
+    frame: pd.DataFrame, target_delta: float = SWEEP_DEFAULTS["target_delta"],
+    equivalence_margin: float = SWEEP_DEFAULTS["equivalence_margin"],
+) -> pd.DataFrame:
     """One row per variant, in the runs' order: means over finished seeds and the paired comparison
-    with the baseline (mIoU and Δ as fractions, like val_miou)."""
+    with the baseline (mIoU, Δ, its SD, MDE and margin as fractions, like val_miou)."""
     runs = frame.assign(  # runs that predate the training-only peak: their overall peak is the closest measure
         train_peak_memory_bytes=frame["train_peak_memory_bytes"].fillna(frame["peak_memory_bytes"])
     )
     runs = runs.assign(**{f"base_{field}": baseline_values(runs, field) for field in PAIRED_FIELDS})
     groups, has_baseline = runs.groupby("variant", sort=False), bool(frame["is_baseline"].any())
-    numbers = pd.DataFrame([variant_stats(group, has_baseline) for _, group in groups])
+    numbers = pd.DataFrame([
+        variant_stats(group, has_baseline, target_delta, equivalence_margin) for _, group in groups
+    ])
     numbers.insert(numbers.columns.get_loc("p_value") + 1, "p_holm", holm_adjusted(numbers["p_value"]))
     return pd.concat([groups[CONFIG_FIELDS].first().reset_index(), numbers], axis=1)
 
@@ -267,9 +289,9 @@ def delta_text(mean: float, low: float, high: float) -> str:
     return format_cell(mean, signed) + ("" if pd.isna(low) else f" [{signed(low)}, {signed(high)}]")
 
 
-def p_text(p_value: float) -> str:
-    """A p-value with three decimals; below 0.001 only its bound."""
-    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
+def p_text(p_value: float, digits: int = 3) -> str:
+    """A p-value with three decimals (four show a sign-flip p's 1/32 steps exactly); below 0.001 only its bound."""
+    return "<0.001" if p_value < 0.001 else f"{p_value:.{digits}f}"
 
 
 def variant_table(aggregate: pd.DataFrame) -> str:
@@ -286,6 +308,7 @@ def variant_table(aggregate: pd.DataFrame) -> str:
     cells["Δ mIoU vs CE (pp) [95 % CI]"] = list(map(delta_text, *(pct[column] for column in DELTA_COLUMNS)))
     cells["p"] = aggregate["p_value"].map(lambda value: format_cell(value, p_text))
     cells["p (Holm)"] = aggregate["p_holm"].map(lambda value: format_cell(value, p_text))
+    cells["p (sign-flip)"] = aggregate["p_sign_flip"].map(lambda value: format_cell(value, lambda p: p_text(p, 4)))
     cells["verdict"] = aggregate["verdict"]
     for header, column, scale, formatter in COST_COLUMNS:
         cells[header] = (aggregate[column] / scale).map(lambda value: format_cell(value, formatter))
@@ -333,17 +356,42 @@ def seeds_text(frame: pd.DataFrame) -> str:
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
-def comparison_notes(frame: pd.DataFrame, aggregate: pd.DataFrame) -> list[str]:
+def percent_text(share: float) -> str:
+    """0.9 -> '90 %', the report's way of writing a share."""
+    return f"{share * 100:.0f} %"
+
+
+def pp_text(fraction: float) -> str:
+    """A Δ as a fraction of mIoU in percentage points: 0.005 -> '0.50 pp'."""
+    return f"{fraction * 100:.2f} pp"
+
+
+def sign_flip_text(aggregate: pd.DataFrame) -> str:
+    """How small the exact sign-flip p can get with the study's numbers of pairs; empty without any."""
+    counts = sorted({int(count) for count in aggregate.loc[aggregate["p_sign_flip"].notna(), "n_pairs"]})
+    if not counts:
+        return ""
+    floors = "; ".join(f"with {count} pairs, 2/{2**count} = {sign_flip_floor(count):.4g}" for count in counts)
+    never = sign_flip_floor(counts[-1]) > ALPHA
+    return (f" The smallest p it can reach is 2/2^n ({floors})"
+            + (f", above {ALPHA:.2f}: with this few seeds it is never significant at 5 %." if never else "."))
+
+
+def comparison_notes(frame: pd.DataFrame, aggregate: pd.DataFrame, margin: float) -> list[str]:
     """What the variants table's numbers are, and, with one seed per variant, that they are an anecdote."""
     notes = [
         "mIoU is the mean ± sample standard deviation over a variant's finished seeds. Δ is its mIoU minus the "
         "CE baseline's on the same seed, averaged over the seeds where both finished, in percentage points; "
         "[95 % CI] is the two-sided Student-t interval over those n pairs (n − 1 degrees of freedom) and p the "
-        "paired t-test, both from two pairs on. The verdict says better or worse only when the interval "
-        "excludes 0. p (Holm) adjusts p for the number of variants tested against the same baseline runs "
-        "(Holm's step-down method): a verdict whose adjusted p is 0.05 or more is a consistent sign, not a "
-        "settled effect. Extra s/iter and memory are paired by seed the same way; training memory is "
-        f"{train_memory_source(frame)}.",
+        "paired t-test, both from two pairs on. The verdict is better or worse when the 95 % interval excludes "
+        f"0, equivalent when the {percent_text(TOST_CONFIDENCE)} interval lies inside ±{pp_text(margin)} "
+        "(`sweep.equivalence_margin`; two one-sided tests at 5 %, TOST), and inconclusive otherwise: the seeds "
+        "show neither a difference nor its absence. p (Holm) adjusts p for the number of variants tested "
+        "against the same baseline runs (Holm's step-down method): a verdict whose adjusted p is 0.05 or more "
+        "is a consistent sign, not a settled effect. p (sign-flip) is the exact paired permutation test: the "
+        "share of the 2^n sign patterns of the n differences whose mean lies at least as far from 0 as the "
+        f"observed one; it assumes no normal distribution.{sign_flip_text(aggregate)} Extra s/iter and memory "
+        f"are paired by seed the same way; training memory is {train_memory_source(frame)}.",
     ]
     if aggregate["n_seeds"].max() == 1:
         notes += [
@@ -356,13 +404,100 @@ def comparison_notes(frame: pd.DataFrame, aggregate: pd.DataFrame) -> list[str]:
     return notes
 
 
+def formatted(values: pd.Series, formatter: Callable[[Any], str], factor: float = 1) -> list[str]:
+    """A column's cells: each value times `factor` (100: a fraction in pp), formatted; blank where missing."""
+    return [format_cell(value * factor, formatter) for value in values]
+
+
+def detection_section(aggregate: pd.DataFrame, margin: float) -> list[str]:
+    """What each comparison could have found: the SD of its differences, its 90 % CI and its MDE at 80 % power."""
+    rows = aggregate[aggregate["delta_std"].notna()]
+    if rows.empty:
+        return []
+    interval = (rows[column] * 100 for column in ("delta_mean", "delta_ci90_low", "delta_ci90_high"))
+    cells = {
+        "variant": rows["variant"],
+        "pairs": formatted(rows["n_pairs"], "{:.0f}".format),
+        "SD of Δ (pp)": formatted(rows["delta_std"], "{:.2f}".format, 100),
+        f"Δ (pp) [{percent_text(TOST_CONFIDENCE)} CI]": list(map(delta_text, *interval)),
+        f"MDE {percent_text(POWER)} (pp)": formatted(rows["mde_80"], "{:.2f}".format, 100),
+        "verdict": rows["verdict"],
+    }
+    table = markdown_table(pd.DataFrame(cells), set(cells) - {"variant", "verdict"})
+    return ["", "## What this study can detect", "", table, "", (
+        f"SD of Δ is the sample standard deviation of a variant's n paired differences. MDE {percent_text(POWER)} "
+        f"is the smallest true Δ the paired t-test (two-sided, α = {ALPHA:.2f}) detects {percent_text(POWER)} of "
+        "the time with n pairs at that SD (noncentral t): a true effect smaller than it is missed more often than "
+        f"not, so an inconclusive verdict is no evidence of no effect. The {percent_text(TOST_CONFIDENCE)} CI is "
+        f"the one the equivalence test reads: inside ±{pp_text(margin)}, the variant is equivalent to the "
+        "baseline. Both use the SD seen here, itself uncertain with few seeds."
+    )]
+
+
+def plan_frame(aggregate: pd.DataFrame) -> pd.DataFrame:
+    """Per variant with an SD of Δ: the seeds its target Δ needs, and the training hours of a study with that
+    many seeds of the variant and of the baseline (each run: its variant's mean s/iter x iterations)."""
+    rows = aggregate[aggregate["delta_std"].notna()]  # a finite SD needs a baseline and two pairs
+    base_hours = aggregate.loc[aggregate["is_baseline"], "train_hours_mean"].max()
+    seeds = rows["seeds_for_target"]
+    return pd.DataFrame({
+        "variant": rows["variant"], "n_pairs": rows["n_pairs"], "delta_std": rows["delta_std"],
+        "seeds_for_target": seeds, "seeds_to_add": (seeds - rows["n_pairs"]).clip(lower=0),
+        "variant_run_hours": rows["train_hours_mean"], "baseline_run_hours": base_hours,
+        "study_hours": seeds * (rows["train_hours_mean"] + base_hours),
+    }).reset_index(drop=True)
+
+
+def seeds_needed_text(count: float, delta_std: float) -> str:
+    """Seeds for the target: blank without an SD, '>SEEDS_CAP' where the search stopped."""
+    return f">{SEEDS_CAP}" if pd.isna(count) and delta_std > 0 else format_cell(count, "{:.0f}".format)
+
+
+def plan_table(plan: pd.DataFrame, target_delta: float) -> str:
+    """The planning view as a markdown table, Δ in pp and costs in hours."""
+    seeds = list(map(seeds_needed_text, plan["seeds_for_target"], plan["delta_std"]))
+    cells = {
+        "variant": plan["variant"],
+        "SD of Δ (pp)": formatted(plan["delta_std"], "{:.2f}".format, 100),
+        f"seeds for Δ = {pp_text(target_delta)}": seeds,
+        "seeds to add": formatted(plan["seeds_to_add"], "{:.0f}".format),
+        **{header: formatted(plan[column], formatter) for header, column, formatter in PLAN_HOURS},
+    }
+    return markdown_table(pd.DataFrame(cells), set(cells) - {"variant"})
+
+
+def machine_text(frame: pd.DataFrame) -> str:
+    """Where the finished runs ran, e.g. 'cpu (x86_64, 2 cores), world size 1'."""
+    ok = frame[frame["status"] == "ok"]
+    devices = " / ".join(map(str, ok["device"].dropna().unique())) or "an unrecorded device"
+    sizes = " / ".join(f"{size:.0f}" for size in ok["world_size"].dropna().unique()) or "unrecorded"
+    return f"{devices}, world size {sizes}"
+
+
+def planning_section(frame: pd.DataFrame, aggregate: pd.DataFrame, target_delta: float) -> list[str]:
+    """report.md's Planning section: this study as the pilot of the next one."""
+    plan = plan_frame(aggregate)
+    if plan.empty:
+        return []
+    return ["", "## Planning", "", (
+        "This study as a pilot: per variant, the seeds (pairs with the baseline) its paired t-test needs to detect "
+        f"a true Δ of {pp_text(target_delta)} (`sweep.target_delta`) with {percent_text(POWER)} power, two-sided "
+        f"α = {ALPHA:.2f}, at the SD of Δ seen here (`harness plan RESULTS_DIR` prints the same table)."
+    ), "", plan_table(plan, target_delta), "", (
+        "Seeds to add: beyond the pairs already run. Study hours: the training time of a study with that many "
+        "seeds of the variant and as many of the baseline, each run costing its variant's mean s/iter × "
+        f"iterations here; wall-clock time on the machine these runs used ({machine_text(frame)}), evaluation "
+        "and start-up left out. The baseline's runs serve every variant, so a study of several variants costs "
+        f"less than the sum of the rows. The search for seeds stops at {SEEDS_CAP} (>{SEEDS_CAP})."
+    )]
+
 
 def report_markdown(
-    recipe: str, results_dir: Path, frame: pd.DataFrame, aggregate: pd.DataFrame, named_baseline: str | None,
+    recipe: str, results_dir: Path, frame: pd.DataFrame, aggregate: pd.DataFrame, sweep: dict[str, Any],
     figures: list[str], per_class: pd.DataFrame,
 ) -> str:
-    """The whole report.md: header, variants table, runs table, the figures' sections, per-class IoU."""
-    baseline, why = baseline_choice(frame, named_baseline)
+    """The whole report.md: header, variants, what they can detect, planning, runs, the figures, per-class IoU."""
+    baseline, why = baseline_choice(frame, sweep["baseline"])
     lines = [
         f"# Report: {recipe}",
         "",
@@ -375,7 +510,9 @@ def report_markdown(
         "",
         variant_table(aggregate),
         "",
-        *comparison_notes(frame, aggregate),
+        *comparison_notes(frame, aggregate, sweep["equivalence_margin"]),
+        *detection_section(aggregate, sweep["equivalence_margin"]),
+        *planning_section(frame, aggregate, sweep["target_delta"]),
         "",
         "## Runs",
         "",
