@@ -33,14 +33,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.io
+from accelerate import Accelerator
 from PIL import Image
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.data import IMAGENET, SegmentationDataset, build_datasets  # noqa: E402
+from harness.data import SegmentationDataset, build_datasets  # noqa: E402
 from harness.data.transforms import TrainTransform  # noqa: E402
+from harness.engine import make_context  # noqa: E402
 from harness.engine.setup import make_loaders  # noqa: E402
+from harness.ops import IMAGENET  # noqa: E402
 from harness.recipe import AugmentConfig, DataConfig, Recipe  # noqa: E402
 
 SIZE = (1024, 2048)  # Cityscapes (height, width)
@@ -144,7 +147,8 @@ def loader_rate(dataset: SegmentationDataset, val: SegmentationDataset, workers:
     """Samples/s of make_loaders' training loader, after its first batch."""
     batches = max(10, 3 * workers)
     recipe = Recipe(data=DataConfig(dataset="cityscapes", crop_size=CROP, batch_size=batch_size, num_workers=workers))
-    train_loader, _ = make_loaders(repeated(dataset, (batches + 1) * batch_size), val, recipe)
+    ctx = make_context(Accelerator(cpu=True), recipe)
+    train_loader, _ = make_loaders(repeated(dataset, (batches + 1) * batch_size), val, ctx)
     iterator = iter(train_loader)
     next(iterator)
     start = time.perf_counter()
@@ -188,7 +192,7 @@ def main() -> None:
         write_tree(root, args.images)
         mean_mb = np.mean([path.stat().st_size for path in root.glob("leftImg8bit/train/*/*.png")]) / 1e6
         cfg = DataConfig(dataset="cityscapes", root=root, crop_size=CROP)
-        train, val, _ = build_datasets(cfg, seed=0, statistics=IMAGENET)
+        train, val, _ = build_datasets(cfg, seed=0, pad_colour=IMAGENET.pad_colour)
         assert train.transform == TrainTransform(CROP, SCALE, True, IMAGENET.pad_colour)
 
         # A warm-up pass over every file puts them all in the page cache.

@@ -64,13 +64,11 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from benchmarks.common import GEOMETRIES, TAU, batch_queries, dense_bank_loss, fill_bank  # noqa: E402
 from harness.contrast import RegionBank, region_contrast_loss  # noqa: E402
-from harness.data import IMAGENET, normalize  # noqa: E402
-from harness.engine.setup import build_optimizer  # noqa: E402
-from harness.engine.step import Trainer  # noqa: E402
-from harness.engine.terms import build_term  # noqa: E402
+from harness.engine import build, make_context, prepare  # noqa: E402
 from harness.labels import IGNORE_INDEX  # noqa: E402
 from harness.measure import PeakMemory, SpanTimer, device_name  # noqa: E402
 from harness.models import SegmentationModel, build_model  # noqa: E402
+from harness.ops import IMAGENET, normalize  # noqa: E402
 from harness.recipe import Recipe  # noqa: E402
 from harness.results import SUMMARY_FILE, write_json  # noqa: E402
 
@@ -275,24 +273,19 @@ def bare_row(label: str, recipe: Recipe, device: torch.device, scale: Scale) -> 
 def harness_row(name: str, label: str, recipe: Recipe, device: torch.device, scale: Scale) -> Row:
     """harness.engine's Trainer under a bf16 Accelerator; its bank, if any, filled to the brim."""
     accelerator = Accelerator(mixed_precision="bf16")
-    model = seeded_model(recipe, device)
-    generator = torch.Generator(device).manual_seed(0)
     classes = CITYSCAPES.num_classes
-    contrast = build_term(accelerator, recipe, model, classes, CITYSCAPES.train_images, generator)
-    optimizer = build_optimizer(model, recipe.optim)
-    if recipe.run.compile:
-        model = torch.compile(model)  # as set_up does: the model only
-    model, optimizer = accelerator.prepare(model, optimizer)
-    trainer = Trainer(accelerator, recipe, model, optimizer, contrast)
+    torch.manual_seed(0)  # the same initial weights in every row
+    ctx = make_context(accelerator, recipe)
+    trainer, _ = prepare(ctx, build(ctx, classes, CITYSCAPES.train_images))  # as set_up makes it, without data
     fill = None
     if trainer.bank is not None:
-        fill_bank(trainer.bank, classes, generator)
+        fill_bank(trainer.bank, classes, torch.Generator(device).manual_seed(0))
         fill = float(trainer.bank.fill())
         if fill != 1.0:
             raise RuntimeError(f"the {name} bank is only {fill:.3f} full after filling")
     trainer.contrast_timer.warmup = scale.warmup
     return Row(name, label, trainer.step, SpanTimer(device, scale.warmup),
-               trainer.contrast_timer if contrast is not None else None, fill)
+               trainer.contrast_timer if trainer.contrast is not None else None, fill)
 
 
 def timed_step(row: Row, batches: list[Batch], iteration: int) -> None:
@@ -753,7 +746,7 @@ def environment(device: torch.device, scale: Scale, tiny: bool) -> dict[str, Any
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "settings": asdict(scale),
         "notes": "bf16 autocast, channels_last on and cudnn.benchmark on in every training row; images uint8 "
-                 "normalised on the device by harness.data.normalize in every row",
+                 "normalised on the device by harness.ops.normalize in every row",
     }
 
 

@@ -78,17 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.located(args.results_dir)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
     from harness.engine import make_accelerator
-    from harness.engine.evaluate import evaluate_saved, export_saved
     from harness.engine.summary import finished_at
-    from harness.run import use_the_cores
+    from harness.process import process_state
+    from harness.saved import evaluate_saved, export_saved
 
-    # As in run.py: only AcceleratorState reads ACCELERATE_USE_CPU; without it, CPU ranks would each run alone.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    use_the_cores(state.device.type == "cpu")
+    process_state()
     accelerator = make_accelerator(recipe)
     if args.export is not None:
         try:

@@ -6,18 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.labels import IGNORE_INDEX
+from harness.ops import upsample_to
 from harness.recipe import LossConfig
-
-
-def upsample_to(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
-    """Bilinearly resize logits [B,N,h,w] to [B,N,*size], as DeepLab does before the loss.
-
-    align_corners (model.align_corners) pins the corner cells to the corner pixels: with a crop of
-    stride * k + 1 pixels (DeepLab's 769 = 8 * 96 + 1), cell k then lands exactly on pixel stride * k.
-    """
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def ohem_cross_entropy(

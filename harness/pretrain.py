@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.data.digit_scenes import build_digit_scenes, digit_scenes_key
-from harness.data.transforms import image_statistics, normalize
+from harness.models import image_statistics
+from harness.ops import normalize
 from harness.recipe import DigitScenesConfig
 from harness.results import publish
 

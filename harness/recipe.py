@@ -172,7 +172,9 @@ class PixelBankConfig(Strict):
 
 
 class ContrastConfig(Strict):
-    kind: Literal["none", "region", "pixel", "all_pixel"] = "none"
+    # An entry of the engine's registry of contrast kinds (harness/engine/terms): none, region, pixel,
+    # all_pixel, or one an installed package declares; checked against the registry before a run starts.
+    kind: str = "none"
     weight: float = Field(0.1, ge=0)
     tau: float = Field(0.1, gt=0)
     variant: Literal["average", "ep_hp", "weighted"] = "weighted"

@@ -8,7 +8,6 @@ the sweep goes on; the exit code is 1 if any failed, 2 for a bad recipe.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -38,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a recipe key, e.g. --set optim.iterations=100 (repeatable)")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
                         help="run only these sweep variants (repeatable)")
+    parser.add_argument("--seed", dest="seeds", action="append", default=[], type=int, metavar="K",
+                        help="run only these seeds of a seeded sweep (repeatable); a scheduler job runs one")
     parser.add_argument("--resume", action="store_true",
                         help="skip finished variants and continue interrupted ones from their last checkpoint")
     parser.add_argument("--no-report", action="store_true", help="do not build reports/<recipe>/ at the end")
@@ -45,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_variants(variants: list[Variant]) -> None:
-    """Everything that can be known wrong before training: model names and strides, data roots."""
+    """Everything that can be known wrong before training: model names and strides, contrast kinds, data roots."""
     from harness.data import index_files
+    from harness.engine.terms import check_contrast_kind
     from harness.engine.trackers import check_trackers
     from harness.models import validate_model_config
 
@@ -57,6 +59,7 @@ def check_variants(variants: list[Variant]) -> None:
             if variant.recipe.model not in validated:  # the seeds of a variant share one model
                 validate_model_config(variant.recipe.model)
                 validated.add(variant.recipe.model)
+            check_contrast_kind(variant.recipe.loss.contrast.kind)
             if variant.recipe.run.trackers not in checked:  # a network check costs seconds: once per set
                 check_trackers(variant.recipe.run.trackers)
                 checked.add(variant.recipe.run.trackers)
@@ -67,13 +70,18 @@ def check_variants(variants: list[Variant]) -> None:
             raise RecipeError(error.key, f"{error.message} (sweep variant '{variant.name}')") from None
 
 
-def select(variants: list[Variant], names: list[str]) -> list[Variant]:
-    """The runs of the variants named by --only, in sweep order."""
+def select(variants: list[Variant], names: list[str], seeds: list[int] = ()) -> list[Variant]:
+    """The runs of the variants named by --only and the seeds named by --seed, in sweep order."""
     unknown = set(names) - {variant.name for variant in variants}
     if unknown:
         valid = ", ".join(dict.fromkeys(variant.name for variant in variants))
         raise RecipeError("--only", f"no variant named {sorted(unknown)}; the sweep has: {valid}")
-    return [variant for variant in variants if not names or variant.name in names]
+    missing = set(seeds) - {variant.seed for variant in variants}
+    if missing:
+        valid = ", ".join(str(seed) for seed in dict.fromkeys(variant.seed for variant in variants))
+        raise RecipeError("--seed", f"no run with seed {sorted(missing)}; the sweep's seeds: {valid}")
+    return [variant for variant in variants
+            if (not names or variant.name in names) and (not seeds or variant.seed in seeds)]
 
 
 def write_report(recipe_dir: Path, reports_dir: Path) -> None:
@@ -85,20 +93,6 @@ def write_report(recipe_dir: Path, reports_dir: Path) -> None:
     except Exception as error:  # noqa: BLE001 - the results are safe on disk either way
         print(f"warning: report not built ({type(error).__name__}: {error}); "
               f"retry with: python -m harness.report {recipe_dir}", file=sys.stderr)
-
-
-def use_the_cores(on_cpu: bool) -> None:
-    """On a CPU, give each local process its share of the physical cores.
-
-    `accelerate launch` pins a CPU run to one thread unless its config says use_cpu, which a
-    config that should also serve a GPU cannot say.
-    """
-    import psutil
-    import torch
-
-    if on_cpu:
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(max(1, (psutil.cpu_count(logical=False) or 1) // local_processes))
 
 
 def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
@@ -135,16 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         every_run, sweep = load_sweep(args.recipe, args.overrides)
-        variants = select(every_run, args.only)
+        variants = select(every_run, args.only, args.seeds)
         check_variants(variants)
     except RecipeError as error:
         return bad_recipe(error, args.recipe)
 
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
+    from harness.process import process_state
 
-    # Only AcceleratorState reads ACCELERATE_USE_CPU; without it, CPU ranks would each run alone.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = process_state()
     try:  # the per-process batch follows data.global_batch_size over however many processes were launched
         variants = [
             variant.model_copy(update={"recipe": with_batch_plan(variant.recipe, state.num_processes)})
@@ -152,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         ]
     except RecipeError as error:
         return bad_recipe(error, args.recipe)
-    use_the_cores(state.device.type == "cpu")
     run_cfg = variants[0].recipe.run
     recipe_dir = run_cfg.output_dir / run_cfg.name
     if state.is_main_process:

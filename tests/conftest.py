@@ -10,11 +10,17 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from benchmarks.common import dense_bank_loss, dense_info_nce
+from harness.engine import Trainer, build, make_context, prepare
+from harness.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = str(REPO / "harness" / "run.py")
@@ -24,7 +30,26 @@ RUN = str(REPO / "harness" / "run.py")
 CPU_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
-__all__ = ["CPU_ENV", "REPO", "RUN", "check", "dense_bank_loss", "dense_info_nce", "free_port", "seeded", "torchrun"]
+__all__ = [
+    "CPU_ENV", "REPO", "RUN", "check", "dense_bank_loss", "dense_info_nce", "free_port", "seeded", "torchrun",
+    "trainer_for",
+]
+
+
+@pytest.fixture(scope="module")
+def accelerator() -> Iterator[Accelerator]:
+    """A CPU Accelerator; the singleton state is reset around it so no other test's device leaks in or out."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def trainer_for(accelerator: Accelerator, recipe: Recipe, num_classes: int, train_images: int) -> Trainer:
+    """A Trainer built and prepared as set_up makes one (no data loaders), its model initialised from seed 0."""
+    torch.manual_seed(0)
+    ctx = make_context(accelerator, recipe)
+    trainer, _ = prepare(ctx, build(ctx, num_classes, train_images))
+    return trainer
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -15,30 +15,39 @@ import torch
 from accelerate import Accelerator
 
 from harness import contrast, engine
-from harness.data import IMAGENET, build_datasets
+from harness.data import build_datasets
+from harness.engine import RunContext, make_context
 from harness.engine.evaluate import evaluate
 from harness.engine.setup import make_loaders
-from harness.engine.terms import InBatchTerm, RegionTerm
+from harness.engine.terms import TermInputs
+from harness.engine.terms.in_batch import InBatchTerm
+from harness.engine.terms.region import RegionTerm
 from harness.models import SegOutput, build_model
-from harness.recipe import ContrastConfig, Recipe
+from harness.ops import IMAGENET
+from harness.recipe import Recipe
 
 NUM_CLASSES, DIM, SIDE, STEPS = 11, 8, 4, 4
 
 
-def served_indices(accelerator: Accelerator, recipe: Recipe) -> torch.Tensor:
+def served_indices(ctx: RunContext) -> torch.Tensor:
     """Every training index this rank receives in one epoch."""
-    train, val, _ = build_datasets(recipe.data, recipe.run.seed, IMAGENET)
-    train_loader, _ = make_loaders(train, val, recipe)
-    train_loader = accelerator.prepare(train_loader)
+    train, val, _ = build_datasets(ctx.recipe.data, ctx.recipe.run.seed, ctx.pad_colour)
+    train_loader, _ = make_loaders(train, val, ctx)
+    train_loader = ctx.accelerator.prepare(train_loader)
     return torch.cat([batch["index"] for batch in train_loader])
+
+
+def term_inputs(accelerator: Accelerator, bank_size: int) -> TermInputs:
+    """What a weighted region term with `bank_size` slots on DIM-channel features is built from."""
+    recipe = Recipe.model_validate({"loss": {"contrast": {"kind": "region", "variant": "weighted", "bank_size": bank_size}}})
+    return TermInputs(make_context(accelerator, recipe), NUM_CLASSES, 12, DIM, 1, torch.Generator())
 
 
 def push_random_centers(accelerator: Accelerator) -> tuple[contrast.RegionBank, list, list]:
     """STEPS region-contrast steps on random per-rank features; returns the bank, inputs and losses."""
-    cfg = ContrastConfig(kind="region", variant="weighted", bank_size=6)
     bank = contrast.RegionBank(NUM_CLASSES, 6, DIM)
-    region = RegionTerm(accelerator, cfg, bank, NUM_CLASSES)
-    in_batch = InBatchTerm(accelerator, cfg.model_copy(update={"bank_size": 0}), NUM_CLASSES)
+    region = RegionTerm(term_inputs(accelerator, 6), bank)
+    in_batch = InBatchTerm(term_inputs(accelerator, 0))
     inputs, losses = [], []
     for step in range(STEPS):
         generator = torch.Generator().manual_seed(1000 * accelerator.process_index + step)
@@ -60,7 +69,7 @@ def in_batch_gradients(accelerator: Accelerator) -> torch.Tensor:
     inputs, logits, labels = global_in_batch_inputs()
     rows = slice(2 * accelerator.process_index, 2 * accelerator.process_index + 2)
     features = layer(inputs[rows])
-    in_batch = InBatchTerm(accelerator, ContrastConfig(kind="region", variant="weighted", bank_size=0), NUM_CLASSES)
+    in_batch = InBatchTerm(term_inputs(accelerator, 0))
     accelerator.backward(in_batch(SegOutput(logits[rows], None, features, features), {"label": labels[rows]}))
     return accelerator.unwrap_model(layer).weight.grad
 
@@ -74,13 +83,14 @@ def global_in_batch_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return inputs, logits, labels
 
 
-def evaluate_tiny_model(accelerator: Accelerator, recipe: Recipe) -> tuple[float, dict]:
+def evaluate_tiny_model(ctx: RunContext) -> tuple[float, dict]:
     """mIoU of an untrained model (same seed on every rank) over a val set that does not split evenly."""
-    _, val, _ = build_datasets(recipe.data, recipe.run.seed, IMAGENET)
+    recipe = ctx.recipe
+    _, val, _ = build_datasets(recipe.data, recipe.run.seed, IMAGENET.pad_colour)
     torch.manual_seed(0)
     model = build_model(recipe.model, NUM_CLASSES).eval()
-    loader = accelerator.prepare(torch.utils.data.DataLoader(val, batch_size=2))
-    result = evaluate(accelerator, model, loader, recipe.eval, NUM_CLASSES, IMAGENET)
+    loader = ctx.accelerator.prepare(torch.utils.data.DataLoader(val, batch_size=2))
+    result = evaluate(ctx, model, loader, recipe.eval, NUM_CLASSES)
     return result.miou, model.state_dict()
 
 
@@ -91,10 +101,11 @@ def main(out_dir: Path) -> None:
         "model": {"backbone": "resnet18", "head_channels": 8, "aux_channels": 8},
     })
     accelerator = engine.make_accelerator(recipe)
-    indices = served_indices(accelerator, recipe)
+    ctx = make_context(accelerator, recipe)
+    indices = served_indices(ctx)
     bank, inputs, losses = push_random_centers(accelerator)
     gradient = in_batch_gradients(accelerator)
-    miou, weights = evaluate_tiny_model(accelerator, recipe)
+    miou, weights = evaluate_tiny_model(ctx)
     torch.save({
         "process_index": accelerator.process_index, "world_size": accelerator.num_processes,
         "indices": indices, "bank": bank.state_dict(), "inputs": inputs, "in_batch_losses": losses,

@@ -10,14 +10,26 @@ import pytest
 import scipy.io
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from PIL import Image
 
-from harness import data, pretrain
-from harness.data import IMAGENET, digit_scenes, transforms
+from harness import data, ops, pretrain
+from harness.data import digit_scenes, transforms
 from harness.data.real import read_label
+from harness.engine import make_context
 from harness.engine.setup import make_eval_loader, make_loaders
 from harness.labels import IGNORE_INDEX
-from harness.recipe import AugmentConfig, DataConfig, DigitScenesConfig, ModelConfig, Recipe, RecipeError, validate
+from harness.models import image_statistics
+from harness.ops import IMAGENET
+from harness.recipe import (
+    AugmentConfig,
+    DataConfig,
+    DigitScenesConfig,
+    ModelConfig,
+    Recipe,
+    RecipeError,
+    validate,
+)
 from tests.data_fixtures import (
     HEIGHT,
     WIDTH,
@@ -47,7 +59,7 @@ def small_config(root: Path, **changes: object) -> DataConfig:
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Scenes:
     """Train and val digit scenes of the small config, seed 0."""
-    train, val, _ = data.build_datasets(small_config(tmp_path_factory.mktemp("digits")), seed=0, statistics=IMAGENET)
+    train, val, _ = data.build_datasets(small_config(tmp_path_factory.mktemp("digits")), seed=0, pad_colour=IMAGENET.pad_colour)
     return train, val
 
 
@@ -69,8 +81,8 @@ def used_samples(split: data.SegmentationDataset) -> set[int]:
 
 def test_train_val_and_test_use_disjoint_sklearn_samples(tmp_path: Path) -> None:
     cfg = small_config(tmp_path)
-    train, val, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
-    _, test, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET, eval_split="test")
+    train, val, _ = data.build_datasets(cfg, seed=0, pad_colour=IMAGENET.pad_colour)
+    _, test, _ = data.build_datasets(cfg, seed=0, pad_colour=IMAGENET.pad_colour, eval_split="test")
     splits = [used_samples(split) for split in (train, val, test)]
     assert all(splits) and len(test) == SMALL.test_images
     assert not splits[0] & splits[1] and not splits[0] & splits[2] and not splits[1] & splits[2]
@@ -132,48 +144,48 @@ def old_normalisation(image: np.ndarray) -> torch.Tensor:
 def test_normalize_matches_the_old_normalisation(scenes: Scenes) -> None:
     _, val = scenes
     batch = data.collate([val[3], val[4]], IMAGENET.pad_colour)
-    normalised = data.normalize(batch["image"], torch.float32, IMAGENET)
+    normalised = ops.normalize(batch["image"], torch.float32, IMAGENET)
     assert normalised.dtype == torch.float32 and normalised.shape == (2, 3, 64, 64)
     for row, image in zip((3, 4), normalised):
         assert torch.equal(image, old_normalisation(val.table[row]["image"]))
-    half = data.normalize(batch["image"], torch.bfloat16, IMAGENET)
+    half = ops.normalize(batch["image"], torch.bfloat16, IMAGENET)
     assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), normalised, atol=2e-2)
     # Padding with the mean colour is padding with the old 0, within half an intensity level.
     mean_colour = torch.tensor(IMAGENET.pad_colour, dtype=torch.uint8).view(1, 3, 1, 1)  # [3] -> [1,3,1,1]
-    assert data.normalize(mean_colour, torch.float32, IMAGENET).abs().max() <= 0.5 / 255 / min(IMAGENET.std)
+    assert ops.normalize(mean_colour, torch.float32, IMAGENET).abs().max() <= 0.5 / 255 / min(IMAGENET.std)
 
 
 def test_digit_scenes_cache_is_reused_and_keyed_by_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = small_config(tmp_path, seed=3)
-    _, val, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
+    _, val, _ = data.build_datasets(cfg, seed=0, pad_colour=IMAGENET.pad_colour)
     assert (tmp_path / digit_scenes.digit_scenes_key(cfg.digit_scenes, 3)).is_dir()
 
     def refuse(*_: object) -> None:
         raise AssertionError("rebuilt although a cache exists")
 
     monkeypatch.setattr(digit_scenes, "build_digit_scenes", refuse)
-    _, cached_val, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
+    _, cached_val, _ = data.build_datasets(cfg, seed=0, pad_colour=IMAGENET.pad_colour)
     assert torch.equal(cached_val[5]["label"], val[5]["label"])
     # The run's seed (a sweep's seeds) augments differently but draws the same scenes.
-    _, same_scenes, _ = data.build_datasets(cfg, seed=4, statistics=IMAGENET)
+    _, same_scenes, _ = data.build_datasets(cfg, seed=4, pad_colour=IMAGENET.pad_colour)
     assert torch.equal(same_scenes[5]["label"], val[5]["label"])
     with pytest.raises(AssertionError, match="rebuilt"):
-        data.build_datasets(small_config(tmp_path, val_images=31, seed=3), seed=0, statistics=IMAGENET)
+        data.build_datasets(small_config(tmp_path, val_images=31, seed=3), seed=0, pad_colour=IMAGENET.pad_colour)
     with pytest.raises(AssertionError, match="rebuilt"):
-        data.build_datasets(small_config(tmp_path, seed=4), seed=0, statistics=IMAGENET)
+        data.build_datasets(small_config(tmp_path, seed=4), seed=0, pad_colour=IMAGENET.pad_colour)
 
 
 def test_digit_scenes_cache_defaults_to_dot_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = DataConfig(digit_scenes=SMALL.model_copy(update={"train_images": 4, "val_images": 2}))
-    train, _, info = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
+    train, _, info = data.build_datasets(cfg, seed=0, pad_colour=IMAGENET.pad_colour)
     assert (tmp_path / ".cache" / "digit_scenes" / digit_scenes.digit_scenes_key(cfg.digit_scenes, 0)).is_dir()
     assert len(train) == 4 and info.num_classes == 11 and info.class_names[:2] == ["background", "0"]
 
 
 def test_digit_size_follows_digit_scale(tmp_path: Path) -> None:
     large = small_config(tmp_path, digit_scale=(0.5, 0.5), digits_per_image=(1, 1))
-    train, _, _ = data.build_datasets(large, seed=0, statistics=IMAGENET)
+    train, _, _ = data.build_datasets(large, seed=0, pad_colour=IMAGENET.pad_colour)
     extents = []
     for row in range(5):
         rows, cols = np.nonzero(train.table[row]["label"])
@@ -192,7 +204,7 @@ def real_config(name: str, root: Path | None, crop_size: int = 24) -> DataConfig
 
 def test_cityscapes_maps_label_ids_to_train_ids(tmp_path: Path) -> None:
     raw = every_value(34)
-    train, val, info = data.build_datasets(real_config("cityscapes", make_cityscapes(tmp_path, raw)), seed=0, statistics=IMAGENET)
+    train, val, info = data.build_datasets(real_config("cityscapes", make_cityscapes(tmp_path, raw)), seed=0, pad_colour=IMAGENET.pad_colour)
     assert (len(train), len(val), info.num_classes) == (2, 2, 19)
     assert info.class_names[13] == "car" and info.palette[0] == (128, 64, 128)
     label = val[1]["label"]
@@ -206,7 +218,7 @@ def test_cityscapes_prefers_label_train_ids_when_present(tmp_path: Path) -> None
     root = make_cityscapes(tmp_path, every_value(34), per_split=1)
     train_ids = every_value(19)
     write_image(root / "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_labelTrainIds.png", train_ids)
-    _, val, _ = data.build_datasets(real_config("cityscapes", root), seed=0, statistics=IMAGENET)
+    _, val, _ = data.build_datasets(real_config("cityscapes", root), seed=0, pad_colour=IMAGENET.pad_colour)
     assert np.array_equal(val[0]["label"].numpy(), train_ids)
 
 
@@ -215,7 +227,7 @@ def test_ade20k_shifts_labels_and_accepts_either_root(tmp_path: Path) -> None:
     base = make_ade20k(tmp_path, raw)
     expected = np.where((raw >= 1) & (raw <= 150), raw.astype(np.int64) - 1, 255)
     for root in (tmp_path, base):
-        train, val, info = data.build_datasets(real_config("ade20k", root), seed=0, statistics=IMAGENET)
+        train, val, info = data.build_datasets(real_config("ade20k", root), seed=0, pad_colour=IMAGENET.pad_colour)
         assert (len(train), len(val), info.num_classes, info.class_names[0]) == (2, 2, 150, "wall")
         assert np.array_equal(val[0]["label"].numpy(), expected)
     assert "ADE_val_00000002.jpg" in val.table[1]["image"]
@@ -224,7 +236,7 @@ def test_ade20k_shifts_labels_and_accepts_either_root(tmp_path: Path) -> None:
 def test_coco_stuff_raw_ids_skip_the_unused_things(tmp_path: Path) -> None:
     raw = every_value(183)
     raw[0, :2] = 255
-    _, val, info = data.build_datasets(real_config("coco_stuff", make_coco_stuff(tmp_path, raw, ".png")), seed=0, statistics=IMAGENET)
+    _, val, info = data.build_datasets(real_config("coco_stuff", make_coco_stuff(tmp_path, raw, ".png")), seed=0, pad_colour=IMAGENET.pad_colour)
     label = val[0]["label"]
     assert info.num_classes == 171 and info.class_names[11] == "stop sign"
     spot_checks = {0: 0, 10: 10, 11: 255, 12: 11, 90: 255, 91: 80, 181: 170, 182: 255, 255: 255}
@@ -236,14 +248,14 @@ def test_coco_stuff_raw_ids_skip_the_unused_things(tmp_path: Path) -> None:
 def test_coco_stuff_prefers_label_train_ids(tmp_path: Path) -> None:
     train_ids = every_value(171)
     root = make_coco_stuff(tmp_path, train_ids, "_labelTrainIds.png")
-    train, val, _ = data.build_datasets(real_config("coco_stuff", root), seed=0, statistics=IMAGENET)
+    train, val, _ = data.build_datasets(real_config("coco_stuff", root), seed=0, pad_colour=IMAGENET.pad_colour)
     assert np.array_equal(val[1]["label"].numpy(), train_ids)
     assert train[0]["image"].shape == (3, 24, 24) and train[0]["label"].dtype == torch.int64
 
 
 def test_coco_stuff10k_reads_mat_labels_and_the_image_lists(tmp_path: Path) -> None:
     raw = every_value(183)  # S: 0 = unlabeled, 1-182 = COCO-Stuff ids, the 11 unused ones never labelled
-    train, val, info = data.build_datasets(real_config("coco_stuff10k", make_coco_stuff10k(tmp_path, raw)), seed=0, statistics=IMAGENET)
+    train, val, info = data.build_datasets(real_config("coco_stuff10k", make_coco_stuff10k(tmp_path, raw)), seed=0, pad_colour=IMAGENET.pad_colour)
     assert (len(train), len(val), info.name, info.num_classes) == (3, 2, "coco_stuff10k", 171)
     assert [Path(row["image"]).name for row in val.table] == ["COCO_train2014_000000009000.jpg",
                                                              "COCO_train2014_000000009001.jpg"]
@@ -261,7 +273,7 @@ def test_coco_stuff10k_names_a_listed_image_that_is_missing(tmp_path: Path) -> N
     missing = root / "images" / "COCO_train2014_000000000078.jpg"
     missing.unlink()
     with pytest.raises(RecipeError, match=str(missing)) as error:
-        data.build_datasets(real_config("coco_stuff10k", root), seed=0, statistics=IMAGENET)
+        data.build_datasets(real_config("coco_stuff10k", root), seed=0, pad_colour=IMAGENET.pad_colour)
     assert error.value.key == "data.root"
 
 
@@ -276,7 +288,7 @@ def test_a_mat_file_without_a_label_matrix_is_named(tmp_path: Path) -> None:
 def test_missing_or_empty_root_names_data_root(tmp_path: Path, name: str) -> None:
     for root in (None, tmp_path / "absent", tmp_path):
         with pytest.raises(RecipeError) as error:
-            data.build_datasets(real_config(name, root), seed=0, statistics=IMAGENET)
+            data.build_datasets(real_config(name, root), seed=0, pad_colour=IMAGENET.pad_colour)
         assert error.value.key == "data.root" and str(root) in error.value.message
 
 
@@ -285,7 +297,7 @@ def test_missing_label_file_is_named(tmp_path: Path) -> None:
     missing = base / "annotations" / "training" / "ADE_train_00000002.png"
     missing.unlink()
     with pytest.raises(RecipeError, match=str(missing)) as error:
-        data.build_datasets(real_config("ade20k", tmp_path), seed=0, statistics=IMAGENET)
+        data.build_datasets(real_config("ade20k", tmp_path), seed=0, pad_colour=IMAGENET.pad_colour)
     assert error.value.key == "data.root"
 
 
@@ -455,7 +467,7 @@ def test_train_transform_is_reproducible_from_its_generator() -> None:
 def test_training_items_are_crops_and_validation_items_whole(tmp_path: Path) -> None:
     tiny = SMALL.model_copy(update={"train_images": 3, "val_images": 2})
     cfg = DataConfig(root=tmp_path, crop_size=40, augment=AugmentConfig(scale=(0.5, 1.5)), digit_scenes=tiny)
-    train, val, _ = data.build_datasets(cfg, seed=0, statistics=IMAGENET)
+    train, val, _ = data.build_datasets(cfg, seed=0, pad_colour=IMAGENET.pad_colour)
     assert train[2]["image"].shape == (3, 40, 40) and train[2]["label"].shape == (40, 40)
     # Augmentation is a function of (seed, epoch, index) alone: torch's global RNG plays no part.
     torch.manual_seed(11)
@@ -486,26 +498,28 @@ def test_collate_pads_mixed_sizes() -> None:
                                                ("inception_v3.tv_in1k", (0.5, 0.5, 0.5)),
                                                ("vit_small_patch16_224", (0.5, 0.5, 0.5))])
 def test_image_statistics_come_from_the_backbones_pretrained_config(backbone: str, mean: tuple[float, ...]) -> None:
-    statistics = data.image_statistics(backbone)
+    statistics = image_statistics(backbone)
     assert statistics.mean == pytest.approx(mean)
     assert statistics.std == pytest.approx(IMAGENET.std if mean == IMAGENET.mean else (0.5, 0.5, 0.5))
 
 
-def test_a_backbones_statistics_normalise_and_pad_its_images(tmp_path: Path) -> None:
+def test_a_backbones_statistics_normalise_and_pad_its_images(tmp_path: Path, accelerator: Accelerator) -> None:
     """With 0.5 / 0.5 statistics (inception, ViT), grey 128 is what normalises to 0 and pads the batches."""
-    halves = data.image_statistics("inception_v3.tv_in1k")
+    halves = image_statistics("inception_v3.tv_in1k")
     assert halves.pad_colour == (128, 128, 128) and IMAGENET.pad_colour == (124, 116, 104)
     levels = torch.tensor([128.0, 0.0, 255.0])
     pixels = levels.to(torch.uint8).view(1, 1, 1, 3).expand(1, 3, 1, 3)  # [3] -> [1,3,1,3], every channel alike
     expected = ((levels / 255 - 0.5) / 0.5).view(1, 1, 1, 3).expand(1, 3, 1, 3)  # [3] -> [1,3,1,3]
-    assert torch.allclose(data.normalize(pixels, torch.float32, halves), expected)
+    assert torch.allclose(ops.normalize(pixels, torch.float32, halves), expected)
     recipe = loader_recipe(tmp_path, 0).model_copy(update={"model": ModelConfig(backbone="inception_v3.tv_in1k")})
-    train, val, _ = data.build_datasets(recipe.data, seed=0, statistics=halves)
+    ctx = make_context(accelerator, recipe)  # the run's context reads the statistics once
+    assert ctx.statistics == halves and ctx.pad_colour == (128, 128, 128)
+    train, val, _ = data.build_datasets(recipe.data, seed=0, pad_colour=ctx.pad_colour)
     assert train.transform.pad_colour == (128, 128, 128)
     sizes = torch.full((3, 4, 6), 7, dtype=torch.uint8), torch.full((3, 5, 2), 9, dtype=torch.uint8)
     items = [{"image": image, "label": torch.zeros(image.shape[1:], dtype=torch.long), "index": i}
              for i, image in enumerate(sizes)]
-    loader = make_eval_loader(items, recipe)
+    loader = make_eval_loader(items, ctx)
     batch = next(iter(torch.utils.data.DataLoader(items, batch_size=2, collate_fn=loader.collate_fn)))
     assert batch["image"][1, :, :, 2:].eq(128).all() and batch["image"][0, :, 4:].eq(128).all()
 
@@ -533,10 +547,10 @@ def by_index(loader: torch.utils.data.DataLoader) -> dict[int, tuple[torch.Tenso
     }
 
 
-def test_persistent_workers_augment_each_epoch_as_the_main_process_would(tmp_path: Path) -> None:
-    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0, statistics=IMAGENET)
-    with_workers, _ = make_loaders(train, val, loader_recipe(tmp_path, 2))
-    in_process, _ = make_loaders(train, val, loader_recipe(tmp_path, 0))
+def test_persistent_workers_augment_each_epoch_as_the_main_process_would(tmp_path: Path, accelerator: Accelerator) -> None:
+    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0, pad_colour=IMAGENET.pad_colour)
+    with_workers, _ = make_loaders(train, val, make_context(accelerator, loader_recipe(tmp_path, 2)))
+    in_process, _ = make_loaders(train, val, make_context(accelerator, loader_recipe(tmp_path, 0)))
     assert with_workers.persistent_workers and not in_process.persistent_workers
     crops = []
     for epoch in (0, 1):
@@ -560,13 +574,13 @@ def test_auto_num_workers_leaves_each_local_process_a_core(
 
 
 def test_loaders_default_to_auto_workers_and_keep_an_explicit_count(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accelerator: Accelerator
 ) -> None:
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert DataConfig().num_workers is None
-    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0, statistics=IMAGENET)
+    train, val, _ = data.build_datasets(loader_recipe(tmp_path, 0).data, seed=0, pad_colour=IMAGENET.pad_colour)
     for requested, expected in ((None, data.auto_num_workers()), (0, 0), (2, 2)):
-        loaders = make_loaders(train, val, loader_recipe(tmp_path, requested))
+        loaders = make_loaders(train, val, make_context(accelerator, loader_recipe(tmp_path, requested)))
         assert [loader.num_workers for loader in loaders] == [expected, expected]
         assert all(loader.persistent_workers == (expected > 0) for loader in loaders)
         assert all(loader.pin_memory == torch.cuda.is_available() for loader in loaders)

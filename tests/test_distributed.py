@@ -13,13 +13,13 @@ import torch
 import yaml
 
 from harness import contrast
-from harness.data import IMAGENET, build_datasets, normalize
-from harness.engine.checkpoint import load_model_file
-from harness.losses import upsample_to
+from harness.data import build_datasets
 from harness.metrics import confusion_matrix, iou_from_confusion
 from harness.models import build_model
+from harness.ops import IMAGENET, normalize, upsample_to
 from harness.recipe import Recipe
 from harness.results import file_sha256
+from harness.saved import load_model_file
 from tests.conftest import CPU_ENV, REPO, RUN, check, free_port, torchrun
 from tests.distributed_worker import global_in_batch_inputs
 
@@ -108,7 +108,7 @@ def test_distributed_evaluation_counts_each_image_once(two_ranks: list[dict], tm
                  "digit_scenes": {"train_images": 12, "val_images": 5, "image_size": 32, "digits_per_image": [1, 2]}},
         "model": {"backbone": "resnet18", "head_channels": 8, "aux_channels": 8},
     })
-    _, val, _ = build_datasets(recipe.data, 0, IMAGENET)
+    _, val, _ = build_datasets(recipe.data, 0, IMAGENET.pad_colour)
     model = build_model(recipe.model, 11).eval()
     model.load_state_dict(two_ranks[0]["weights"])
     total = torch.zeros(11, 11, dtype=torch.long)

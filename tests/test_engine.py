@@ -11,18 +11,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from torch import nn
 
 from harness.contrast import AllPixelBank, PixelBank, RegionBank
-from harness.data import IMAGENET
-from harness.engine import summary
-from harness.engine.evaluate import CenterTap, evaluate, forward_slide, forward_whole, predict
+from harness.engine import make_context, summary
+from harness.engine.evaluate import (
+    CenterTap,
+    center_tap,
+    evaluate,
+    forward_slide,
+    forward_whole,
+    predict,
+)
 from harness.engine.loop import poly_lr
 from harness.engine.summary import state_digest
-from harness.engine.terms import build_term, resize_labels
+from harness.engine.terms import (
+    ContrastTerm,
+    TermInputs,
+    build_term,
+    contrast_feature_geometry,
+)
 from harness.labels import IGNORE_INDEX
-from harness.models import build_model
+from harness.models import SegmentationModel, build_model
+from harness.ops import resize_labels
 from harness.recipe import EvalConfig, OptimConfig, Recipe
 from harness.results import METRICS_FILE, MetricsLog, read_metrics
 from tests.conftest import seeded
@@ -169,15 +180,13 @@ def test_truncate_is_a_no_op_off_the_main_process_or_without_a_log(tmp_path):
 # ---------------------------------------------------------------- contrast terms
 
 
-@pytest.fixture(scope="module")
-def accelerator():
-    """A CPU Accelerator; the singleton state is reset around it so no other test's device leaks in or out."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 TRAIN_IMAGES = 3
+
+
+def term_of(accelerator: Accelerator, recipe: Recipe, model: SegmentationModel) -> ContrastTerm | None:
+    """The contrast term `recipe` asks for, built for `model` as the engine builds it."""
+    dim, stride = contrast_feature_geometry(recipe.loss.contrast, model)
+    return build_term(TermInputs(make_context(accelerator, recipe), NUM_CLASSES, TRAIN_IMAGES, dim, stride, seeded(0)))
 
 
 def term_recipe(kind: str, feature: str, bank_size: int | None = 4) -> Recipe:
@@ -216,7 +225,7 @@ def bank_shapes(bank: RegionBank | PixelBank | AllPixelBank) -> list[tuple[int, 
 @pytest.mark.parametrize(("kind", "bank_size"), [("region", 4), ("region", 0), ("pixel", None), ("all_pixel", None)])
 def test_every_term_trains_on_the_feature_it_names(accelerator, steps, kind, bank_size, feature):
     model, step_outputs = steps
-    term = build_term(accelerator, term_recipe(kind, feature, bank_size), model, NUM_CLASSES, TRAIN_IMAGES, seeded(0))
+    term = term_of(accelerator, term_recipe(kind, feature, bank_size), model)
     used = [output.backbone_features if feature == "backbone" else output.features for output, _ in step_outputs]
     dim, side = used[0].shape[1], used[0].shape[-1]
     assert dim == (512 if feature == "backbone" else 8)  # resnet18's last stage, or head_channels
@@ -246,8 +255,7 @@ def test_accumulated_micro_batches_read_one_bank_and_push_once(accelerator, step
     next micro-batch reads the same bank; the step's push then writes both, in order, as unheld pushes do."""
     model, step_outputs = steps
     recipe = term_recipe(kind, "head")
-    held = build_term(accelerator, recipe, model, NUM_CLASSES, TRAIN_IMAGES, seeded(0))
-    direct = build_term(accelerator, recipe, model, NUM_CLASSES, TRAIN_IMAGES, seeded(0))
+    held, direct = term_of(accelerator, recipe, model), term_of(accelerator, recipe, model)
     (first, first_batch), (second, second_batch) = step_outputs
     empty = {name: tensor.clone() for name, tensor in held.bank.state_dict().items()}
     held(first, first_batch, push=False)
@@ -347,7 +355,7 @@ def test_evaluation_fits_images_into_the_base_scale_before_its_ratios():
     labels = torch.randint(0, NUM_CLASSES, (1, 10, 20), generator=seeded(5))
     model = SizeRecordingModel()
     cfg = EvalConfig(scales=(0.5, 1.0), base_size=(60, 15))  # min(60 / 20, 15 / 10) = 1.5
-    tap = CenterTap(labels, NUM_CLASSES)
+    tap = center_tap(labels, cfg, NUM_CLASSES)
     probs = predict(model, images, cfg, tap, align_corners=False)
     assert model.sizes == [(8, 15), (15, 30)]  # 1.5 x 0.5 and 1.5 x 1.0 of (10, 20), rounded
     views = [F.interpolate(images, size=size, mode="bilinear", align_corners=False) for size in model.sizes]
@@ -370,42 +378,46 @@ def test_evaluation_fits_images_into_the_base_scale_before_its_ratios():
 
 
 class StrideEightModel(nn.Module):
-    """Logits at stride 8 (every 8th pixel's linear map), carrying the model's align_corners."""
+    """Logits at stride 8 (every 8th pixel's linear map)."""
 
-    def __init__(self, align_corners: bool) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.align_corners = align_corners
         self.anchor = nn.Parameter(torch.zeros(()))  # something for Accelerator.prepare to own
 
     def forward(self, images: torch.Tensor) -> SimpleNamespace:
         return SimpleNamespace(logits=torch.einsum("nc,bchw->bnhw", WEIGHT, images[..., ::8, ::8]) + self.anchor)
 
 
+def aligned_recipe(align_corners: bool) -> Recipe:
+    """term_recipe's region recipe with model.align_corners set."""
+    recipe = term_recipe("region", "head")
+    return recipe.model_copy(update={"model": recipe.model.model_copy(update={"align_corners": align_corners})})
+
+
 @pytest.mark.parametrize("align_corners", [True, False])
-def test_evaluation_upsamples_as_the_model_says(accelerator, align_corners):
+def test_evaluation_upsamples_as_the_recipe_says(accelerator, align_corners):
     # 8 * 4 + 1 pixels: 5 cells; with align_corners, cell k's prediction sits on pixel 8k.
     images = torch.randn(1, 3, 33, 33, generator=seeded(4))
-    model = StrideEightModel(align_corners)
+    model = StrideEightModel()
     cell_probs = model(images).logits.softmax(1)
     probs = predict(model, images, EvalConfig(), align_corners=align_corners)
     assert torch.allclose(probs[..., ::8, ::8], cell_probs, atol=1e-6) == align_corners
-    # evaluate() reads the option off the (prepared) model, and passes it to every prediction.
+    # evaluate() takes the option from the run's context, and passes it to every prediction.
     seen = []
     def spy(*args, **kwargs):
         seen.append(kwargs["align_corners"])  # predict(model, images, cfg, tap, align_corners=...)
         return predict(*args, **kwargs)
     loader = torch.utils.data.DataLoader([{"image": images[0], "label": torch.zeros(33, 33, dtype=torch.long)}])
-    with patch("harness.engine.evaluate.normalize", lambda image, dtype, statistics: image), \
+    ctx = make_context(accelerator, aligned_recipe(align_corners))
+    with patch("harness.engine.context.normalize", lambda image, dtype, statistics: image), \
          patch("harness.engine.evaluate.predict", spy):
-        evaluate(accelerator, accelerator.prepare(model), accelerator.prepare(loader), EvalConfig(), NUM_CLASSES,
-                 IMAGENET)
+        evaluate(ctx, accelerator.prepare(model), accelerator.prepare(loader), EvalConfig(), NUM_CLASSES)
     assert seen == [align_corners]
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
-def test_model_option_reaches_the_model_and_the_contrast_terms(accelerator, align_corners):
-    recipe = Recipe.model_validate(term_recipe("region", "head").model_dump() | {
-        "model": term_recipe("region", "head").model.model_dump() | {"align_corners": align_corners}})
-    model = build_model(recipe.model, NUM_CLASSES)
-    assert model.align_corners == align_corners
-    assert build_term(accelerator, recipe, model, NUM_CLASSES, TRAIN_IMAGES, seeded(0)).align_corners == align_corners
+def test_recipe_option_reaches_the_context_and_the_contrast_terms(accelerator, align_corners):
+    recipe = aligned_recipe(align_corners)
+    assert make_context(accelerator, recipe).align_corners == align_corners
+    term = term_of(accelerator, recipe, build_model(recipe.model, NUM_CLASSES))
+    assert term.inputs.ctx.align_corners == align_corners

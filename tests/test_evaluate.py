@@ -12,13 +12,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from harness import evaluate, run
-from harness.data import IMAGENET, normalize
 from harness.data.real import LAYOUTS, SUBMISSION_MAPS, decode_files, index_images
-from harness.engine.checkpoint import load_model_file
 from harness.engine.evaluate import predict
 from harness.models import build_model
+from harness.ops import IMAGENET, normalize
 from harness.recipe import Recipe, validate
 from harness.results import write_recipe
+from harness.saved import load_model_file
 from tests.conftest import CPU_ENV, check, seeded, torchrun
 from tests.data_fixtures import (
     every_value,
@@ -111,7 +111,7 @@ def prediction(recipe: Recipe, folder: Path, image: Path) -> np.ndarray:
     pixels = torch.from_numpy(np.array(Image.open(image).convert("RGB"))).permute(2, 0, 1)[None]  # [1,3,H,W]
     with torch.no_grad():
         view = normalize(pixels, torch.float32, IMAGENET)
-        return predict(model.eval(), view, recipe.eval, align_corners=model.align_corners).argmax(1)[0].numpy()
+        return predict(model.eval(), view, recipe.eval, align_corners=recipe.model.align_corners).argmax(1)[0].numpy()
 
 
 def test_coco_stuff10k_exports_the_listed_test_images(tmp_path: Path) -> None:

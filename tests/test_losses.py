@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.labels import IGNORE_INDEX
-from harness.losses import ohem_cross_entropy, segmentation_losses, upsample_to
+from harness.losses import ohem_cross_entropy, segmentation_losses
+from harness.ops import upsample_to
 from harness.recipe import LossConfig
 
 # True-class probabilities of six labelled pixels, as a 2x3 map.

@@ -12,6 +12,7 @@ import yaml
 from safetensors import safe_open
 
 from harness import run
+from harness.recipe import RecipeError, expand
 from harness.results import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +72,16 @@ def test_stride_the_backbone_cannot_give_exits_2(tmp_path: Path) -> None:
 
 def test_unknown_only_variant_exits_2(tmp_path: Path) -> None:
     assert run.main([str(write(tmp_path, tiny_recipe(tmp_path))), "--only", "nope"]) == 2
+
+
+def test_only_and_seed_pick_one_run_of_a_seeded_sweep() -> None:
+    tree = {"sweep": {"seeds": [3, 4, 5], "variants": {"ce": {"loss.contrast.kind": "none"}, "region": {}}}}
+    variants = expand(tree)
+    assert [(v.name, v.seed) for v in run.select(variants, ["region"], [4])] == [("region", 4)]
+    assert [(v.name, v.seed) for v in run.select(variants, [], [5])] == [("ce", 5), ("region", 5)]
+    with pytest.raises(RecipeError) as error:
+        run.select(variants, ["ce"], [9])
+    assert error.value.key == "--seed" and "3, 4, 5" in error.value.message
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,11 @@ from collections import Counter
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.common import fill_bank
-from harness.engine.step import Trainer
-from harness.engine.terms import build_term
-from harness.models import build_model
 from harness.recipe import Recipe
-from tests.conftest import seeded
+from tests.conftest import seeded, trainer_for
 
 aten = torch.ops.aten
 SYNCING = {
@@ -63,29 +59,17 @@ def recipe(contrast: dict) -> Recipe:
     })
 
 
-@pytest.fixture(scope="module")
-def accelerator():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def syncs_of_a_step(accelerator: Accelerator, contrast: dict, drop_padding: bool = False) -> Counter[str]:
     """The syncing ops of one training step (after one unrecorded step that fills lazy state).
 
     A region term drops its padding queries only on a CPU, where nothing waits; drop_padding False
     runs the path a GPU runs.
     """
-    run = recipe(contrast)
-    torch.manual_seed(0)
-    model = build_model(run.model, NUM_CLASSES)
-    term = build_term(accelerator, run, model, NUM_CLASSES, TRAIN_IMAGES, seeded(0))
-    if hasattr(term, "drop_padding"):
-        term.drop_padding = drop_padding
-    if term is not None and term.bank is not None:
-        fill_bank(term.bank, NUM_CLASSES, seeded(1))  # steady state: a full bank
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    trainer = Trainer(accelerator, run, model, optimizer, term)
+    trainer = trainer_for(accelerator, recipe(contrast), NUM_CLASSES, TRAIN_IMAGES)
+    if hasattr(trainer.contrast, "drop_padding"):
+        trainer.contrast.drop_padding = drop_padding
+    if trainer.bank is not None:
+        fill_bank(trainer.bank, NUM_CLASSES, seeded(1))  # steady state: a full bank
     generator = seeded(2)
     batch = {
         "image": torch.randint(0, 256, (2, 3, SIDE, SIDE), generator=generator, dtype=torch.uint8),

@@ -3,12 +3,12 @@
     info.py          DatasetInfo: class names and palette
     digit_scenes.py  the embedded dataset, generated and cached
     real.py          the real datasets' layouts on disk, class tables and label maps
-    transforms.py    normalisation and training augmentation
+    transforms.py    tensors and training augmentation
 
 `SegmentationDataset` turns a row into torch tensors,
 `{"image": uint8 [3,H,W], "label": int64 [H,W], "index": int}`; training items are also
-randomly scaled, padded, cropped and flipped. Images are normalised on the model's device,
-by `normalize`, with the backbone's `image_statistics`; padding takes their mean colour.
+randomly scaled, padded, cropped and flipped. Images are normalised on the model's device
+(harness.ops.normalize) with the backbone's statistics; padding takes their mean colour.
 """
 
 from __future__ import annotations
@@ -41,24 +41,14 @@ from harness.data.real import (
     index_files,
     index_images,
 )
-from harness.data.transforms import (
-    IMAGENET,
-    ImageStatistics,
-    TrainTransform,
-    base_factor,
-    image_statistics,
-    normalize,
-    pad_to,
-    to_tensors,
-)
+from harness.data.transforms import TrainTransform, base_factor, pad_to, to_tensors
 from harness.recipe import DataConfig
 
 Row = dict[str, Any]
 
 __all__ = [
-    "ADE20K", "CITYSCAPES", "COCO_STUFF", "DIGIT_SCENES", "IMAGENET", "DatasetInfo", "ImageStatistics",
-    "SegmentationDataset", "Submission", "auto_num_workers", "base_factor", "build_datasets", "build_unlabeled", "collate",
-    "image_statistics", "index_files", "normalize",
+    "ADE20K", "CITYSCAPES", "COCO_STUFF", "DIGIT_SCENES", "DatasetInfo", "SegmentationDataset", "Submission",
+    "auto_num_workers", "base_factor", "build_datasets", "build_unlabeled", "collate", "index_files",
 ]
 
 
@@ -113,10 +103,10 @@ def collate(items: list[dict[str, Any]], pad_colour: tuple[int, int, int]) -> di
 
 
 def build_datasets(
-    cfg: DataConfig, seed: int, statistics: ImageStatistics, eval_split: str = "val"
+    cfg: DataConfig, seed: int, pad_colour: tuple[int, int, int], eval_split: str = "val"
 ) -> tuple[SegmentationDataset, SegmentationDataset, DatasetInfo]:
     """The (train, evaluated split, info) of `cfg.dataset`; train items are augmented by `seed` (padded with
-    the mean colour of `statistics`), the evaluated split's (eval.split: val, or the digit scenes' test) are whole.
+    `pad_colour`, the backbone's mean), the evaluated split's (eval.split: val, or the digit scenes' test) are whole.
 
     The digit scenes themselves come from their own data.digit_scenes.seed, fixed across a sweep's seeds.
     """
@@ -126,7 +116,7 @@ def build_datasets(
         decode, info = decode_arrays, DIGIT_SCENES
     else:
         tables, decode, info = index_files(cfg.dataset, cfg.root), decode_files, LAYOUTS[cfg.dataset].info
-    augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip, statistics.pad_colour,
+    augment = TrainTransform(cfg.crop_size, cfg.augment.scale, cfg.augment.flip, pad_colour,
                              cfg.augment.base_size)
     train = SegmentationDataset(tables["train"], decode, augment, seed)
     return train, SegmentationDataset(tables[eval_split], decode), info

@@ -1,70 +1,26 @@
-"""Tensor conversion, normalisation and training augmentation: scale, pad, crop, flip, from a given generator.
+"""Tensor conversion and training augmentation: scale, pad, crop, flip, from a given generator.
 
-Images stay uint8 until they reach the model's device, where `normalize` turns them into
-floats normalised by the backbone's pretraining statistics (`image_statistics`): a quarter
-of the bytes through worker queues, pinning and host-to-device copies. The training crop is
+Images stay uint8 until they reach the model's device, where harness.ops.normalize turns them
+into floats normalised by the backbone's pretraining statistics: a quarter of the bytes
+through worker queues, pinning and host-to-device copies. The training crop is
 resampled from the window of the original image it covers, never from the whole image scaled first.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
-import timm.models
 import torch
 from PIL import Image
 
 from harness.labels import IGNORE_INDEX
-
-@dataclass(frozen=True)
-class ImageStatistics:
-    """The per-channel mean and std (fractions of 255) a backbone's pretraining normalised its images with."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @property
-    def pad_colour(self) -> tuple[int, int, int]:
-        """The uint8 colour closest to the mean: padding with it normalises to (almost exactly) 0, as
-        mmsegmentation's padding of normalised images with 0 does."""
-        red, green, blue = (round(255 * mean) for mean in self.mean)
-        return red, green, blue
-
-
-IMAGENET = ImageStatistics((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-def image_statistics(backbone: str) -> ImageStatistics:
-    """The mean and std in timm's pretrained config of `backbone` (of its tag, when the name pins one).
-
-    Random or locally loaded weights keep the architecture's convention; ImageNet's when timm has no config.
-    """
-    cfg = timm.models.get_pretrained_cfg(backbone)
-    if cfg is None:
-        return IMAGENET
-    return ImageStatistics(tuple(cfg.mean), tuple(cfg.std))
 
 
 def to_tensors(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """An RGB image and a uint8 label [H,W] -> uint8 [3,H,W] and int64 [H,W]."""
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [H,W,3] -> [3,H,W]
     return pixels, torch.from_numpy(label.astype(np.int64))
-
-
-@functools.cache
-def _on_device(statistics: ImageStatistics, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean and std [3,1,1] on `device`, made once: a fresh copy from the host each step would sync."""
-    mean = torch.tensor(statistics.mean, device=device).view(3, 1, 1)  # [3] -> [3,1,1]
-    std = torch.tensor(statistics.std, device=device).view(3, 1, 1)  # [3] -> [3,1,1]
-    return mean, std
-
-
-def normalize(images: torch.Tensor, dtype: torch.dtype, statistics: ImageStatistics) -> torch.Tensor:
-    """uint8 images [B,3,H,W] on any device -> `dtype` normalised by `statistics`, computed in float32."""
-    mean, std = _on_device(statistics, images.device)
-    return ((images.float() / 255 - mean) / std).to(dtype)
 
 
 def pad_to(

@@ -1,5 +1,5 @@
 """Checkpoints: save / find the latest / resume, with per-rank files for banks that differ across ranks;
-the final weights (model.safetensors): save, and rebuild a model from them."""
+the final weights (model.safetensors; harness.saved rebuilds a model from them)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from harness.contrast import Bank
 from harness.engine.setup import Progress
-from harness.models import SegmentationModel, build_model
-from harness.recipe import Recipe
 from harness.results import CHECKPOINT_DIR, MODEL_FILE, file_sha256, publish
 
 SCRATCH_DIR, OLD_DIR = f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old"
@@ -93,13 +91,3 @@ def save_model_file(accelerator: Accelerator, model: torch.nn.Module, out_dir: P
     path = out_dir / MODEL_FILE
     publish(path, lambda scratch: save_file(kept, str(scratch), metadata={"format": "pt"}))
     return file_sha256(path)
-
-
-def load_model_file(recipe: Recipe, num_classes: int, path: Path) -> SegmentationModel:
-    """The model a run saved to `path`, rebuilt from its resolved recipe (no pretrained weights are fetched)."""
-    state = load_file(str(path))
-    with_aux = recipe.model.aux_head and any(name.startswith("aux_head.") for name in state)
-    cfg = recipe.model.model_copy(update={"pretrained": False, "weights": None, "aux_head": with_aux})
-    model = build_model(cfg, num_classes)
-    model.load_state_dict(state)
-    return model

@@ -1,37 +1,23 @@
-"""Evaluation: whole / slide / multi-scale + flip prediction, exact distributed mIoU, val centers, samples."""
+"""Evaluation: whole / slide / multi-scale + flip prediction, exact distributed mIoU, region centers, samples."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from harness.contrast import region_entries, truth_sums
-from harness.data import (
-    DatasetInfo,
-    ImageStatistics,
-    base_factor,
-    build_datasets,
-    build_unlabeled,
-    image_statistics,
-    normalize,
-)
-from harness.engine.checkpoint import load_model_file
-from harness.engine.setup import make_eval_loader
-from harness.engine.step import input_dtype
-from harness.engine.terms import resize_labels
+from harness.data import DatasetInfo, base_factor
+from harness.engine.context import RunContext
 from harness.labels import IGNORE_INDEX
-from harness.losses import upsample_to
 from harness.metrics import confusion_matrix, iou_from_confusion
-from harness.models import SegOutput, batchnorm_in_float32
-from harness.recipe import EvalConfig, Recipe
-from harness.results import write_png
+from harness.models import SegOutput
+from harness.ops import resize_labels, upsample_to
+from harness.recipe import EvalConfig
 
 QUALITATIVE_IMAGES = 4  # the paper's Fig. 4 shows four
 
@@ -39,12 +25,12 @@ QUALITATIVE_IMAGES = 4  # the paper's Fig. 4 shows four
 class CenterTap:
     """Ground-truth region centers of the head features, read off the evaluation's own forwards.
 
-    Fed every forward of a batch's unscaled, unflipped view (the whole image, or each slide
+    Fed every forward of a batch's scale-1, unflipped view (the whole image, or each slide
     window); sums and pixel counts add up over windows. For the paper's Fig. 3 t-SNE.
     """
 
     def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
-        self.labels, self.num_classes = labels, num_classes
+        self.labels, self.num_classes = labels, num_classes  # labels [B,H,W] at the tapped view's size
         self.sums = self.counts = None
 
     def __call__(self, output: SegOutput, top: int, left: int, size: tuple[int, int]) -> None:
@@ -55,10 +41,6 @@ class CenterTap:
                                   self.num_classes)
         self.sums = sums if self.sums is None else self.sums + sums
         self.counts = counts if self.counts is None else self.counts + counts
-
-    def view_at(self, size: tuple[int, int]) -> None:
-        """Read the labels at `size`, the size of the rescaled view the forwards will see (nearest)."""
-        self.labels = resize_labels(self.labels, size)
 
     def centers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Centers [B,N,C] and valid [B,N]."""
@@ -104,11 +86,18 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     return starts
 
 
+def view_size(size: tuple[int, int], cfg: EvalConfig, scale: float) -> tuple[int, int]:
+    """The (height, width) images of `size` are predicted at for one of the protocol's scales (base factor included)."""
+    base = base_factor(size, cfg.base_size)
+    return tuple(max(1, round(side * base * scale)) for side in size)
+
+
 def predict(
     model: torch.nn.Module, images: torch.Tensor, cfg: EvalConfig, tap: CenterTap | None = None, *,
     align_corners: bool,
 ) -> torch.Tensor:
-    """Probabilities [B,N,H,W] averaged over the recipe's scales and flips; `tap` sees the scale-1, unflipped view.
+    """Probabilities [B,N,H,W] averaged over the recipe's scales and flips; `tap` (built at the scale-1 view's
+    size) sees the scale-1, unflipped view.
 
     Each scale multiplies the base factor fitting the images into cfg.base_size (1 without one),
     as mmsegmentation's test pipeline resizes to its base scale before its ratios; predictions
@@ -116,17 +105,14 @@ def predict(
     images are rescaled by half-pixel centres, as mmsegmentation's test pipeline resizes them.
     """
     size = tuple(images.shape[-2:])
-    base = base_factor(size, cfg.base_size)
     total = None
     for scale in cfg.scales:
-        scaled_size = tuple(max(1, round(side * base * scale)) for side in size)
+        scaled_size = view_size(size, cfg, scale)
         scaled = images if scaled_size == size else F.interpolate(images, size=scaled_size, mode="bilinear",
                                                                    align_corners=False)
         views = [scaled, scaled.flip(-1)] if cfg.flip else [scaled]
         for index, view in enumerate(views):
             view_tap = tap if scale == 1.0 and index == 0 else None
-            if view_tap is not None and scaled_size != size:
-                view_tap.view_at(scaled_size)
             if cfg.mode == "slide":
                 probs = forward_slide(model, view, cfg.slide_crop, cfg.slide_stride, view_tap, align_corners)
             else:
@@ -144,25 +130,28 @@ class Evaluation:
     center_labels: np.ndarray | None = None  # [M]
 
 
+def center_tap(labels: torch.Tensor, cfg: EvalConfig, num_classes: int) -> CenterTap:
+    """A CenterTap of labels [B,H,W] at the size of the view it will see, the protocol's scale 1 (nearest)."""
+    size = view_size(tuple(labels.shape[-2:]), cfg, 1.0)
+    return CenterTap(labels if size == tuple(labels.shape[-2:]) else resize_labels(labels, size), num_classes)
+
+
 @torch.no_grad()
 def evaluate(
-    accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, cfg: EvalConfig,
-    num_classes: int, statistics: ImageStatistics, collect_centers: bool = False,
+    ctx: RunContext, model: torch.nn.Module, loader: DataLoader, cfg: EvalConfig, num_classes: int,
+    collect_centers: bool = False,
 ) -> Evaluation:
-    """mIoU over the whole val set: per-image confusion matrices, gathered without padding duplicates.
-
-    Images are normalised by `statistics`, the backbone's.
-    """
-    align_corners = accelerator.unwrap_model(model).align_corners
+    """mIoU over the whole evaluated split: per-image confusion matrices, gathered without padding duplicates."""
+    accelerator = ctx.accelerator
     model.eval()
-    total = torch.zeros(num_classes, num_classes, dtype=torch.long, device=accelerator.device)
+    total = torch.zeros(num_classes, num_classes, dtype=torch.long, device=ctx.device)
     centers, center_labels = [], []
     for batch_index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_main_process)):
         if cfg.max_images is not None and batch_index * loader.total_batch_size >= cfg.max_images:
             break
-        images, labels = normalize(batch["image"], input_dtype(accelerator), statistics), batch["label"]
-        tap = CenterTap(labels, num_classes) if collect_centers else None
-        preds = predict(model, images, cfg, tap, align_corners=align_corners).argmax(1)
+        images, labels = ctx.model_input(batch["image"]), batch["label"]
+        tap = center_tap(labels, cfg, num_classes) if collect_centers else None
+        preds = predict(model, images, cfg, tap, align_corners=ctx.align_corners).argmax(1)
         per_image = torch.stack([confusion_matrix(p, t, num_classes) for p, t in zip(preds, labels)])  # [B,N,N]
         total += accelerator.gather_for_metrics(per_image).sum(0)
         if tap is not None and tap.sums is not None:
@@ -181,63 +170,18 @@ def evaluate(
     return Evaluation(miou, per_class, torch.cat(centers).numpy(), torch.cat(center_labels).numpy())
 
 
-def prepare_saved_model(accelerator: Accelerator, recipe: Recipe, num_classes: int, path: Path) -> torch.nn.Module:
-    """A run's saved model (model.safetensors), rebuilt from its recipe and prepared for inference."""
-    model = load_model_file(recipe, num_classes, path)
-    if input_dtype(accelerator) != torch.float32:
-        batchnorm_in_float32(model)
-    return accelerator.prepare(model.to(accelerator.device))
-
-
-def evaluate_saved(accelerator: Accelerator, recipe: Recipe, path: Path) -> tuple[Evaluation, DatasetInfo]:
-    """The val mIoU of a run's saved model under recipe.eval, computed exactly as the run computed its own."""
-    with accelerator.main_process_first():  # the main process builds the dataset caches; the others read them
-        statistics = image_statistics(recipe.model.backbone)
-        _, val_set, info = build_datasets(recipe.data, recipe.run.seed, statistics, recipe.eval.split)
-    model = prepare_saved_model(accelerator, recipe, info.num_classes, path)
-    loader = accelerator.prepare(make_eval_loader(val_set, recipe))
-    return evaluate(accelerator, model, loader, recipe.eval, info.num_classes, statistics), info
-
-
-@torch.no_grad()
-def export_saved(accelerator: Accelerator, recipe: Recipe, path: Path, split: str | None, out_dir: Path) -> int:
-    """Write a saved model's predictions on a split (no labels needed) in its test server's format; how many.
-
-    Each rank writes the PNGs of its own images, atomically: the repeats that pad an uneven split
-    only write a file again with the same content.
-    """
-    with accelerator.main_process_first():
-        dataset, info, submission = build_unlabeled(recipe.data, split)
-    model = prepare_saved_model(accelerator, recipe, info.num_classes, path)
-    model.eval()
-    align_corners = accelerator.unwrap_model(model).align_corners
-    images = dataset.table["image"]
-    statistics = image_statistics(recipe.model.backbone)
-    for batch in tqdm(accelerator.prepare(make_eval_loader(dataset, recipe)), desc="export",
-                      disable=not accelerator.is_main_process):
-        inputs = normalize(batch["image"], input_dtype(accelerator), statistics)
-        preds = predict(model, inputs, recipe.eval, align_corners=align_corners).argmax(1)
-        for index, pred in zip(batch["index"].tolist(), preds.cpu().numpy().astype(np.uint8)):
-            write_png(out_dir / submission.file_name(Path(images[index])), submission.table[pred])
-    accelerator.wait_for_everyone()
-    return len(dataset)
-
-
 @torch.no_grad()
 def qualitative_samples(
-    accelerator: Accelerator, model: torch.nn.Module, dataset: Dataset, cfg: EvalConfig, info: DatasetInfo,
-    statistics: ImageStatistics,
+    ctx: RunContext, model: torch.nn.Module, dataset: Dataset, cfg: EvalConfig, info: DatasetInfo
 ) -> dict[str, np.ndarray]:
-    """Image, ground truth and prediction for the first val images (the paper's Fig. 4).
+    """Image, ground truth and prediction for the first images of the evaluated split (the paper's Fig. 4).
 
     Every rank runs the forward, so models sharded by DeepSpeed ZeRO-3 do not hang.
     """
-    align_corners = accelerator.unwrap_model(model).align_corners
     model.eval()
     items = [dataset[index] for index in range(min(QUALITATIVE_IMAGES, len(dataset)))]
-    dtype = input_dtype(accelerator)
-    images = [normalize(item["image"][None].to(accelerator.device), dtype, statistics) for item in items]
-    preds = [predict(model, image, cfg, align_corners=align_corners).argmax(1)[0] for image in images]
+    images = [ctx.model_input(item["image"][None].to(ctx.device)) for item in items]
+    preds = [predict(model, image, cfg, align_corners=ctx.align_corners).argmax(1)[0] for image in images]
     model.train()
     return {
         "images": np.stack([item["image"].permute(1, 2, 0).numpy() for item in items]),  # Q x [3,H,W] -> [Q,H,W,3]

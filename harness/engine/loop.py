@@ -10,7 +10,12 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from harness import measure
-from harness.engine.checkpoint import remove_checkpoints, resume_from, save_checkpoint, save_model_file
+from harness.engine.checkpoint import (
+    remove_checkpoints,
+    resume_from,
+    save_checkpoint,
+    save_model_file,
+)
 from harness.engine.evaluate import Evaluation, evaluate, qualitative_samples
 from harness.engine.setup import Setup, endless, set_up
 from harness.engine.step import NonFiniteWatch, Trainer
@@ -95,19 +100,18 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
     """Train and evaluate one variant; write its metrics log, summary and report inputs."""
     recipe = variant.recipe
     setup = set_up(accelerator, recipe)
+    ctx, trainer = setup.ctx, setup.trainer
     start_trackers(accelerator, variant)
-    start = resume_from(accelerator, out_dir, setup.progress, setup.trainer.bank) if resume else 0
+    start = resume_from(accelerator, out_dir, setup.training.progress, trainer.bank) if resume else 0
     log = MetricsLog(out_dir, accelerator.is_main_process)
     log.truncate_after(start)
     # Skip warm-up iterations (allocator, caches), but keep some in very short runs.
-    steady = SteadyState(setup.trainer, warmup=min(5, (recipe.optim.iterations - start) // 2))
+    steady = SteadyState(trainer, warmup=min(5, (recipe.optim.iterations - start) // 2))
     with measure.PeakMemory(accelerator.device) as memory:
         train(setup, variant, out_dir, start, log, steady, memory)
-        trainer = setup.trainer
-        final = evaluate(accelerator, trainer.model, setup.val_loader, recipe.eval, setup.info.num_classes,
-                         trainer.statistics, collect_centers=True)
-        samples = qualitative_samples(accelerator, trainer.model, setup.val_set, recipe.eval, setup.info,
-                                      trainer.statistics)
+        final = evaluate(ctx, trainer.model, setup.eval_loader, recipe.eval, setup.info.num_classes,
+                         collect_centers=True)
+        samples = qualitative_samples(ctx, trainer.model, setup.eval_set, recipe.eval, setup.info)
         memory.mark("eval")
     record(accelerator, log, {"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
     summary = summarize(setup, variant, final, steady, memory)
@@ -142,7 +146,7 @@ def train(
             losses = trainer.step(next(batches), iteration)
             watch.add(losses["loss"])
         steady.steps.stop()
-        setup.progress.iteration = done = iteration + 1
+        setup.training.progress.iteration = done = iteration + 1
         steady.add_fill(done - start)
         progress_bar.update(1)
         if done % recipe.run.log_interval == 0 or iteration == start:
@@ -157,8 +161,8 @@ def train(
             break
         if _due(done, recipe.eval.interval):
             memory.mark("train")
-            interim = evaluate(accelerator, trainer.model, setup.val_loader, interim_protocol(recipe.eval),
-                               setup.info.num_classes, trainer.statistics)
+            interim = evaluate(setup.ctx, trainer.model, setup.eval_loader, interim_protocol(recipe.eval),
+                               setup.info.num_classes)
             memory.mark("eval")
             record(accelerator, log, {"kind": "eval", "iter": done, "val_miou": interim.miou})
         if _due(done, recipe.run.checkpoint_interval):
@@ -183,7 +187,7 @@ def summarize(
         **throughput_and_memory(accelerator, recipe, steady.steps.median(), trainer.contrast_timer.median(), memory),
         "bank_fill": steady.bank_fill(),
         "params": measure.count_parameters(accelerator.unwrap_model(trainer.model)),
-        "flops_per_image": setup.flops_per_image, "backbone_weights": setup.weights,
+        "flops_per_image": setup.training.flops_per_image, "backbone_weights": setup.training.weights,
         **bank_fields(accelerator, trainer.bank, bank_size),
         **run_info(accelerator),
         "finished_at": finished_at(),

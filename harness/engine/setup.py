@@ -1,4 +1,5 @@
-"""One variant's prepared objects: Accelerator, data loaders, model, optimizer and contrast term."""
+"""One variant's objects: the Accelerator, the run's context, then data loaders, model, optimizer and
+contrast term, built (`build`) and then prepared (`prepare`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,21 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 
 from harness import measure
-from harness.data import DatasetInfo, auto_num_workers, build_datasets, collate, image_statistics
-from harness.engine.step import Trainer, input_dtype
-from harness.engine.terms import build_term
-from harness.models import batchnorm_in_float32, build_model, synchronised_batch_norms, weights_origin
+from harness.data import DatasetInfo, auto_num_workers, build_datasets, collate
+from harness.engine.context import RunContext, make_context
+from harness.engine.step import Trainer
+from harness.engine.terms import (
+    ContrastTerm,
+    TermInputs,
+    build_term,
+    contrast_feature_geometry,
+)
+from harness.models import (
+    batchnorm_in_float32,
+    build_model,
+    synchronised_batch_norms,
+    weights_origin,
+)
 from harness.pretrain import digit_backbone_file
 from harness.recipe import ModelConfig, OptimConfig, Recipe
 from harness.results import TRACKERS_DIR
@@ -52,34 +64,34 @@ def resolve_weights(recipe: Recipe) -> ModelConfig:
     return cfg.model_copy(update={"weights": digit_backbone_file(cfg.backbone, recipe.data.digit_scenes.seed)})
 
 
-def loading_options(recipe: Recipe) -> dict[str, Any]:
+def loading_options(ctx: RunContext) -> dict[str, Any]:
     """DataLoader options of every split: decoding worker processes, pinned batches where CUDA is, collate.
 
     Workers persist across epochs (no restart per epoch); SegmentationDataset.set_epoch reaches
     them through shared memory. Pinned batches copy to the GPU faster. Batches of differently
     sized images are padded with the backbone's mean colour.
     """
-    workers = auto_num_workers() if recipe.data.num_workers is None else recipe.data.num_workers
-    pad_colour = image_statistics(recipe.model.backbone).pad_colour
-    return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                collate_fn=functools.partial(collate, pad_colour=pad_colour))
+    data = ctx.recipe.data
+    workers = auto_num_workers() if data.num_workers is None else data.num_workers
+    return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=ctx.device.type == "cuda",
+                collate_fn=functools.partial(collate, pad_colour=ctx.pad_colour))
 
 
-def make_loaders(train: Dataset, val: Dataset, recipe: Recipe) -> tuple[DataLoader, DataLoader]:
-    """Shuffled training batches (full batches only) and in-order val batches, decoded by worker processes."""
-    generator = torch.Generator().manual_seed(recipe.run.seed)
+def make_loaders(train: Dataset, evaluated: Dataset, ctx: RunContext) -> tuple[DataLoader, DataLoader]:
+    """Shuffled training batches (full batches only) and in-order batches of the evaluated split."""
+    generator = torch.Generator().manual_seed(ctx.recipe.run.seed)
     train_loader = DataLoader(
-        train, batch_size=recipe.data.batch_size, shuffle=True, drop_last=True, generator=generator,
-        **loading_options(recipe),
+        train, batch_size=ctx.recipe.data.batch_size, shuffle=True, drop_last=True, generator=generator,
+        **loading_options(ctx),
     )
-    return train_loader, make_eval_loader(val, recipe)
+    return train_loader, make_eval_loader(evaluated, ctx)
 
 
-def make_eval_loader(dataset: Dataset, recipe: Recipe) -> DataLoader:
+def make_eval_loader(dataset: Dataset, ctx: RunContext) -> DataLoader:
     """In-order batches of a split to evaluate or predict on."""
     # Real datasets have images of different sizes: evaluate them one at a time.
-    batch_size = recipe.data.batch_size if recipe.data.dataset == "digit_scenes" else 1
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **loading_options(recipe))
+    batch_size = ctx.recipe.data.batch_size if ctx.recipe.data.dataset == "digit_scenes" else 1
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **loading_options(ctx))
 
 
 def endless(loader: DataLoader, dataset: Dataset, first_batch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -113,48 +125,82 @@ class Progress:
 
 
 @dataclass
-class Setup:
-    """One variant's prepared objects."""
+class Training:
+    """One run's model, optimizer and contrast term, built but not yet prepared."""
 
-    trainer: Trainer
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    contrast: ContrastTerm | None
     progress: Progress
     weights: str  # where the backbone's weights came from (models.weights_origin)
     flops_per_image: int  # forward FLOPs of one training crop, counted before compiling
+
+
+def build(ctx: RunContext, num_classes: int, train_images: int) -> Training:
+    """The model (weights resolved, norms as the launch needs them), its contrast term and optimizer.
+
+    Draws from the global RNG in a fixed order (the model's initialisation first), so a run's seed
+    fixes them; nothing is prepared yet.
+    """
+    recipe, accelerator = ctx.recipe, ctx.accelerator
+    with accelerator.main_process_first():  # the main process pretrains the digits stand-in; the others read it
+        model_cfg = resolve_weights(recipe)
+    model = build_model(model_cfg, num_classes)
+    if recipe.model.sync_bn and ctx.world_size > 1:
+        model = synchronised_batch_norms(model)
+    if ctx.input_dtype != torch.float32:
+        batchnorm_in_float32(model)
+    model.to(ctx.device)
+    # Counted in fp32 before prepare (DeepSpeed casts the model there): FLOPs do not depend on the dtype.
+    flops = measure.flops_per_image(model, recipe.data.crop_size, ctx.device)
+    if ctx.device.type == "cuda":
+        # Training crops have one shape: let cuDNN pick its fastest kernels once.
+        torch.backends.cudnn.benchmark = not recipe.run.deterministic
+    # The same generator state on every rank: pixel banks sample the same pixels everywhere.
+    progress = Progress(torch.Generator(ctx.device).manual_seed(recipe.run.seed))
+    dim, stride = contrast_feature_geometry(recipe.loss.contrast, model)
+    contrast = build_term(TermInputs(ctx, num_classes, train_images, dim, stride, progress.generator))
+    optimizer = build_optimizer(model, recipe.optim)
+    return Training(model, optimizer, contrast, progress, weights_origin(model_cfg), flops)
+
+
+def prepare(ctx: RunContext, training: Training, *loaders: DataLoader) -> tuple[Trainer, list[DataLoader]]:
+    """accelerator.prepare the model, optimizer and `loaders`; the Trainer, and the loaders prepared.
+
+    The bank is registered for checkpointing but never prepared (DDP would broadcast it, DeepSpeed cast it).
+    """
+    model = training.model
+    if ctx.recipe.run.compile:
+        model = torch.compile(model)  # the model only: the contrast's shapes depend on the data
+    model, optimizer, *prepared = ctx.accelerator.prepare(model, training.optimizer, *loaders)
+    trainer = Trainer(ctx, model, optimizer, training.contrast)
+    # save_state keeps custom objects of the main rank only: a sharded bank saves its own shards.
+    bank = trainer.bank
+    ctx.accelerator.register_for_checkpointing(training.progress,
+                                               *([bank] if bank is not None and bank.replicated else []))
+    return trainer, prepared
+
+
+@dataclass
+class Setup:
+    """One variant's prepared objects."""
+
+    ctx: RunContext
+    trainer: Trainer
+    training: Training  # what build made: progress, weights' origin, FLOPs
     train_loader: DataLoader
-    val_loader: DataLoader
+    eval_loader: DataLoader
     train_set: Dataset
-    val_set: Dataset
+    eval_set: Dataset  # eval.split's images
     info: DatasetInfo
 
 
 def set_up(accelerator: Accelerator, recipe: Recipe) -> Setup:
-    """Data, model, contrast term and optimizer, prepared; a bank is registered but never prepared."""
+    """The run's context, data, model, contrast term and optimizer: built, then prepared."""
     set_seed(recipe.run.seed, deterministic=recipe.run.deterministic)
+    ctx = make_context(accelerator, recipe)
     with accelerator.main_process_first():  # the main process builds the caches; the others read them
-        statistics = image_statistics(recipe.model.backbone)
-        train_set, val_set, info = build_datasets(recipe.data, recipe.run.seed, statistics, recipe.eval.split)
-        model_cfg = resolve_weights(recipe)
-    model = build_model(model_cfg, info.num_classes)
-    if recipe.model.sync_bn and accelerator.num_processes > 1:
-        model = synchronised_batch_norms(model)
-    if input_dtype(accelerator) != torch.float32:
-        batchnorm_in_float32(model)
-    model.to(accelerator.device)
-    # Counted in fp32 before prepare (DeepSpeed casts the model there): FLOPs do not depend on the dtype.
-    flops = measure.flops_per_image(model, recipe.data.crop_size, accelerator.device)
-    if accelerator.device.type == "cuda":
-        # Training crops have one shape: let cuDNN pick its fastest kernels once.
-        torch.backends.cudnn.benchmark = not recipe.run.deterministic
-    # The same generator state on every rank: pixel banks sample the same pixels everywhere.
-    progress = Progress(torch.Generator(accelerator.device).manual_seed(recipe.run.seed))
-    contrast = build_term(accelerator, recipe, model, info.num_classes, len(train_set), progress.generator)
-    optimizer = build_optimizer(model, recipe.optim)
-    train_loader, val_loader = make_loaders(train_set, val_set, recipe)
-    if recipe.run.compile:
-        model = torch.compile(model)  # the model only: the contrast's shapes depend on the data
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    trainer = Trainer(accelerator, recipe, model, optimizer, contrast)
-    # save_state keeps custom objects of the main rank only: a sharded bank saves its own shards.
-    bank = trainer.bank
-    accelerator.register_for_checkpointing(progress, *([bank] if bank is not None and bank.replicated else []))
-    return Setup(trainer, progress, weights_origin(model_cfg), flops, train_loader, val_loader, train_set, val_set, info)
+        train_set, eval_set, info = build_datasets(recipe.data, recipe.run.seed, ctx.pad_colour, recipe.eval.split)
+    training = build(ctx, info.num_classes, len(train_set))
+    trainer, (train_loader, eval_loader) = prepare(ctx, training, *make_loaders(train_set, eval_set, ctx))
+    return Setup(ctx, trainer, training, train_loader, eval_loader, train_set, eval_set, info)

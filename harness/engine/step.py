@@ -10,15 +10,13 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 
 from harness.contrast import Bank
-from harness.data import ImageStatistics, image_statistics, normalize
+from harness.engine.context import RunContext
 from harness.engine.terms import Batch, ContrastTerm
 from harness.losses import segmentation_losses, total_loss
 from harness.measure import SpanTimer
 from harness.models import SegOutput
-from harness.recipe import Recipe
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -45,31 +43,24 @@ class NonFiniteWatch:
         self.since = done + 1
 
 
-def input_dtype(accelerator: Accelerator) -> torch.dtype:
-    """The dtype images must have: DeepSpeed casts the model itself to bf16/fp16 instead of autocasting."""
-    if accelerator.distributed_type != DistributedType.DEEPSPEED:
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
-
-
 @dataclass
 class Trainer:
     """Everything one variant's training step touches, and the cost of its contrast term."""
 
-    accelerator: Accelerator
-    recipe: Recipe
+    ctx: RunContext
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     contrast: ContrastTerm | None
     # The contrast term plus its bank push, per step (events on a GPU, read at log intervals).
     contrast_timer: SpanTimer = field(init=False)
-    align_corners: bool = field(init=False)  # how the model's logits upsample onto the labels
-    statistics: ImageStatistics = field(init=False)  # what the backbone's pretraining normalised images by
 
     def __post_init__(self) -> None:
-        self.contrast_timer = SpanTimer(self.accelerator.device)
-        self.align_corners = self.accelerator.unwrap_model(self.model).align_corners
-        self.statistics = image_statistics(self.recipe.model.backbone)
+        self.contrast_timer = SpanTimer(self.ctx.device)
+
+    @property
+    def accelerator(self) -> Accelerator:
+        """The run's accelerator."""
+        return self.ctx.accelerator
 
     @property
     def bank(self) -> Bank | None:
@@ -82,9 +73,9 @@ class Trainer:
         Returns the total and each part, detached, still on the device (reading them is a host sync).
         """
         with self.accelerator.accumulate(self.model):
-            output = self.model(normalize(batch["image"], input_dtype(self.accelerator), self.statistics))
+            output = self.model(self.ctx.model_input(batch["image"]))
             parts = self.loss_parts(output, batch, iteration)
-            loss = total_loss(self.recipe.loss, parts)
+            loss = total_loss(self.ctx.recipe.loss, parts)
             self.accelerator.backward(loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -92,8 +83,8 @@ class Trainer:
 
     def loss_parts(self, output: SegOutput, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
         """CE, aux and contrast terms, unweighted; before loss.contrast.warmup_iters the bank fills, unused."""
-        cfg = self.recipe.loss
-        parts = segmentation_losses(cfg, output.logits, output.aux_logits, batch["label"], self.align_corners)
+        cfg = self.ctx.recipe.loss
+        parts = segmentation_losses(cfg, output.logits, output.aux_logits, batch["label"], self.ctx.align_corners)
         if self.contrast is not None:
             self.contrast_timer.start()
             # The bank is written once per optimizer step: accumulated micro-batches all read the bank

@@ -34,13 +34,10 @@ class SegmentationModel(nn.Module):
     """Backbone + decode head (+ aux head on stage 3); outputs stay at the head's stride."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None, feature_stride: int,
-                 feature_dim: int, align_corners: bool) -> None:
+                 feature_dim: int) -> None:
         super().__init__()
         self.backbone, self.head, self.aux_head = backbone, head, aux_head
         self.feature_stride, self.feature_dim = feature_stride, feature_dim
-        # How logits map back onto pixels (model.align_corners), read by whoever upsamples them:
-        # the training losses, the contrast terms and the evaluation.
-        self.align_corners = align_corners
         self.channels_last = False  # set by build_model from model.channels_last
 
     def forward(self, images: Tensor) -> SegOutput:
@@ -181,7 +178,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
     info = backbone.feature_info
     head = head_factory(cfg.head)(info, cfg, num_classes)
     aux_head = FCNHead(info.channels()[-2], cfg.aux_channels, num_classes) if cfg.aux_head else None
-    model = SegmentationModel(backbone, head.module, aux_head, head.stride, head.channels, cfg.align_corners)
+    model = SegmentationModel(backbone, head.module, aux_head, head.stride, head.channels)
     if cfg.channels_last:
         model.channels_last = True
         model.to(memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ import torch
 from huggingface_hub.errors import EntryNotFoundError
 from torch import Tensor, nn
 
+from harness.ops import IMAGENET, ImageStatistics
 from harness.recipe import RecipeError
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -27,6 +28,17 @@ def hub_repo(backbone: str) -> str | None:
     """The Hugging Face Hub repo holding timm's default pretrained weights for `backbone`."""
     pretrained_cfg = timm.models.get_pretrained_cfg(backbone)
     return pretrained_cfg.hf_hub_id if pretrained_cfg is not None else None
+
+
+def image_statistics(backbone: str) -> ImageStatistics:
+    """The mean and std in timm's pretrained config of `backbone` (of its tag, when the name pins one).
+
+    Random or locally loaded weights keep the architecture's convention; ImageNet's when timm has no config.
+    """
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if cfg is None:
+        return IMAGENET
+    return ImageStatistics(tuple(cfg.mean), tuple(cfg.std))
 
 
 def _hub_offline() -> bool:
