@@ -5,6 +5,9 @@
     harness evaluate RESULTS_DIR [...] re-evaluate or export a finished run (harness/evaluate.py)
     harness report RESULTS_DIR [...]   tables and plots of a recipe's results (harness/report/)
     harness plan RESULTS_DIR [...]     seeds and training hours a study needs, from a pilot (harness/report/plan.py)
+    harness prepare RECIPE [...]       decode a recipe's real dataset once into its prepared store (harness/prepare.py)
+    harness submit RECIPE [...]        a study as scheduler jobs, one per run, and its report (harness/submit.py)
+    harness status RESULTS_DIR         where each run of a study stands (harness/status.py)
     harness banks [...]                the banks' memory profile (benchmarks/bank_profile.py)
 
 Everything after the subcommand goes to that module's own options (`harness run --help`).
@@ -18,7 +21,8 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "run": "harness.run", "evaluate": "harness.evaluate", "report": "harness.report", "banks": "benchmarks.bank_profile",
-    "plan": "harness.report.plan",
+    "plan": "harness.report.plan", "submit": "harness.submit", "status": "harness.status",
+    "prepare": "harness.prepare",
 }
 
 

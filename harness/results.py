@@ -249,3 +249,71 @@ def run_folders(results_dir: Path) -> list[Path]:
         )
         runs += seeds or ([folder] if _is_run(folder) else [])
     return runs
+
+
+# ---------------------------------------------------------------- the study manifest
+#
+#     results/<recipe>/study.json    a study submitted as scheduler jobs (harness/submit.py): {"recipe",
+#                                    "overrides", "executor", "jobs_dir", "report_job_id", "runs": [{"variant",
+#                                    "seed", "folder" (relative to results/<recipe>/), "job_id", "state",
+#                                    "requeue_count"}, ...]}, one entry per expected run
+#
+# `harness submit` and the jobs both change it: each change is a read, an edit and an atomic write under
+# the study's lock, so no writer loses another's update.
+
+STUDY_FILE = "study.json"
+RUN_STATES = ("pending", "running", "requeued", "finished", "failed")
+
+
+def study_lock(recipe_dir: Path) -> Any:
+    """The lock (a filelock.FileLock, a context manager) that every writer of study.json holds."""
+    from filelock import FileLock  # only the writers of a study need it; the report never does
+
+    Path(recipe_dir).mkdir(parents=True, exist_ok=True)
+    return FileLock(Path(recipe_dir) / f".{STUDY_FILE}.lock")
+
+
+def read_study(recipe_dir: Path) -> dict[str, Any] | None:
+    """study.json, or None for a study that was not submitted as jobs."""
+    path = Path(recipe_dir) / STUDY_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_study(recipe_dir: Path, study: dict[str, Any]) -> None:
+    """Publish study.json whole (hold study_lock around the read that `study` came from)."""
+    write_json(Path(recipe_dir) / STUDY_FILE, study)
+
+
+def update_study_run(recipe_dir: Path, folder: str, job_id: str, state: str, requeued: bool = False) -> bool:
+    """Set one run's state (one of RUN_STATES; a requeue counted) if job `job_id` still owns its entry; whether it did."""
+    with study_lock(recipe_dir):
+        study = read_study(recipe_dir)
+        entry = next((run for run in (study or {}).get("runs", []) if run["folder"] == folder), None)
+        if entry is None or entry["job_id"] != job_id:  # a later submission took the run over
+            return False
+        entry["state"] = state
+        entry["requeue_count"] += int(requeued)
+        write_study(recipe_dir, study)
+        return True
+
+
+def run_label(variant: str, seed: int | None) -> str:
+    """How messages name a run: `region`, or `region (seed 3)` in a seeded sweep."""
+    return variant if seed is None else f"{variant} (seed {seed})"
+
+
+def expected_runs(results_dir: Path) -> list[tuple[str, int | None]]:
+    """Every (variant, seed) a study expects: study.json's runs, or, for a study launched otherwise,
+    each variant that has a folder once per seed of sweep.json."""
+    study = read_study(results_dir)
+    if study is not None:
+        return [(run["variant"], run["seed"]) for run in study["runs"]]
+    variants = dict.fromkeys(variant_of(folder) for folder in run_folders(results_dir))
+    seeds = read_sweep(results_dir)["seeds"] or [None]
+    return [(variant, seed) for variant in variants for seed in seeds]
+
+
+def missing_runs(results_dir: Path) -> list[str]:
+    """The labels of the expected runs that have not finished successfully."""
+    return [run_label(variant, seed) for variant, seed in expected_runs(results_dir)
+            if not finished(run_dir(results_dir, variant, seed))]

@@ -21,7 +21,16 @@ from harness.report.tables import (
     results_frame,
     study_summaries,
 )
-from harness.results import read_sweep, write_text
+from harness.results import expected_runs, missing_runs, read_sweep, write_text
+
+
+def partial_study(results_dir: Path) -> str | None:
+    """`k of n runs finished; missing: ...` while some of the study's expected runs have not finished."""
+    missing = missing_runs(results_dir)
+    if not missing:
+        return None
+    expected = len(expected_runs(results_dir))
+    return f"{expected - len(missing)} of {expected} runs finished; missing: {', '.join(missing)}"
 
 
 def build_report(results_dir: Path, reports_root: Path = Path("reports")) -> Path:
@@ -44,7 +53,8 @@ def build_report(results_dir: Path, reports_root: Path = Path("reports")) -> Pat
         figures = figure_sections(make_plots(frame, aggregate, curves, results_dir, out))
     report = out / "report.md"
     per_class = per_class_frame(summaries)
-    write_text(report, report_markdown(recipe, results_dir, frame, aggregate, sweep, figures, per_class))
+    partial = partial_study(results_dir)
+    write_text(report, report_markdown(recipe, results_dir, frame, aggregate, sweep, figures, per_class, partial))
     return report
 
 
@@ -55,3 +65,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
     args = parser.parse_args(argv)
     print(build_report(args.results_dir, args.out))
+    partial = partial_study(args.results_dir)
+    if partial:
+        print(partial)

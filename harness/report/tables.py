@@ -494,9 +494,10 @@ def planning_section(frame: pd.DataFrame, aggregate: pd.DataFrame, target_delta:
 
 def report_markdown(
     recipe: str, results_dir: Path, frame: pd.DataFrame, aggregate: pd.DataFrame, sweep: dict[str, Any],
-    figures: list[str], per_class: pd.DataFrame,
+    figures: list[str], per_class: pd.DataFrame, partial: str | None,
 ) -> str:
-    """The whole report.md: header, variants, what they can detect, planning, runs, the figures, per-class IoU."""
+    """The whole report.md: header (and what a partial study lacks), variants, what they can detect, planning,
+    runs, the figures, per-class IoU."""
     baseline, why = baseline_choice(frame, sweep["baseline"])
     lines = [
         f"# Report: {recipe}",
@@ -506,6 +507,7 @@ def report_markdown(
         + (f"CE baseline: `{baseline}` ({why})." if baseline else
            f"CE baseline: none ({why}), so there is no Δ, no verdict and no cost-benefit figure."),
         "",
+        *([f"**Partial study: {partial}.**", ""] if partial else []),
         "## Variants",
         "",
         variant_table(aggregate),

@@ -1,0 +1,373 @@
+"""A study as scheduler jobs: `harness submit RECIPE --executor {slurm,local} [...]` (or `python -m harness.submit`).
+
+One submitit job per (variant, seed) of the expanded sweep runs what `accelerate launch harness/run.py
+RECIPE --only NAME --seed K --resume` runs, on every GPU of its node(s): one task per GPU (or per CPU
+rank), each a rank whose number, world and rendezvous come from the scheduler, with the ACCELERATE_*
+settings of the launch config. A last job, started once all of them have ended (SLURM's afterany),
+builds the report. results/<recipe>/study.json lists every expected run with its job and state;
+submitting again skips finished runs and runs a live job holds, and resubmits the others, which
+resume from their checkpoints. The jobs' pickles and logs are in results/<recipe>/.submitit/.
+
+On the scheduler's warning (SLURM's SIGTERM on preemption, SIGUSR2 before the time limit) the run
+saves an exact checkpoint at the next step boundary and returns EXIT_INTERRUPTED; the job then hands
+the warning to submitit's own handler, which requeues it (`scontrol requeue`, or the local
+executor's requeue), and the requeued job resumes the run exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.helpers import Checkpointable
+from tqdm.auto import tqdm
+
+from harness import run
+from harness.recipe import RecipeError, Variant, load_sweep
+from harness.results import (
+    finished,
+    missing_runs,
+    read_study,
+    run_dir,
+    run_label,
+    study_lock,
+    update_study_run,
+    write_study,
+    write_sweep,
+)
+from harness.status import live_jobs, local_job_alive, print_status
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS_DIR = ".submitit"  # inside results/<recipe>/: submitit's pickles and the jobs' logs
+# A run longer than --time-min goes on over this many requeues at its time limit (preemptions are not counted).
+MAX_TIMEOUTS = 20
+REPORT_TIME_MIN = 60
+POLL_S = 5.0  # how often --wait and the local stand-in for dependencies look again
+
+
+# ---------------------------------------------------------------- inside a job
+
+
+def accelerate_environment(launch_config: Path) -> dict[str, str]:
+    """The ACCELERATE_* variables `accelerate launch --config_file launch_config` gives its workers.
+
+    Accelerate's own launcher code translates the config (mixed precision, DeepSpeed's settings,
+    dynamo), so no key is translated twice; `_validate_launch_command` is the step of `accelerate
+    launch` that merges the config file into its arguments (tests/test_submit.py pins the result).
+    """
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+
+    # Port 0: the launcher picks a free one instead of checking the config's; the rendezvous is ours anyway.
+    args = launch_command_parser().parse_args(["--config_file", str(launch_config), "--main_process_port", "0",
+                                               "harness/run.py"])
+    args, config, precision_from_config = _validate_launch_command(args)
+    if args.use_deepspeed:  # as launch_command tells DeepSpeed which settings the config file made
+        args.deepspeed_fields_from_accelerate_config = ",".join(
+            [*config.deepspeed_config, *(["mixed_precision"] if precision_from_config else [])])
+        env = prepare_deepspeed_cmd_env(args)[1]
+    elif args.multi_gpu:
+        env = prepare_multi_gpu_env(args)
+    else:
+        env = prepare_simple_launcher_cmd_env(args)[1]
+    return {key: value for key, value in env.items() if key.startswith("ACCELERATE_")}
+
+
+def rendezvous_port(job_id: str) -> int:
+    """A port every task of a job derives alike, different for jobs that share a host."""
+    return 20000 + int(job_id) % 20000
+
+
+def rank_environment(job: submitit.JobEnvironment, launch_config: Path, on_cpu: bool) -> dict[str, str]:
+    """This task's environment, as `accelerate launch` and torchrun would give a worker of this job.
+
+    Ranks, world and rendezvous come from the scheduler; one task alone without DeepSpeed runs
+    without them, as `accelerate launch` runs one process.
+    """
+    env = accelerate_environment(launch_config)
+    if on_cpu:
+        env["ACCELERATE_USE_CPU"] = "1"
+    if job.num_tasks > 1 or env.get("ACCELERATE_USE_DEEPSPEED") == "true":
+        env.update(RANK=str(job.global_rank), WORLD_SIZE=str(job.num_tasks), LOCAL_RANK=str(job.local_rank),
+                   LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes), MASTER_ADDR=job.hostnames[0],
+                   MASTER_PORT=str(rendezvous_port(job.raw_job_id)))
+    return env
+
+
+def wait_for_local_jobs(job_ids: tuple[str, ...]) -> None:
+    """Block until these local jobs' controllers have exited: the local executor's stand-in for dependencies."""
+    while any(local_job_alive(job_id) for job_id in job_ids):
+        time.sleep(POLL_S)
+
+
+def preemption_signal() -> signal.Signals:
+    """The signal submitit's handler requeues on (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)."""
+    return signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]
+
+
+@dataclass(frozen=True)
+class RunJob(Checkpointable):
+    """One run of a study as one job; every task of it is one rank of harness/run.py."""
+
+    recipe: Path
+    overrides: tuple[str, ...]
+    variant: str
+    seed: int | None
+    launch_config: Path
+    on_cpu: bool
+    recipe_dir: Path
+    after: tuple[str, ...] = ()  # local jobs to wait for (--max-parallel under the local executor)
+
+    @property
+    def folder(self) -> str:
+        """The run's folder, relative to results/<recipe>/ as study.json names it."""
+        return run_dir(Path(), self.variant, self.seed).as_posix()
+
+    def argv(self) -> list[str]:
+        """harness/run.py's arguments for this one run."""
+        overrides = [word for override in self.overrides for word in ("--set", override)]
+        seed = [] if self.seed is None else ["--seed", str(self.seed)]
+        return [str(self.recipe), *overrides, "--only", self.variant, *seed, "--resume", "--no-report"]
+
+    def __call__(self) -> None:
+        """Run the run as this task's rank; on the scheduler's warning, requeue the job through submitit.
+
+        The job's exit code is harness/run.py's (0 when the run finished or had finished already).
+        """
+        wait_for_local_jobs(self.after)
+        job = submitit.JobEnvironment()
+        os.environ.update(rank_environment(job, self.launch_config, self.on_cpu))
+        main_rank = job.global_rank == 0
+        preempted = preemption_signal()
+        requeue: Callable[[int, Any], None] = signal.getsignal(preempted)  # submitit's, installed before this call
+        if main_rank:
+            update_study_run(self.recipe_dir, self.folder, job.job_id, "running")
+        code = run.main(self.argv())
+        if code == run.EXIT_INTERRUPTED:
+            if main_rank:
+                update_study_run(self.recipe_dir, self.folder, job.job_id, "requeued", requeued=True)
+            for signum in (signal.SIGTERM, preempted):  # the checkpoint is saved: later warnings change nothing
+                signal.signal(signum, signal.SIG_IGN)
+            # submitit saves this same callable for the requeued job and requeues it (the main rank exits there);
+            # the other ranks leave without a result, and the requeued job starts them again.
+            requeue(preempted, None)
+            sys.exit(0)
+        if main_rank and code != run.EXIT_BUSY:  # a busy folder is another launch's: so is its entry
+            update_study_run(self.recipe_dir, self.folder, job.job_id, "finished" if code == 0 else "failed")
+        if code != 0:
+            sys.exit(code)  # run.py said why (a busy folder's holder, a failure's error in its summary)
+
+
+@dataclass(frozen=True)
+class ReportJob:
+    """The study's last job: the report of whatever finished (`harness report`)."""
+
+    recipe_dir: Path
+    reports_dir: Path
+    after: tuple[str, ...] = ()  # local jobs to wait for (SLURM waits through the job's dependency)
+
+    def __call__(self) -> None:
+        from harness.report import main as report_main  # pandas and seaborn: the report job's alone
+
+        wait_for_local_jobs(self.after)
+        report_main([str(self.recipe_dir), "--out", str(self.reports_dir)])
+
+
+# ---------------------------------------------------------------- submitting
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """argparse type of --slurm-extra: `key=value`."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", type=Path, help="recipe YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key in every run (repeatable)")
+    parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
+                        help="submit only these sweep variants (repeatable)")
+    parser.add_argument("--executor", choices=("slurm", "local"), required=True,
+                        help="slurm: sbatch; local: submitit's local executor on this machine")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes per run (default 1)")
+    parser.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one task each (default 0: CPU)")
+    parser.add_argument("--tasks-per-node", type=int, default=None,
+                        help="CPU ranks per node when there are no GPUs (default 1)")
+    parser.add_argument("--time-min", type=int, default=24 * 60,
+                        help="time limit of a job in minutes (default 1440); a run longer than it is requeued")
+    parser.add_argument("--max-parallel", type=int, default=None, metavar="K",
+                        help="runs at once (SLURM: the array's throttle; default: all on SLURM, 1 locally)")
+    parser.add_argument("--partition", help="SLURM partition")
+    parser.add_argument("--account", help="SLURM account")
+    parser.add_argument("--qos", help="SLURM quality of service")
+    parser.add_argument("--slurm-extra", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                        help="any other sbatch option, e.g. cpus-per-task=16 (repeatable)")
+    parser.add_argument("--launch-config", type=Path, default=None,
+                        help="Accelerate config of each run (default: README's for the device: "
+                             "accelerate_config.yaml, launch/gpu.yaml, multi_gpu.yaml or multi_node.yaml)")
+    parser.add_argument("--wait", action="store_true", help="follow the jobs until the report is built")
+    args = parser.parse_args(argv)
+    if args.gpus_per_node and args.tasks_per_node not in (None, args.gpus_per_node):
+        parser.error("with GPUs every task drives one: --tasks-per-node must equal --gpus-per-node")
+    if args.executor == "local" and args.nodes != 1:
+        parser.error("the local executor runs on this machine alone: --nodes 1")
+    return args
+
+
+def default_launch_config(gpus_per_node: int, nodes: int) -> Path:
+    """The config README's Launching table names for the device."""
+    if not gpus_per_node:
+        return REPO / "accelerate_config.yaml"
+    if nodes > 1:
+        return REPO / "launch" / "multi_node.yaml"
+    return REPO / "launch" / ("multi_gpu.yaml" if gpus_per_node > 1 else "gpu.yaml")
+
+
+def executor_for(args: argparse.Namespace, jobs_dir: Path, name: str, nodes: int, tasks: int, gpus: int,
+                 time_min: int, **slurm: Any) -> submitit.Executor:
+    """A submitit executor for jobs of this shape; `slurm` adds sbatch options (array throttle, dependency)."""
+    if args.executor == "local":
+        executor = submitit.LocalExecutor(jobs_dir, max_num_timeout=MAX_TIMEOUTS)
+        executor.update_parameters(timeout_min=time_min, tasks_per_node=tasks, gpus_per_node=gpus,
+                                   stderr_to_stdout=True)  # one log a task, progress lines among the prints
+        return executor
+    executor = submitit.SlurmExecutor(jobs_dir, max_num_timeout=MAX_TIMEOUTS)
+    chosen = {"partition": args.partition, "account": args.account, "qos": args.qos, "gpus_per_node": gpus or None}
+    executor.update_parameters(job_name=name, nodes=nodes, ntasks_per_node=tasks, time=time_min,
+                               stderr_to_stdout=True, additional_parameters=dict(args.slurm_extra),
+                               **{key: value for key, value in chosen.items() if value is not None}, **slurm)
+    return executor
+
+
+def submit_runs(args: argparse.Namespace, runs: list[Variant], recipe_dir: Path, name: str) -> list[str]:
+    """One job per run; their ids."""
+    tasks = args.gpus_per_node or args.tasks_per_node or 1
+    launch_config = (args.launch_config or default_launch_config(args.gpus_per_node, args.nodes)).resolve()
+    throttle = {} if args.max_parallel is None else {"array_parallelism": args.max_parallel}
+    executor = executor_for(args, recipe_dir / JOBS_DIR, name, args.nodes, tasks, args.gpus_per_node,
+                            args.time_min, **throttle)
+
+    def job(variant: Variant, after: tuple[str, ...] = ()) -> RunJob:
+        return RunJob(args.recipe.resolve(), tuple(args.overrides), variant.name, variant.seed, launch_config,
+                      not args.gpus_per_node, recipe_dir, after)
+
+    if args.executor == "slurm":
+        with executor.batch():  # one array, throttled to --max-parallel
+            jobs = [executor.submit(job(variant)) for variant in runs]
+        return [submitted.job_id for submitted in jobs]
+    lanes, ids = args.max_parallel or 1, []
+    for index, variant in enumerate(runs):  # K lanes: each job waits for the one K places before it
+        after = (ids[index - lanes],) if index >= lanes else ()
+        ids.append(executor.submit(job(variant, after)).job_id)
+    return ids
+
+
+def submit_report(args: argparse.Namespace, recipe_dir: Path, reports_dir: Path, name: str,
+                  after: list[str]) -> str:
+    """The job that builds the report once every job in `after` has ended; its id."""
+    if args.executor == "slurm":
+        executor = executor_for(args, recipe_dir / JOBS_DIR, f"{name}-report", 1, 1, 0, REPORT_TIME_MIN,
+                                dependency=f"afterany:{':'.join(after)}")
+        return executor.submit(ReportJob(recipe_dir, reports_dir)).job_id
+    executor = executor_for(args, recipe_dir / JOBS_DIR, f"{name}-report", 1, 1, 0, REPORT_TIME_MIN)
+    return executor.submit(ReportJob(recipe_dir, reports_dir, tuple(after))).job_id
+
+
+def submit_study(args: argparse.Namespace, runs: list[Variant], recipe_dir: Path, reports_dir: Path) -> int:
+    """Submit the runs neither finished nor held by a live job, then the report job; write study.json.
+
+    Returns how many runs were submitted.
+    """
+    name = runs[0].recipe.run.name
+    study = read_study(recipe_dir) or {"runs": [], "report_job_id": None}
+    live = live_jobs(study) if study["runs"] else set()
+    entries = {entry["folder"]: entry for entry in study["runs"]}
+    todo, held = [], []
+    for variant in runs:
+        folder = run_dir(Path(), variant.name, variant.seed).as_posix()
+        entry = entries.setdefault(folder, {"variant": variant.name, "seed": variant.seed, "folder": folder,
+                                            "job_id": None, "state": "pending", "requeue_count": 0})
+        if finished(recipe_dir / folder):
+            entry["state"] = "finished"
+        elif entry["job_id"] is not None and entry["state"] in ("pending", "running", "requeued") and (
+                live is None or entry["job_id"] in live):  # with no answer from the scheduler, assume it lives
+            held.append(entry["job_id"])
+            print(f"{run_label(variant.name, variant.seed)}: held by live job {entry['job_id']}, not submitted again")
+        else:
+            todo.append(variant)
+    report_id = study["report_job_id"]
+    if todo:
+        ids = submit_runs(args, todo, recipe_dir, name)
+        for variant, job_id in zip(todo, ids):
+            entries[run_dir(Path(), variant.name, variant.seed).as_posix()].update(job_id=job_id, state="pending")
+            print(f"{run_label(variant.name, variant.seed)}: job {job_id}")
+        report_id = submit_report(args, recipe_dir, reports_dir, name, held + ids)
+        print(f"report: job {report_id} builds {reports_dir / recipe_dir.name}/ once they have ended")
+    else:
+        print(f"nothing to submit: {len(runs) - len(held)} of {len(runs)} runs finished, {len(held)} held")
+    write_study(recipe_dir, {
+        "recipe": str(args.recipe.resolve()), "overrides": args.overrides, "executor": args.executor,
+        "jobs_dir": JOBS_DIR, "report_job_id": report_id, "runs": list(entries.values()),
+    })
+    return len(todo)
+
+
+def follow(recipe_dir: Path, report: Path) -> int:
+    """A progress bar of finished runs until the report job has ended; 0 when every run finished and the report exists."""
+    study = read_study(recipe_dir)
+    total, shown, on_terminal = len(study["runs"]), 0, sys.stderr.isatty()
+    with tqdm(total=total, desc="runs finished", unit="run", disable=not on_terminal) as bar:
+        while True:
+            done = total - len(missing_runs(recipe_dir))
+            if done != shown:
+                bar.update(done - shown)
+                if not on_terminal:  # a log file gets a line per change, not a redrawn bar
+                    print(f"{done} of {total} runs finished", flush=True)
+                shown = done
+            live = live_jobs(study)
+            if live is not None and study["report_job_id"] not in live:
+                break
+            time.sleep(POLL_S)
+    print_status(recipe_dir)
+    return 0 if report.exists() and not missing_runs(recipe_dir) else run.EXIT_FAILED_VARIANT
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        every_run, sweep = load_sweep(args.recipe, args.overrides)
+        runs = run.select(every_run, args.only)
+        run.check_variants(runs)
+    except RecipeError as error:
+        return run.bad_recipe(error, args.recipe)
+    run_cfg = runs[0].recipe.run
+    recipe_dir = (run_cfg.output_dir / run_cfg.name).resolve()  # the manifest's jobs may start anywhere
+    reports_dir = run_cfg.reports_dir.resolve()
+    started = time.time()
+    write_sweep(recipe_dir, sweep)
+    with study_lock(recipe_dir):  # a second submission waits here, then finds these runs held
+        submitted = submit_study(args, runs, recipe_dir, reports_dir)
+    print(f"results: {recipe_dir}  (harness status {recipe_dir}; logs in {recipe_dir / JOBS_DIR})")
+    if not args.wait or not submitted:
+        return 0
+    code = follow(recipe_dir, reports_dir / recipe_dir.name / "report.md")
+    print(f"submit to report: {time.time() - started:.1f} s")
+    return code
+
+
+if __name__ == "__main__":
+    # Jobs must pickle RunJob as harness.submit.RunJob, importable in the job, not as this __main__'s copy.
+    sys.exit(importlib.import_module("harness.submit").main())
