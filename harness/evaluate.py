@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="the evaluation's name in eval-<name>.json (default: from the protocol)")
     parser.add_argument("--export", type=Path, metavar="DIR", help="write test-server predictions into DIR instead")
     parser.add_argument("--split", metavar="FOLDER", help="with --export: the split's folder name (default: val)")
+    parser.add_argument("--trust-weights", action="store_true",
+                        help="use model.safetensors although no summary.json records its SHA-256 to check it against")
     return parser.parse_args(argv)
 
 
@@ -52,8 +54,9 @@ def protocol_name(cfg: EvalConfig) -> str:
     return f"{cfg.mode}_{scales}" + ("_flip" if cfg.flip else "")
 
 
-def load_run(folder: Path, overrides: list[str]) -> Recipe:
-    """The run's resolved recipe with the `eval.*` overrides applied; its weights must match its summary."""
+def load_run(folder: Path, overrides: list[str], trust_weights: bool = False) -> Recipe:
+    """The run's resolved recipe with the `eval.*` overrides applied; its weights must match its summary's SHA-256,
+    or be trusted explicitly where no summary records one."""
     tree = yaml.safe_load((folder / RECIPE_FILE).read_text()) if (folder / RECIPE_FILE).is_file() else None
     if not isinstance(tree, dict):
         raise RecipeError(RECIPE_FILE, f"{folder} holds no run's recipe; expected a results/<recipe>/<variant> folder")
@@ -65,7 +68,11 @@ def load_run(folder: Path, overrides: list[str]) -> Recipe:
     if not weights.is_file():
         raise RecipeError(MODEL_FILE, f"{weights} is missing: only a finished run leaves its weights")
     summary = json.loads((folder / SUMMARY_FILE).read_text()) if (folder / SUMMARY_FILE).is_file() else {}
-    if summary.get("model_sha256") not in (None, file_sha256(weights)):
+    recorded = summary.get("model_sha256")
+    if recorded is None and not trust_weights:
+        raise RecipeError(MODEL_FILE, f"no {SUMMARY_FILE} in {folder} records the SHA-256 of {weights}, so nothing "
+                          "shows it is the file the run wrote; use --trust-weights to evaluate it anyway")
+    if recorded not in (None, file_sha256(weights)):
         raise RecipeError(MODEL_FILE, f"{weights} is not the file the run wrote (its SHA-256 differs from the summary's)")
     return validate(tree)
 
@@ -73,7 +80,7 @@ def load_run(folder: Path, overrides: list[str]) -> Recipe:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        recipe = load_run(args.results_dir, args.overrides)
+        recipe = load_run(args.results_dir, args.overrides, args.trust_weights)
     except RecipeError as error:
         print(f"error: {error.located(args.results_dir)}", file=sys.stderr)
         return EXIT_BAD_INPUT

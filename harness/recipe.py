@@ -9,7 +9,10 @@ from the harness.
 from __future__ import annotations
 
 import copy
+import fnmatch
+import hashlib
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +58,9 @@ class RunConfig(Strict):
     deterministic: bool = False
     log_interval: int = Field(10, ge=1)
     checkpoint_interval: int = Field(0, ge=0)  # iterations between checkpoints; 0 = none
+    # Minutes between checkpoints, beside checkpoint_interval (None = by iteration only): a preempted or
+    # killed run loses at most this much work whatever its step time.
+    checkpoint_minutes: float | None = Field(None, gt=0)
     keep_checkpoint: bool = False  # keep the final training state in checkpoint/ (removed by default)
     save_aux_head: bool = False  # model.safetensors holds the aux head too (it only trains; inference skips it)
     # Accelerate trackers (log_with), e.g. [tensorboard]: losses, lr, step and contrast time, val mIoU.
@@ -296,6 +302,54 @@ class SweepSpec(Strict):
         if len(set(value)) != len(value):
             raise ValueError("seeds must be distinct")
         return value
+
+
+# Where a run writes, not what it computes: never part of its fingerprint.
+RUN_MANAGEMENT_KEYS = ("run.output_dir", "run.reports_dir")
+# What a resumed run may change, each only when --allow-change names it: how the run is watched, saved,
+# fed or scored, never what it trains.
+CHANGEABLE_MID_RUN = (
+    "run.log_interval", "run.checkpoint_interval", "run.checkpoint_minutes", "run.keep_checkpoint",
+    "run.trackers", "data.num_workers", "data.root", "eval.*",
+)
+
+
+def flat_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {dotted key: leaf value}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        flat.update(flat_keys(value, f"{dotted}.") if isinstance(value, dict) else {dotted: value})
+    return flat
+
+
+def fingerprinted(tree: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys of a resolved recipe's mapping that its fingerprint covers: all but RUN_MANAGEMENT_KEYS."""
+    return {key: value for key, value in flat_keys(tree).items() if key not in RUN_MANAGEMENT_KEYS}
+
+
+def fingerprint(recipe: Recipe) -> str:
+    """SHA-256 of what a run computes from: every resolved key except where it writes."""
+    canonical = json.dumps(fingerprinted(recipe.model_dump(mode="json")), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two recipes' mappings (added or removed ones too)."""
+    old, new = fingerprinted(before), fingerprinted(after)
+    return sorted(key for key in old.keys() | new.keys() if old.get(key, _ABSENT) != new.get(key, _ABSENT))
+
+
+def disallowed_changes(keys: list[str], allowed: list[str]) -> list[str]:
+    """Of changed `keys`, those no --allow-change pattern permits; a pattern must lie inside CHANGEABLE_MID_RUN."""
+    unsafe = [pattern for pattern in allowed if not any(fnmatch.fnmatch(pattern, safe) for safe in CHANGEABLE_MID_RUN)]
+    if unsafe:
+        raise RecipeError("--allow-change", f"{', '.join(unsafe)} cannot change mid-run; only "
+                          f"{', '.join(CHANGEABLE_MID_RUN)} can")
+    return [key for key in keys if not any(fnmatch.fnmatch(key, pattern) for pattern in allowed)]
+
+
+_ABSENT = object()
 
 
 def with_batch_plan(recipe: Recipe, world_size: int) -> Recipe:

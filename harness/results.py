@@ -4,33 +4,41 @@
                                           "target_delta", "equivalence_margin": the study's planned Δ and margin}
     results/<recipe>/<variant>/           one run, or, in a sweep with `seeds`, one seed-<k>/ folder per seed,
                                           each laid out like this:
-        recipe.yaml       the resolved recipe the variant ran with (written before training)
+        recipe.yaml       the resolved recipe the variant ran with (written before training, once the folder's
+                          earlier checkpoint or summary was checked to come from the same recipe)
         metrics.jsonl     one JSON record per line: {"kind": "train", "iter", "loss", "loss_<part>", "lr",
                           "step_time", "contrast_ms"} every log interval, {"kind": "eval", "iter", "val_miou"}
                           per evaluation; the same numbers go to run.trackers, tagged <kind>/<name>
+        metrics-<time>.jsonl  an earlier log, moved aside when --resume found no checkpoint to continue
         trackers/         the local files of run.trackers (TensorBoard events in trackers/<variant>/)
-        summary.json      written once, at the end; `status` is "ok" or "failed" (see below)
+        summary.json      written when the run ends; `status` is "ok", "failed" or "interrupted" (see below)
+        .lock             held by the launch that writes the folder; .lock.json says who that is
         val_centers.npz   centers [M,C] float32, labels [M]: ground-truth region centers of the val set
         val_samples.npz   images [Q,H,W,3], labels / preds [Q,H,W] uint8, palette, class_names, indices
         model.safetensors the trained model's weights (no aux head unless run.save_aux_head); with recipe.yaml
                           enough to rebuild it (harness.evaluate)
         eval-<name>.json  one evaluation by harness.evaluate: mIoU, per-class IoU, protocol, seconds
-        checkpoint/       the latest resumable state (checkpoint.old/ during a swap); removed when done
-                          unless run.keep_checkpoint, which keeps the final state there
+        checkpoint/       the latest resumable state (checkpoint.old/ during a swap), with manifest.json: every
+                          file's size (and SHA-256 up to 64 MiB), the recipe's fingerprint, the iteration and why
+                          it was saved; removed when done unless run.keep_checkpoint, which keeps the final state
 
 summary.json always holds the VARIANT_FIELDS (what the variant is), `status`, `error` (and
-`traceback` when failed), the launch (world size, precision, distributed type, device,
-versions) and `finished_at`. A finished run adds the METRIC_FIELDS, per-class IoU and
-`model_sha256` (the SHA-256 of model.safetensors).
+`traceback` when failed), the recipe's `fingerprint`, the launch (world size, precision,
+distributed type, device, versions) and `finished_at`. A finished run adds the METRIC_FIELDS,
+per-class IoU, `model_sha256` (the SHA-256 of model.safetensors), `requeue_count` (how often it
+stopped on a signal and resumed) and `resume_exact` (false only after --resume-inexact). An
+interrupted run adds the `iteration` its checkpoint holds.
 Everything here is plain files and no torch, so reports can be rebuilt anywhere.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +58,9 @@ SUMMARY_FILE = "summary.json"
 VAL_CENTERS_FILE = "val_centers.npz"
 VAL_SAMPLES_FILE = "val_samples.npz"
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_OLD_DIR = f"{CHECKPOINT_DIR}.old"  # the previous checkpoint, while a new one is swapped in
+CHECKPOINT_MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"
 MODEL_FILE = "model.safetensors"
 EVAL_PREFIX = "eval-"
 TRACKERS_DIR = "trackers"
@@ -64,16 +75,37 @@ METRIC_FIELDS = (
 # ---------------------------------------------------------------- writing
 
 
+def remove(path: Path) -> None:
+    """Delete a file or a folder tree if it exists."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def disk_full(path: Path) -> OSError:
+    """The error for a write of `path` that hit ENOSPC: one line saying where."""
+    return OSError(errno.ENOSPC, f"no space left on {path}")
+
+
 def publish(path: Path, write: Callable[[Path], None]) -> None:
     """Create `path` (a file or a folder) by writing a private sibling and renaming it into place.
 
-    Readers see the old version or the new one, never half of one. A folder that another
-    process published first (the same content, e.g. a dataset cache built by every rank) wins.
+    Readers see the old version or the new one, never half of one; a failed write leaves no scratch
+    behind. A folder that another process published first (the same content, e.g. a dataset cache
+    built by every rank) wins.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    write(scratch)
+    try:
+        write(scratch)
+    except BaseException as error:
+        remove(scratch)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise disk_full(path) from error
+        raise
     try:
         os.replace(scratch, path)
     except OSError:  # a folder cannot replace a non-empty folder
@@ -134,6 +166,14 @@ class MetricsLog:
 
     def __init__(self, out_dir: Path, enabled: bool) -> None:
         self.path, self.enabled = Path(out_dir) / METRICS_FILE, enabled
+
+    def move_aside(self) -> Path | None:
+        """Keep an earlier log under metrics-<time>.jsonl instead of overwriting it; its new name, if any."""
+        if not self.enabled or not self.path.exists():
+            return None
+        kept = self.path.with_name(f"{self.path.stem}-{time.strftime('%Y%m%dT%H%M%S')}{self.path.suffix}")
+        os.replace(self.path, kept)
+        return kept
 
     def truncate_after(self, iteration: int) -> None:
         """Drop records past `iteration` (all of them for a fresh start): a resumed run rewrites them."""

@@ -1,8 +1,13 @@
 """CLI: `accelerate launch harness/run.py recipes/x.yaml [--set key=value ...]`.
 
-Every variant of the recipe's sweep is validated before anything is written;
-then each is trained in turn. A variant that fails is recorded as failed and
-the sweep goes on; the exit code is 1 if any failed, 2 for a bad recipe.
+Every variant of the recipe's sweep is validated before anything is written; then each is
+trained in turn. A variant that fails is recorded as failed and the sweep goes on. A stop
+signal (SIGTERM, SIGINT, SIGUSR1, SIGUSR2) saves a checkpoint at the next step boundary and
+ends the sweep; `--resume` continues it exactly.
+
+Exit codes: 0 every run finished; 1 a run failed; 2 a bad recipe, or a recipe that differs from
+the one that made a run it would continue or skip; 3 stopped on a signal (checkpoint saved);
+4 a run folder is being written by another launch.
 """
 
 from __future__ import annotations
@@ -11,23 +16,30 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
     # Run as a script, Python puts harness/ itself first on sys.path, where our
     # data.py or models.py would shadow any top-level module of the same name.
     sys.path.pop(0)
 
-from harness.recipe import RecipeError, Variant, load_sweep, with_batch_plan  # noqa: E402
-from harness.results import (  # noqa: E402
-    SUMMARY_FILE,
-    finished,
-    run_dir,
-    write_json,
-    write_recipe,
-    write_sweep,
+from harness.recipe import (  # noqa: E402
+    RecipeError,
+    Variant,
+    disallowed_changes,
+    load_sweep,
+    with_batch_plan,
 )
+from harness.results import SUMMARY_FILE, run_dir, write_json, write_recipe, write_sweep  # noqa: E402
+from harness.runfolder import FolderBusy, FolderLock, history, recipe_changes  # noqa: E402
 
-EXIT_FAILED_VARIANT, EXIT_BAD_RECIPE = 1, 2
+if TYPE_CHECKING:
+    from accelerate import Accelerator, PartialState
+
+EXIT_OK, EXIT_FAILED_VARIANT, EXIT_BAD_RECIPE, EXIT_INTERRUPTED, EXIT_BUSY = 0, 1, 2, 3, 4
+# When runs end differently, the sweep's exit code is the most urgent: a stop, then a changed recipe, a busy
+# folder, a failure.
+URGENCY = (EXIT_INTERRUPTED, EXIT_BAD_RECIPE, EXIT_BUSY, EXIT_FAILED_VARIANT, EXIT_OK)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", dest="seeds", action="append", default=[], type=int, metavar="K",
                         help="run only these seeds of a seeded sweep (repeatable); a scheduler job runs one")
     parser.add_argument("--resume", action="store_true",
-                        help="skip finished variants and continue interrupted ones from their last checkpoint")
+                        help="skip finished variants and continue interrupted ones from their last checkpoint; "
+                             "a run made by a different recipe stops with exit code 2, naming the keys")
+    parser.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                        help="with --resume: let KEY differ from the recipe the run started with (repeatable; "
+                             "fnmatch patterns); only keys that change how a run is watched, saved, fed or scored: "
+                             "run.log_interval, run.checkpoint_interval, run.checkpoint_minutes, "
+                             "run.keep_checkpoint, run.trackers, data.num_workers, data.root, eval.*")
+    parser.add_argument("--resume-inexact", action="store_true",
+                        help="with --resume: continue from a checkpoint with a missing or damaged part "
+                             "(the summary then says resume_exact: false)")
     parser.add_argument("--no-report", action="store_true", help="do not build reports/<recipe>/ at the end")
     return parser.parse_args(argv)
 
@@ -95,28 +116,82 @@ def write_report(recipe_dir: Path, reports_dir: Path) -> None:
               f"retry with: python -m harness.report {recipe_dir}", file=sys.stderr)
 
 
-def run_variant(variant: Variant, out_dir: Path, resume: bool) -> bool:
-    """Train one variant; a failure is recorded in its summary instead of ending the sweep."""
+def run_variant(state: PartialState, variant: Variant, out_dir: Path, args: argparse.Namespace) -> int:
+    """Claim the run's folder, check what it holds, then train; the run's exit code (failures are recorded in
+    its summary instead of ending the sweep)."""
+    from accelerate.utils import broadcast_object_list
+
+    lock = FolderLock(out_dir)
+    verdict = [claim(lock, variant, out_dir, args) if state.is_main_process else None]
+    broadcast_object_list(verdict)  # every rank follows the main process's reading of the folder
+    code, message = verdict[0]
+    if message and state.is_main_process:
+        print(message, file=sys.stderr if code else sys.stdout)
+    if code != EXIT_OK or message:  # refused, or nothing left to do
+        return code
+    try:
+        return train_claimed(variant, out_dir, args)
+    finally:
+        if state.is_main_process:
+            lock.release()
+
+
+def claim(lock: FolderLock, variant: Variant, out_dir: Path, args: argparse.Namespace) -> tuple[int, str]:
+    """On the main process: lock the folder and decide from what it holds; (exit code, what to say).
+
+    (0, "") means train; a message with code 0 means the run is finished already. Only a run that
+    goes ahead keeps the lock, and only then is recipe.yaml written.
+    """
+    label = variant.name if variant.seed is None else f"{variant.name} (seed {variant.seed})"
+    try:
+        lock.acquire()
+    except FolderBusy as error:
+        return EXIT_BUSY, f"error: run {label}: {error}"
+    past = history(out_dir)
+    changed = recipe_changes(past, variant.recipe, args.allow_change) if past.finished or past.resumable else []
+    if args.resume and changed:
+        code, message = EXIT_BAD_RECIPE, (f"error: run {label}: the recipe differs from the one that made {out_dir} "
+                                          f"in {', '.join(changed)}; not touching it")
+    elif args.resume and past.finished:
+        code, message = EXIT_OK, f"run {label} already finished: skipped"
+    else:
+        write_recipe(out_dir, variant.recipe)
+        return EXIT_OK, ""
+    lock.release()
+    return code, message
+
+
+def train_claimed(variant: Variant, out_dir: Path, args: argparse.Namespace) -> int:
+    """Train one claimed run; record a failure or a stop in its summary."""
     from harness import engine
     from harness.engine.trackers import finish_trackers
 
     accelerator = engine.make_accelerator(variant.recipe, out_dir)
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_recipe(out_dir, variant.recipe)
-    accelerator.wait_for_everyone()
     try:
-        engine.train_variant(accelerator, variant, out_dir, resume=resume)
-        return True
+        engine.train_variant(accelerator, variant, out_dir, resume=args.resume, inexact=args.resume_inexact)
+        return EXIT_OK
+    except engine.Interrupted as stop:
+        accelerator.print(f"run {variant.name}: {stop}; continue it with --resume")
+        record_end(accelerator, out_dir, engine.interrupted_summary(accelerator, variant, stop))
+        return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - one bad variant must not end the sweep
         accelerator.print(traceback.format_exc())
         accelerator.print(f"variant {variant.name} failed: {type(error).__name__}: {error}")
-        if accelerator.is_main_process:
-            write_json(out_dir / SUMMARY_FILE, engine.failed_summary(accelerator, variant, error))
-        accelerator.free_memory()
-        return False
+        record_end(accelerator, out_dir, engine.failed_summary(accelerator, variant, error))
+        return EXIT_FAILED_VARIANT
     finally:
+        accelerator.free_memory()
         finish_trackers(accelerator)  # whatever happened
+
+
+def record_end(accelerator: Accelerator, out_dir: Path, summary: dict) -> None:
+    """Write the summary of a run that did not finish; if even that fails (a full disk), say so and go on."""
+    if not accelerator.is_main_process:
+        return
+    try:
+        write_json(out_dir / SUMMARY_FILE, summary)
+    except OSError as error:
+        print(f"error: could not write {out_dir / SUMMARY_FILE} ({error}); the sweep goes on", file=sys.stderr)
 
 
 def bad_recipe(error: RecipeError, path: Path) -> int:
@@ -131,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         every_run, sweep = load_sweep(args.recipe, args.overrides)
         variants = select(every_run, args.only, args.seeds)
         check_variants(variants)
+        disallowed_changes([], args.allow_change)  # every pattern must name a key that may change mid-run
     except RecipeError as error:
         return bad_recipe(error, args.recipe)
 
@@ -148,21 +224,19 @@ def main(argv: list[str] | None = None) -> int:
     recipe_dir = run_cfg.output_dir / run_cfg.name
     if state.is_main_process:
         write_sweep(recipe_dir, sweep)
-    failed = []
+    codes = {}
     for variant in variants:
-        out_dir = run_dir(recipe_dir, variant.name, variant.seed)
         label = variant.name if variant.seed is None else f"{variant.name} (seed {variant.seed})"
-        if args.resume and finished(out_dir):
-            state.print(f"variant {label} already finished: skipped")
-            continue
-        if not run_variant(variant, out_dir, args.resume):
-            failed.append(label)
+        codes[label] = run_variant(state, variant, run_dir(recipe_dir, variant.name, variant.seed), args)
+        if codes[label] == EXIT_INTERRUPTED:
+            break  # a stop request ends the sweep, not only the run
     if state.is_main_process and not args.no_report:
         write_report(recipe_dir, run_cfg.reports_dir)
+    failed = [label for label, code in codes.items() if code == EXIT_FAILED_VARIANT]
     if failed:
         state.print(f"{len(failed)} of {len(variants)} runs failed: {', '.join(failed)}")
     state.wait_for_everyone()
-    return EXIT_FAILED_VARIANT if failed else 0
+    return next(code for code in URGENCY if code in codes.values() or code == EXIT_OK)
 
 
 if __name__ == "__main__":

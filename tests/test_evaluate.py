@@ -75,6 +75,12 @@ def test_only_eval_keys_change_and_foreign_weights_are_refused(
     (copy / "model.safetensors").write_bytes((finished_run / "model.safetensors").read_bytes()[:-1] + b" ")
     assert evaluate.main([str(copy)]) == 2
     assert "SHA-256 differs" in capsys.readouterr().err
+    # Without a summary nothing vouches for the weights: refused unless trusted explicitly.
+    (copy / "summary.json").unlink()
+    (copy / "model.safetensors").write_bytes((finished_run / "model.safetensors").read_bytes())
+    assert evaluate.main([str(copy), "--name", "untrusted"]) == 2
+    assert "--trust-weights" in capsys.readouterr().err and not (copy / "eval-untrusted.json").exists()
+    assert evaluate.main([str(copy), "--name", "trusted", "--trust-weights"]) == 0
 
 
 @pytest.mark.distributed
@@ -161,7 +167,9 @@ def test_export_round_trips_through_the_loaders_label_map(
         shutil.copytree(root / "images" / "val2017", root / "images" / split)
     recipe = saved_run(tmp_path / "run", dataset, root)
     out = tmp_path / "export"
-    assert evaluate.main([str(tmp_path / "run"), "--export", str(out), "--split", split]) == 0
+    assert evaluate.main([str(tmp_path / "run"), "--export", str(out), "--split", split]) == 2  # no summary
+    assert not out.exists()
+    assert evaluate.main([str(tmp_path / "run"), "--export", str(out), "--split", split, "--trust-weights"]) == 0
     images = sorted(path for path in root.rglob(f"*/{split}/**/*") if path.suffix in (".png", ".jpg"))
     # What each server expects: the Cityscapes image's own name, else <image stem>.png.
     exported = [out / (image.name if dataset == "cityscapes" else f"{image.stem}.png") for image in images]

@@ -5,7 +5,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.recipe import RecipeError, load, load_sweep, parse_override, validate, with_batch_plan
+from harness.recipe import (
+    RecipeError,
+    changed_keys,
+    disallowed_changes,
+    fingerprint,
+    load,
+    load_sweep,
+    parse_override,
+    validate,
+    with_batch_plan,
+)
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
 
@@ -116,6 +126,21 @@ def test_every_shipped_recipe_loads(path: Path) -> None:
     assert variants and len({(variant.name, variant.seed) for variant in variants}) == len(variants)
     for variant in variants:  # a model trained at a base scale is tested at it
         assert variant.recipe.eval.base_size == variant.recipe.data.augment.base_size, variant.name
+        if variant.recipe.data.dataset != "digit_scenes":  # hours-long runs checkpoint by time and by iteration
+            assert variant.recipe.run.checkpoint_minutes and variant.recipe.run.checkpoint_interval, variant.name
+
+
+def test_a_fingerprint_covers_what_a_run_computes_not_where_it_writes() -> None:
+    base = validate({})
+    moved = validate({"run": {"output_dir": "elsewhere", "reports_dir": "there"}})
+    assert fingerprint(moved) == fingerprint(base)
+    changed = validate({"optim": {"lr": 0.02}, "eval": {"flip": True}})
+    assert fingerprint(changed) != fingerprint(base)
+    dumps = [recipe.model_dump(mode="json") for recipe in (base, changed)]
+    assert changed_keys(*dumps) == ["eval.flip", "optim.lr"]
+    assert disallowed_changes(["eval.flip", "optim.lr"], ["eval.*"]) == ["optim.lr"]
+    with pytest.raises(RecipeError, match="optim.lr cannot change mid-run"):
+        disallowed_changes([], ["optim.lr"])
 
 
 def test_seeds_repeat_every_variant_with_its_run_seed(tmp_path: Path) -> None:

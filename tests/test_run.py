@@ -221,4 +221,4 @@ def test_nan_loss_stops_the_variant_with_a_clear_message(tmp_path: Path) -> None
     tree = tiny_recipe(tmp_path, optim={"iterations": 6, "lr": 1.0e12})
     assert run.main([str(write(tmp_path, tree)), "--no-report"]) == 1
     failed = json.loads((tmp_path / "results" / "tiny" / "default" / "summary.json").read_text())
-    assert failed["status"] == "failed" and "NonFiniteLoss" in failed["error"]
+    assert failed["status"] == "failed" and "NonFinite" in failed["error"]

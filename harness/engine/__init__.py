@@ -5,6 +5,7 @@ kept out of `accelerator.prepare` (DDP would broadcast their buffers from rank 0
 and DeepSpeed would cast them); instead each rank gathers the batch's region
 centers and pushes the same entries in the same order.
 
+    control.py     stop signals and checkpoints by the clock, agreed by every rank at step boundaries
     context.py     RunContext: what a run derives once from its recipe and launch (device, input dtype,
                    image statistics and pad colour, align_corners, world size)
     setup.py       make_accelerator; set_up = build (model, optimizer, contrast term) then prepare; loaders
@@ -18,20 +19,13 @@ centers and pushes the same entries in the same order.
 """
 
 from harness.engine.context import RunContext, make_context
+from harness.engine.control import Interrupted
 from harness.engine.loop import train_variant
-from harness.engine.setup import (
-    Setup,
-    Training,
-    build,
-    endless,
-    make_accelerator,
-    prepare,
-    set_up,
-)
-from harness.engine.step import NonFiniteLoss, Trainer
-from harness.engine.summary import failed_summary
+from harness.engine.setup import Setup, Training, build, endless, make_accelerator, prepare, set_up
+from harness.engine.step import NonFinite, Trainer
+from harness.engine.summary import failed_summary, interrupted_summary
 
 __all__ = [
-    "NonFiniteLoss", "RunContext", "Setup", "Trainer", "Training", "build", "endless", "failed_summary",
-    "make_accelerator", "make_context", "prepare", "set_up", "train_variant",
+    "Interrupted", "NonFinite", "RunContext", "Setup", "Trainer", "Training", "build", "endless", "failed_summary",
+    "interrupted_summary", "make_accelerator", "make_context", "prepare", "set_up", "train_variant",
 ]

@@ -10,7 +10,7 @@ from accelerate.utils import DistributedType
 
 from harness.models import image_statistics
 from harness.ops import ImageStatistics, normalize
-from harness.recipe import Recipe
+from harness.recipe import Recipe, fingerprint
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class RunContext:
     input_dtype: torch.dtype  # what images must be: DeepSpeed bf16/fp16 casts the model itself, not autocast
     statistics: ImageStatistics  # what the backbone's pretraining normalised images by
     align_corners: bool  # how logits upsample onto pixels (model.align_corners): losses, contrast, evaluation
+    fingerprint: str  # of the recipe (harness.recipe.fingerprint): in every checkpoint and summary
 
     @property
     def pad_colour(self) -> tuple[int, int, int]:
@@ -47,5 +48,5 @@ def make_context(accelerator: Accelerator, recipe: Recipe) -> RunContext:
     return RunContext(
         accelerator=accelerator, recipe=recipe, device=accelerator.device, world_size=accelerator.num_processes,
         input_dtype=_input_dtype(accelerator), statistics=image_statistics(recipe.model.backbone),
-        align_corners=recipe.model.align_corners,
+        align_corners=recipe.model.align_corners, fingerprint=fingerprint(recipe),
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +14,17 @@ from tqdm.auto import tqdm
 
 from harness import measure
 from harness.engine.checkpoint import (
+    SIGNAL_REASON,
+    Resumed,
+    latest_checkpoint,
     remove_checkpoints,
     resume_from,
     save_checkpoint,
     save_model_file,
 )
+from harness.engine.control import Agreement, Decision, Interrupted, StopSignals
 from harness.engine.evaluate import Evaluation, evaluate, qualitative_samples
-from harness.engine.setup import Setup, endless, set_up
+from harness.engine.setup import Progress, Setup, endless, set_up
 from harness.engine.step import NonFiniteWatch, Trainer
 from harness.engine.summary import (
     bank_fields,
@@ -58,21 +65,21 @@ class SteadyState:
     """What a run measures past its warm-up: step time, the contrast's time, the bank's fill.
 
     Times are CUDA events on a GPU (read at log intervals), and the fill is summed on the device,
-    so measuring adds no host sync to a step.
+    so measuring adds no host sync to a step. The measurements live in the run's Progress, so a
+    resumed run's figures cover the iterations timed before the stop too.
     """
 
-    def __init__(self, trainer: Trainer, warmup: int) -> None:
-        device = trainer.accelerator.device
-        self.trainer, self.warmup = trainer, warmup
-        self.steps = measure.SpanTimer(device, warmup)
-        trainer.contrast_timer.warmup = warmup
-        self.fill_total, self.fill_count = torch.zeros((), device=device), 0
+    def __init__(self, trainer: Trainer, progress: Progress, warmup: int) -> None:
+        device = trainer.ctx.device
+        self.trainer, self.progress, self.warmup = trainer, progress, warmup
+        self.steps = measure.SpanTimer(device, warmup, seconds=progress.step_seconds)
+        trainer.contrast_timer.warmup, trainer.contrast_timer.seconds = warmup, progress.contrast_seconds
 
     def add_fill(self, iterations_run: int) -> None:
         """Count the bank's fill after a step, once past the warm-up."""
         if self.trainer.bank is not None and iterations_run > self.warmup:
-            self.fill_total += self.trainer.bank.fill()
-            self.fill_count += 1
+            self.progress.fill_total += self.trainer.bank.fill()
+            self.progress.fill_count += 1
 
     def flush(self) -> tuple[float | None, float | None]:
         """Read the spans closed since the last flush (one host sync); the last step's and contrast's seconds."""
@@ -82,7 +89,25 @@ class SteadyState:
 
     def bank_fill(self) -> float | None:
         """The mean fraction of bank slots holding a key over the timed iterations."""
-        return float(self.fill_total) / self.fill_count if self.fill_count else None
+        count = self.progress.fill_count
+        return float(self.progress.fill_total) / count if count else None
+
+
+class PlainProgress:
+    """Progress for a log file (a scheduler job, no terminal): one line per log interval instead of a bar."""
+
+    def __init__(self, name: str, total: int, start: int, enabled: bool) -> None:
+        self.name, self.total, self.enabled = name, total, enabled
+        self.since, self.since_iteration = time.monotonic(), start
+
+    def line(self, done: int, loss: float) -> None:
+        """Print iteration, loss, wall-clock s/iter since the last line, and the ETA at that pace."""
+        now = time.monotonic()
+        pace = (now - self.since) / max(1, done - self.since_iteration)
+        self.since, self.since_iteration = now, done
+        if self.enabled:
+            eta = datetime.timedelta(seconds=round(pace * (self.total - done)))
+            print(f"{self.name}: iter {done}/{self.total} loss {loss:.4f} {pace:.3f} s/iter ETA {eta}", flush=True)
 
 
 def interim_protocol(cfg: EvalConfig) -> EvalConfig:
@@ -96,28 +121,36 @@ def record(accelerator: Accelerator, log: MetricsLog, values: dict[str, Any]) ->
     accelerator.log(tracked(values), step=values["iter"])
 
 
-def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train and evaluate one variant; write its metrics log, summary and report inputs."""
+def train_variant(
+    accelerator: Accelerator, variant: Variant, out_dir: Path, resume: bool = False, inexact: bool = False
+) -> dict[str, Any]:
+    """Train and evaluate one variant; write its metrics log, weights, summary and report inputs.
+
+    Stops with Interrupted (after saving a checkpoint) when a stop signal reaches any rank.
+    """
     recipe = variant.recipe
     setup = set_up(accelerator, recipe)
-    ctx, trainer = setup.ctx, setup.trainer
+    trainer, progress = setup.trainer, setup.training.progress
     start_trackers(accelerator, variant)
-    start = resume_from(accelerator, out_dir, setup.training.progress, trainer.bank) if resume else 0
     log = MetricsLog(out_dir, accelerator.is_main_process)
-    log.truncate_after(start)
+    resumed = start_from(setup, out_dir, log, inexact) if resume else Resumed(0, True)
+    log.truncate_after(resumed.iteration)
     # Skip warm-up iterations (allocator, caches), but keep some in very short runs.
-    steady = SteadyState(trainer, warmup=min(5, (recipe.optim.iterations - start) // 2))
-    with measure.PeakMemory(accelerator.device) as memory:
-        train(setup, variant, out_dir, start, log, steady, memory)
-        final = evaluate(ctx, trainer.model, setup.eval_loader, recipe.eval, setup.info.num_classes,
+    steady = SteadyState(trainer, progress, warmup=min(5, (recipe.optim.iterations - resumed.iteration) // 2))
+    with StopSignals() as signals, measure.PeakMemory(accelerator.device) as memory:
+        control = Agreement(signals, setup.ctx.world_size, accelerator.is_main_process, recipe.run.checkpoint_minutes)
+        train(setup, variant, out_dir, resumed.iteration, log, steady, memory, control)
+        # The trained state is saved before evaluating it: a failed or interrupted evaluation loses no training.
+        if resumed.iteration < recipe.optim.iterations:
+            save_checkpoint(setup.ctx, out_dir, trainer.model, trainer.bank, recipe.optim.iterations, "final")
+        model_sha256 = save_model_file(accelerator, trainer.model, out_dir, recipe.run.save_aux_head)
+        final = evaluate(setup.ctx, trainer.model, setup.eval_loader, recipe.eval, setup.info.num_classes,
                          collect_centers=True)
-        samples = qualitative_samples(ctx, trainer.model, setup.eval_set, recipe.eval, setup.info)
+        samples = qualitative_samples(setup.ctx, trainer.model, setup.eval_set, recipe.eval, setup.info)
         memory.mark("eval")
     record(accelerator, log, {"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
-    summary = summarize(setup, variant, final, steady, memory)
-    summary["model_sha256"] = save_model_file(accelerator, setup.trainer.model, out_dir, recipe.run.save_aux_head)
-    if recipe.run.keep_checkpoint:
-        save_checkpoint(accelerator, out_dir, setup.trainer.bank)  # the final state, which the loop never saves
+    summary = summarize(setup, variant, final, steady, memory) | {
+        "model_sha256": model_sha256, "requeue_count": progress.requeue_count, "resume_exact": resumed.exact}
     if accelerator.is_main_process:
         write_npz(out_dir / VAL_CENTERS_FILE, centers=final.centers, labels=final.center_labels)
         write_npz(out_dir / VAL_SAMPLES_FILE, **samples)
@@ -128,17 +161,32 @@ def train_variant(accelerator: Accelerator, variant: Variant, out_dir: Path, res
     return summary
 
 
+def start_from(setup: Setup, out_dir: Path, log: MetricsLog, inexact: bool) -> Resumed:
+    """Resume from the run's latest checkpoint; without one, say so and keep the earlier metrics log aside."""
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is not None:
+        return resume_from(setup.ctx, checkpoint, setup.training.progress, setup.trainer.bank, inexact)
+    kept = log.move_aside()
+    setup.ctx.accelerator.print(f"{out_dir}: no checkpoint to resume from: training from iteration 0"
+                                + (f" (the earlier metrics log kept as {kept.name})" if kept else ""))
+    return Resumed(0, True)
+
+
 def train(
     setup: Setup, variant: Variant, out_dir: Path, start: int, log: MetricsLog, steady: SteadyState,
-    memory: measure.PeakMemory,
+    memory: measure.PeakMemory, control: Agreement,
 ) -> None:
-    """The iterations from `start` on: steps, logs, interim evaluations, checkpoints; no host sync between logs."""
+    """The iterations from `start` on: steps, logs, interim evaluations, checkpoints, stops; no host sync between
+    logs. Raises Interrupted after saving a checkpoint when the ranks agree to stop."""
     recipe, trainer, accelerator = variant.recipe, setup.trainer, setup.trainer.accelerator
+    total = recipe.optim.iterations
     watch = NonFiniteWatch(accelerator.device, start)
     batches = endless(setup.train_loader, setup.train_set, start * recipe.optim.grad_accum_steps)
-    progress_bar = tqdm(total=recipe.optim.iterations, initial=start, desc=variant.name,
-                        disable=not accelerator.is_main_process)
-    for iteration in range(start, recipe.optim.iterations):
+    interactive = sys.stderr.isatty()
+    progress_bar = tqdm(total=total, initial=start, desc=variant.name,
+                        disable=not (accelerator.is_main_process and interactive))
+    plain = PlainProgress(variant.name, total, start, accelerator.is_main_process and not interactive)
+    for iteration in range(start, total):
         steady.steps.start()
         lr = poly_lr(recipe.optim, iteration)
         set_lr(trainer.optimizer, lr)
@@ -157,7 +205,8 @@ def train(
             record(accelerator, log, {"kind": "train", "iter": done, **values, "lr": lr, "step_time": step_time,
                                       "contrast_ms": contrast_ms})
             progress_bar.set_postfix(loss=f"{values['loss']:.3f}")
-        if done == recipe.optim.iterations:
+            plain.line(done, values["loss"])
+        if done == total:
             break
         if _due(done, recipe.eval.interval):
             memory.mark("train")
@@ -165,13 +214,30 @@ def train(
                                setup.info.num_classes)
             memory.mark("eval")
             record(accelerator, log, {"kind": "eval", "iter": done, "val_miou": interim.miou})
-        if _due(done, recipe.run.checkpoint_interval):
-            watch.check(done)  # no checkpoint ever holds a NaN
-            save_checkpoint(accelerator, out_dir, trainer.bank)
+        checkpoint_boundary(setup, out_dir, done, watch, control.poll(), _due(done, recipe.run.checkpoint_interval),
+                            control)
     progress_bar.close()
-    watch.check(recipe.optim.iterations)  # a NaN in the last iterations still fails the variant
+    watch.check(total)  # a NaN in the last iterations still fails the variant
     steady.flush()  # the steps since the last log count too
     memory.mark("train")
+    if control.settle().stop:  # a signal during the last steps: stop before the evaluation
+        checkpoint_boundary(setup, out_dir, total, watch, Decision(stop=True), False, control)
+
+
+def checkpoint_boundary(
+    setup: Setup, out_dir: Path, done: int, watch: NonFiniteWatch, decision: Decision, scheduled: bool,
+    control: Agreement,
+) -> None:
+    """Save a checkpoint when scheduled (iterations), due (minutes) or asked to stop; then stop if asked."""
+    if not (scheduled or decision.checkpoint or decision.stop):
+        return
+    watch.check(done)  # no checkpoint ever holds a NaN loss
+    trainer = setup.trainer
+    reason = SIGNAL_REASON if decision.stop else "interval"
+    save_checkpoint(setup.ctx, out_dir, trainer.model, trainer.bank, done, reason)
+    control.checkpointed()
+    if decision.stop:
+        raise Interrupted(done, control.signals.name)
 
 
 def summarize(
@@ -189,6 +255,6 @@ def summarize(
         "params": measure.count_parameters(accelerator.unwrap_model(trainer.model)),
         "flops_per_image": setup.training.flops_per_image, "backbone_weights": setup.training.weights,
         **bank_fields(accelerator, trainer.bank, bank_size),
-        **run_info(accelerator),
+        "fingerprint": setup.ctx.fingerprint, **run_info(accelerator),
         "finished_at": finished_at(),
     }

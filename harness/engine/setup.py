@@ -111,17 +111,33 @@ def endless(loader: DataLoader, dataset: Dataset, first_batch: int) -> Iterator[
 
 
 class Progress:
-    """Loop state that lives in no module: the next iteration and the bank sampling generator."""
+    """Loop state that lives in no module and survives a resume: the next iteration, the bank sampling
+    generator, the step and contrast times and bank fill measured so far, and how often the run was requeued."""
 
     def __init__(self, generator: torch.Generator) -> None:
         self.iteration, self.generator = 0, generator
+        self.step_seconds: list[float] = []  # SteadyState's timers append to these lists
+        self.contrast_seconds: list[float] = []
+        self.fill_total = torch.zeros((), device=generator.device)  # summed on the device, read at saves
+        self.fill_count = 0
+        self.requeue_count = 0  # resumes from a checkpoint saved on a stop signal
 
     def state_dict(self) -> dict[str, Any]:
-        return {"iteration": self.iteration, "generator": self.generator.get_state()}
+        return {
+            "iteration": self.iteration, "generator": self.generator.get_state(),
+            "step_seconds": self.step_seconds, "contrast_seconds": self.contrast_seconds,
+            "fill_total": float(self.fill_total), "fill_count": self.fill_count, "requeue_count": self.requeue_count,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iteration = state["iteration"]
         self.generator.set_state(state["generator"])
+        # In place: the timers hold these lists.
+        self.step_seconds[:] = state.get("step_seconds", [])
+        self.contrast_seconds[:] = state.get("contrast_seconds", [])
+        self.fill_total.fill_(state.get("fill_total", 0.0))
+        self.fill_count = state.get("fill_count", 0)
+        self.requeue_count = state.get("requeue_count", 0)
 
 
 @dataclass

@@ -19,8 +19,8 @@ from harness.measure import SpanTimer
 from harness.models import SegOutput
 
 
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or infinite: the variant stops instead of training on garbage."""
+class NonFinite(FloatingPointError):
+    """The loss or the trained state became NaN or infinite: the variant stops instead of training on garbage."""
 
 
 class NonFiniteWatch:
@@ -37,7 +37,7 @@ class NonFiniteWatch:
     def check(self, done: int) -> None:
         """Raise if a loss of iterations since..done was not finite (one host sync)."""
         if bool(self.seen):
-            raise NonFiniteLoss(
+            raise NonFinite(
                 f"the loss became NaN or infinite between iterations {self.since} and {done}: stopping this variant"
             )
         self.since = done + 1

@@ -15,7 +15,8 @@ from accelerate import Accelerator
 
 from harness import measure
 from harness.contrast import Bank
-from harness.recipe import Recipe, Variant
+from harness.engine.control import Interrupted
+from harness.recipe import Recipe, Variant, fingerprint
 from harness.results import variant_fields
 
 DIGEST_CHUNK_BYTES = 64 * 2**20  # host memory a digest holds at once, whatever the bank's size
@@ -129,5 +130,14 @@ def failed_summary(accelerator: Accelerator, variant: Variant, error: BaseExcept
         **variant_fields(variant.name, variant.recipe), "status": "failed",
         "error": f"{type(error).__name__}: {error}",
         "traceback": "".join(traceback.format_exception(error)),
-        **run_info(accelerator), "finished_at": finished_at(),
+        "fingerprint": fingerprint(variant.recipe), **run_info(accelerator), "finished_at": finished_at(),
+    }
+
+
+def interrupted_summary(accelerator: Accelerator, variant: Variant, stop: Interrupted) -> dict[str, Any]:
+    """The summary of a variant stopped on a signal: its checkpoint holds `stop.iteration`; --resume continues it."""
+    return {
+        **variant_fields(variant.name, variant.recipe), "status": "interrupted", "error": None,
+        "iteration": stop.iteration, "signal": stop.signal_name,
+        "fingerprint": fingerprint(variant.recipe), **run_info(accelerator), "finished_at": finished_at(),
     }

@@ -1,0 +1,132 @@
+"""One run folder's owner and history: the lock the launch writing it holds, and whether what it holds came
+from the recipe about to continue it.
+
+No torch: a launcher, a scheduler job or `harness status` can ask before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from filelock import FileLock, Timeout
+
+from harness.recipe import (
+    Recipe,
+    RecipeError,
+    changed_keys,
+    disallowed_changes,
+    fingerprint,
+    validate,
+)
+from harness.results import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_MANIFEST,
+    CHECKPOINT_OLD_DIR,
+    LOCK_FILE,
+    RECIPE_FILE,
+    SUMMARY_FILE,
+    remove,
+    write_json,
+)
+
+HOLDER_FILE = f"{LOCK_FILE}.json"
+
+
+class FolderBusy(RuntimeError):
+    """Another launch holds the run folder."""
+
+
+class FolderLock:
+    """The run folder's lock, held by one launch (its main process) while it writes the folder.
+
+    An OS lock (fcntl) on <folder>/.lock: released when the process ends however it ends, so a killed
+    job never leaves the folder locked. .lock.json says who holds it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.lock = FileLock(str(self.folder / LOCK_FILE), timeout=0)
+
+    def acquire(self) -> None:
+        """Take the lock at once, or raise FolderBusy naming who holds it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire()
+        except Timeout:
+            raise FolderBusy(f"{self.folder} is being written by {holder_text(self.folder)}: not touching it") from None
+        write_json(self.folder / HOLDER_FILE, {
+            "host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+
+    def release(self) -> None:
+        """Let the next launch have the folder."""
+        remove(self.folder / HOLDER_FILE)
+        self.lock.release()
+
+
+def holder_text(folder: Path) -> str:
+    """Who holds a run folder's lock, as .lock.json says: 'pid 12 on node3 (SLURM job 456) since ...'."""
+    try:
+        holder = json.loads((Path(folder) / HOLDER_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "another launch"
+    job = f" (SLURM job {holder['slurm_job_id']})" if holder.get("slurm_job_id") else ""
+    return f"pid {holder['pid']} on {holder['host']}{job} since {holder['since']}"
+
+
+@dataclass(frozen=True)
+class History:
+    """What a run folder holds: a finished run, a checkpoint to continue, or nothing yet."""
+
+    finished: bool
+    resumable: bool
+    fingerprint: str | None  # of the recipe that made it, as its summary or checkpoint recorded
+    recipe: dict[str, Any] | None  # its recipe.yaml
+
+
+def history(folder: Path) -> History:
+    """Read what `folder` holds, without changing it."""
+    folder = Path(folder)
+    summary = read_json(folder / SUMMARY_FILE)
+    finished = summary.get("status") == "ok"
+    manifests = [read_json(folder / name / CHECKPOINT_MANIFEST) for name in (CHECKPOINT_DIR, CHECKPOINT_OLD_DIR)
+                 if (folder / name).is_dir()]
+    recorded = summary.get("fingerprint") if finished else next((m.get("fingerprint") for m in manifests), None)
+    recipe_path = folder / RECIPE_FILE
+    recipe = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else None
+    return History(finished, bool(manifests), recorded, recipe if isinstance(recipe, dict) else None)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; empty when it is missing or unreadable."""
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def recipe_changes(past: History, recipe: Recipe, allowed: list[str]) -> list[str]:
+    """The dotted keys in which `recipe` differs from the one that made the folder's run, less those `allowed`
+    (--allow-change patterns) lets change.
+
+    recipe.yaml, read through today's schema (so keys added since take their defaults), names the keys;
+    without it, differing fingerprints can only say that something changed.
+    """
+    if past.recipe is None:
+        return [] if past.fingerprint in (None, fingerprint(recipe)) else ["<unknown: the folder has no recipe.yaml>"]
+    if past.fingerprint == fingerprint(recipe):
+        return []
+    try:
+        before = validate(past.recipe).model_dump(mode="json")
+    except RecipeError as error:
+        return [error.key]  # a key today's schema no longer has, or no longer accepts
+    return disallowed_changes(changed_keys(before, recipe.model_dump(mode="json")), allowed)
