@@ -132,6 +132,13 @@ class DataConfig(Strict):
     global_batch_size: int | None = Field(None, ge=1)
     # DataLoader workers per process; None: harness.data.auto_num_workers (a share of the usable cores).
     num_workers: int | None = Field(None, ge=0)
+    # Real datasets: auto reads each split from its prepared store (decoded once into memory-mapped uint8
+    # images and train ids by `harness prepare`, or on first use); off decodes the files for every item.
+    # Both give the same items, pixel for pixel. The digit scenes need none.
+    prepare: Literal["auto", "off"] = "auto"
+    # Where prepared stores live. None: beside the dataset (<root>.prepared/), or the user cache
+    # (~/.cache/harness/prepared) where the dataset's parent folder cannot be written.
+    cache_dir: Path | None = None
     augment: AugmentConfig = AugmentConfig()
     digit_scenes: DigitScenesConfig = DigitScenesConfig()
 

@@ -22,6 +22,12 @@ def write_image(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
+def truncate(path: Path) -> Path:
+    """Cut a file to half its bytes, as an interrupted copy leaves it."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
 def _photo(seed: int) -> np.ndarray:
     """A random uint8 RGB picture [32,64,3]."""
     return np.random.default_rng(seed).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)

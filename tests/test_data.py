@@ -304,12 +304,12 @@ def test_missing_label_file_is_named(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- transforms
 
 
-def column_labels(height: int, width: int) -> tuple[Image.Image, np.ndarray]:
-    """A uint8 label [H,W] whose value is its column, and an image whose red channel repeats it."""
+def column_labels(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 label [H,W] whose value is its column, and an image [H,W,3] whose red channel repeats it."""
     label = np.broadcast_to(np.arange(width, dtype=np.uint8), (height, width)).copy()
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     image[..., 0] = label
-    return Image.fromarray(image), label
+    return image, label
 
 
 def smooth_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -355,10 +355,10 @@ def test_the_scale_jitter_multiplies_the_base_size() -> None:
     base = transforms.base_factor(label.shape, (2048, 512))
     window = transforms.random_window(label.shape, 520, (2.0, 2.0), torch.Generator().manual_seed(0), base)
     assert window.scaled == (1024, 1365)  # 480 x 640 fitted to short side 512, then doubled
-    pixels, labels = transform(Image.fromarray(np.zeros((480, 640, 3), np.uint8)), label, torch.Generator())
+    pixels, labels = transform(np.zeros((480, 640, 3), np.uint8), label, torch.Generator())
     assert tuple(labels.shape) == (520, 520) and labels.eq(0).all()  # a full crop, no padding (255) in it
     unbased = transforms.TrainTransform(520, (0.5, 0.5), flip=False, pad_colour=IMAGENET.pad_colour)(
-        Image.fromarray(np.zeros((480, 640, 3), np.uint8)), label, torch.Generator()
+        np.zeros((480, 640, 3), np.uint8), label, torch.Generator()
     )[1]
     assert unbased.eq(IGNORE_INDEX).float().mean() > 0.5  # without a base, half scale is mostly padding
 
@@ -368,9 +368,9 @@ def test_window_resize_equals_the_window_of_the_whole_image_resized(factor: floa
     image, label = smooth_photo(89, 141), random_labels(89, 141, seed=1)
     for seed in range(6):
         window = transforms.random_window(label.shape, 48, (factor, factor), torch.Generator().manual_seed(seed))
-        pixels, labels = transforms.to_tensors(*transforms.resize_window(Image.fromarray(image), label, window))
+        pixels, labels = transforms.to_tensors(*transforms.resize_window(image, label, window))
         expected_pixels, expected_labels = whole_image_window(image, label, window)
-        assert torch.equal(labels, expected_labels) and (pixels.float() - expected_pixels).abs().max() <= 1.5
+        assert torch.equal(labels.long(), expected_labels) and (pixels.float() - expected_pixels).abs().max() <= 1.5
 
 
 def old_train_transform(
@@ -403,14 +403,63 @@ def test_train_transform_draws_what_the_old_one_drew() -> None:
     image, label = smooth_photo(61, 101), random_labels(61, 101, seed=2)
     transform = transforms.TrainTransform(56, (0.5, 2.0), flip=True, pad_colour=IMAGENET.pad_colour)
     for seed in range(12):
-        pixels, labels = transform(Image.fromarray(image), label, torch.Generator().manual_seed(seed))
+        pixels, labels = transform(image, label, torch.Generator().manual_seed(seed))
         old = old_train_transform(image, label, transform, torch.Generator().manual_seed(seed))
-        assert pixels.dtype == torch.uint8 and labels.dtype == torch.int64
-        assert torch.equal(labels, old[1]) and (pixels.float() - old[0]).abs().max() <= 1.5
+        assert pixels.dtype == torch.uint8 and labels.dtype == torch.uint8  # int64 once, as an item
+        assert torch.equal(labels.long(), old[1]) and (pixels.float() - old[0]).abs().max() <= 1.5
+
+
+def whole_image_transform(
+    image: np.ndarray, label: np.ndarray, transform: transforms.TrainTransform, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The transform before the prepared store: PIL's box resize over the whole decoded image, then pad, flip.
+
+    Its own draws, in the order the training transform has always made them: scale, top, left, flip.
+    """
+    crop, (low, high) = transform.crop_size, transform.scale
+    height, width = label.shape
+    jitter = low + (high - low) * torch.rand((), generator=generator).item()
+    factor = transforms.base_factor(label.shape, transform.base_size) * jitter
+    scaled_height, scaled_width = max(1, round(height * factor)), max(1, round(width * factor))
+    top = int(torch.randint(max(scaled_height, crop) - crop + 1, (), generator=generator))
+    left = int(torch.randint(max(scaled_width, crop) - crop + 1, (), generator=generator))
+    rows, cols = min(crop, scaled_height - top), min(crop, scaled_width - left)
+    box = (left * width / scaled_width, top * height / scaled_height,
+           (left + cols) * width / scaled_width, (top + rows) * height / scaled_height)
+    pixels = Image.fromarray(image).resize((cols, rows), Image.Resampling.BILINEAR, box=box)
+    source_rows = (2 * np.arange(top, top + rows) + 1) * height // (2 * scaled_height)
+    source_cols = (2 * np.arange(left, left + cols) + 1) * width // (2 * scaled_width)
+    image_tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # [h,w,3] -> [3,h,w]
+    label_tensor = torch.from_numpy(label[source_rows[:, None], source_cols].astype(np.int64))
+    image_tensor, label_tensor = transforms.pad_to(image_tensor, label_tensor, crop, crop, transform.pad_colour)
+    if transform.flip and torch.rand((), generator=generator) < 0.5:
+        image_tensor, label_tensor = image_tensor.flip(-1), label_tensor.flip(-1)
+    return image_tensor, label_tensor
+
+
+@pytest.mark.parametrize(("size", "crop", "scale", "base_size", "seeds"), [
+    ((1024, 2048), 769, (0.5, 2.0), None, 6),  # Cityscapes
+    ((61, 101), 56, (0.5, 2.0), None, 40),
+    ((200, 300), 16, (0.1, 0.4), None, 40),  # shrinking by 2.5-10: the filter reaches pixels far past the window
+    ((480, 640), 96, (0.5, 2.0), (2048, 512), 20),  # ADE20K, fitted into its base size first
+])
+def test_the_window_of_the_source_gives_what_the_whole_image_gave(
+    size: tuple[int, int], crop: int, scale: tuple[float, float], base_size: tuple[int, int] | None, seeds: int
+) -> None:
+    """Same draws, same windows and flips, and the same pixels as resizing the whole image: reading only the
+    source pixels a window's filter reaches (a prepared store's view) changes nothing but the cost."""
+    rng = np.random.default_rng(size[0])
+    image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)  # noise: any pixel the filter misses would show
+    label = rng.integers(0, 19, size, dtype=np.uint8)
+    transform = transforms.TrainTransform(crop, scale, flip=True, pad_colour=IMAGENET.pad_colour, base_size=base_size)
+    for seed in range(seeds):
+        pixels, labels = transform(image, label, torch.Generator().manual_seed(seed))
+        expected = whole_image_transform(image, label, transform, torch.Generator().manual_seed(seed))
+        assert torch.equal(pixels, expected[0]) and torch.equal(labels.long(), expected[1])
 
 
 def test_small_images_are_padded_with_ignore_and_the_mean_colour() -> None:
-    image, label = Image.new("RGB", (50, 40), (9, 9, 9)), random_labels(40, 50, seed=0)
+    image, label = np.full((40, 50, 3), 9, np.uint8), random_labels(40, 50, seed=0)
     transform = transforms.TrainTransform(64, (0.5, 0.5), flip=False, pad_colour=IMAGENET.pad_colour)
     out_image, out_label = transform(image, label, torch.Generator().manual_seed(0))
     assert out_image.shape == (3, 64, 64) and out_label.shape == (64, 64)
@@ -425,7 +474,8 @@ def test_crop_keeps_image_and_label_aligned_and_flips_both() -> None:
     directions = set()
     for seed in range(16):
         out_image, out_label = transform(image, label, torch.Generator().manual_seed(seed))
-        assert out_label.shape == (32, 32) and torch.equal(out_image[0].long(), out_label)
+        assert out_label.shape == (32, 32) and torch.equal(out_image[0], out_label)
+        out_label = out_label.long()
         directions.add(int(torch.sign(out_label[0, 1] - out_label[0, 0])))
     assert directions == {1, -1}
 
@@ -434,10 +484,11 @@ def test_colour_coded_labels_stay_aligned_under_scale_crop_and_flip() -> None:
     """Blocks whose colour names their class: away from block edges, every pixel's colour still names its label."""
     palette = np.random.default_rng(3).integers(0, 256, (19, 3), dtype=np.uint8)
     label = random_labels(6, 10, seed=4).repeat(12, 0).repeat(12, 1)  # [6,10] -> [72,120]
-    image = Image.fromarray(palette[label])  # [72,120] -> [72,120,3]
+    image = palette[label]  # [72,120] -> [72,120,3]
     transform = transforms.TrainTransform(64, (0.5, 2.0), flip=True, pad_colour=IMAGENET.pad_colour)
     for seed in range(24):
         out_image, out_label = transform(image, label, torch.Generator().manual_seed(seed))
+        out_label = out_label.long()
         # Pixels whose 5x5 neighbourhood holds one label lie inside a block, out of the filter's reach of an
         # edge; the crop's outer 2 pixels may see an edge beyond the crop.
         labels = out_label[None, None].float()  # [H,W] -> [1,1,H,W]
@@ -452,12 +503,12 @@ def test_no_flip_when_disabled() -> None:
     transform = transforms.TrainTransform(32, (0.8, 1.5), flip=False, pad_colour=IMAGENET.pad_colour)
     for seed in range(8):
         _, out_label = transform(image, label, torch.Generator().manual_seed(seed))
-        valid = out_label[0][out_label[0] != 255]
+        valid = out_label[0][out_label[0] != 255].long()
         assert (valid.diff() >= 0).all()
 
 
 def test_train_transform_is_reproducible_from_its_generator() -> None:
-    image, label = Image.fromarray(smooth_photo(50, 60)), random_labels(50, 60, seed=0)
+    image, label = smooth_photo(50, 60), random_labels(50, 60, seed=0)
     transform = transforms.TrainTransform(32, (0.5, 2.0), flip=True, pad_colour=IMAGENET.pad_colour)
     first, again, other = (transform(image, label, torch.Generator().manual_seed(s)) for s in (7, 7, 8))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])

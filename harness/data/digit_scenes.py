@@ -13,7 +13,6 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn.datasets import load_digits
 
 from harness.data.info import DatasetInfo, generated_palette, keyed_table
@@ -167,6 +166,6 @@ def load_digit_scenes(cfg: DigitScenesConfig, seed: int, root: Path) -> datasets
     return datasets.load_from_disk(str(path))
 
 
-def decode_arrays(row: dict) -> tuple[Image.Image, np.ndarray]:
-    """A digit-scenes row (numpy format) as an RGB image and a uint8 label [H,W]."""
-    return Image.fromarray(np.asarray(row["image"], np.uint8)), np.asarray(row["label"], np.uint8)
+def decode_arrays(row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A digit-scenes row (numpy format) as a uint8 RGB image [H,W,3] and a uint8 label [H,W]."""
+    return np.asarray(row["image"], np.uint8), np.asarray(row["label"], np.uint8)

@@ -1,14 +1,15 @@
-"""Cityscapes, ADE20K and COCO-Stuff as they lie on disk: class tables, label maps, file indexes.
+"""Cityscapes, ADE20K and COCO-Stuff as they lie on disk: class tables, label maps, file indexes, decoding.
 
 Hugging Face `datasets` tables index the (image, label) file pairs; each row names the
 label map that turns the label file's pixel values into train ids, and is decoded with
-PIL on access.
+PIL (per item, or once into the prepared store). A file that cannot be used is a DataError naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,39 +113,68 @@ COCO_STUFF = DatasetInfo("coco_stuff", 171, _COCO_STUFF_NAMES, generated_palette
 COCO_STUFF10K = DatasetInfo("coco_stuff10k", 171, _COCO_STUFF_NAMES, generated_palette(171))
 
 
-def _lookup(train_ids: dict[int, int]) -> np.ndarray:
-    """A 256-entry table sending raw label values to train ids and everything else to IGNORE_INDEX."""
+class DataError(ValueError):
+    """A dataset file that cannot be used: the message names it and says what is wrong."""
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """How a label file's values become train ids."""
+
+    table: np.ndarray  # uint8 [256]: raw value -> train id; IGNORE_INDEX for what is not evaluated
+    # A labelTrainIds file's class count: an id from it to IGNORE_INDEX - 1 is a broken file, not ignored
+    # (it would index past the classifier). None: raw ids, whose unlisted values are void classes, ignored.
+    classes: int | None = None
+
+    def apply(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Train ids [H,W] of a label file's raw values [H,W]; a train id outside the table is a DataError."""
+        if self.classes is not None:
+            present = np.bincount(raw.ravel(), minlength=256)  # [H,W] -> [256] counts
+            outside = np.flatnonzero(present[self.classes:IGNORE_INDEX]) + self.classes
+            if outside.size:
+                raise DataError(f"{path}: train ids {outside.tolist()} outside the table "
+                                f"(0-{self.classes - 1}, and {IGNORE_INDEX} for ignored pixels)")
+        return self.table[raw]
+
+
+def _lookup(train_ids: dict[int, int]) -> LabelMap:
+    """Raw label values to train ids, everything else to IGNORE_INDEX."""
     table = np.full(256, IGNORE_INDEX, np.uint8)
     table[list(train_ids)] = list(train_ids.values())
-    return table
+    return LabelMap(table)
+
+
+def _train_ids(classes: int) -> LabelMap:
+    """A labelTrainIds file's values as they are: ids below `classes`, or IGNORE_INDEX."""
+    return LabelMap(np.arange(256, dtype=np.uint8), classes)
 
 
 # How a label file's pixel values become train ids, by the `label_map` column of an index.
-_LABEL_MAPS: dict[str, np.ndarray] = {
-    "train_ids": np.arange(256, dtype=np.uint8),
+LABEL_MAPS: dict[str, LabelMap] = {
+    "cityscapes_train_ids": _train_ids(CITYSCAPES.num_classes),
     "cityscapes_label_ids": _lookup({label_id: k for k, label_id in enumerate(_CITYSCAPES_CLASSES)}),
     "ade20k": _lookup({k + 1: k for k in range(150)}),
+    "coco_stuff_train_ids": _train_ids(COCO_STUFF.num_classes),
     "coco_stuff_raw": _lookup({raw: k for k, raw in enumerate(_COCO_USED_IDS)}),
     # COCO-Stuff-10k's .mat labels count from 1 (0 = unlabeled): the 164k ids shifted by one.
     "coco_stuff10k_mat": _lookup({raw + 1: k for k, raw in enumerate(_COCO_USED_IDS)}),
 }
 
 
-
-def _inverse(label_map: np.ndarray) -> np.ndarray:
+def _inverse(label_map: LabelMap) -> np.ndarray:
     """A 256-entry table sending each train id back to the raw label value `label_map` sends to it."""
-    raw_values = np.flatnonzero(label_map != IGNORE_INDEX)
+    raw_values = np.flatnonzero(label_map.table != IGNORE_INDEX)
     inverse = np.zeros(256, np.uint8)
-    inverse[label_map[raw_values]] = raw_values
+    inverse[label_map.table[raw_values]] = raw_values
     return inverse
 
 
 # How predicted train ids become the values a benchmark's test server expects: the inverse label maps.
 SUBMISSION_MAPS: dict[str, np.ndarray] = {
-    "cityscapes": _inverse(_LABEL_MAPS["cityscapes_label_ids"]),  # labelIds
-    "ade20k": _inverse(_LABEL_MAPS["ade20k"]),  # 1..150
-    "coco_stuff": _inverse(_LABEL_MAPS["coco_stuff_raw"]),  # the stuffthingmaps' own ids
-    "coco_stuff10k": _inverse(_LABEL_MAPS["coco_stuff10k_mat"]),  # its .mat ids, 1..182
+    "cityscapes": _inverse(LABEL_MAPS["cityscapes_label_ids"]),  # labelIds
+    "ade20k": _inverse(LABEL_MAPS["ade20k"]),  # 1..150
+    "coco_stuff": _inverse(LABEL_MAPS["coco_stuff_raw"]),  # the stuffthingmaps' own ids
+    "coco_stuff10k": _inverse(LABEL_MAPS["coco_stuff10k_mat"]),  # its .mat ids, 1..182
 }
 
 # ---------------------------------------------------------------- real datasets on disk
@@ -171,7 +201,7 @@ def _cityscapes_rows(root: Path, split: str) -> list[Row]:
         stem = image.name.removesuffix("_leftImg8bit.png")
         labels = root / "gtFine" / split / image.parent.name
         candidates = [
-            (labels / f"{stem}_gtFine_labelTrainIds.png", "train_ids"),
+            (labels / f"{stem}_gtFine_labelTrainIds.png", "cityscapes_train_ids"),
             (labels / f"{stem}_gtFine_labelIds.png", "cityscapes_label_ids"),
         ]
         rows.append(_pair(image, candidates))
@@ -205,7 +235,7 @@ def _coco_stuff_rows(root: Path, split: str) -> list[Row]:
     rows = []
     for image in _coco_stuff_images(root, split):
         candidates = [
-            (labels / f"{image.stem}_labelTrainIds.png", "train_ids"),
+            (labels / f"{image.stem}_labelTrainIds.png", "coco_stuff_train_ids"),
             (labels / f"{image.stem}.png", "coco_stuff_raw"),
         ]
         rows.append(_pair(image, candidates))
@@ -322,34 +352,58 @@ def index_images(name: str, root: Path | None, split: str | None) -> datasets.Da
     return keyed_table({"image": [str(image) for image in images]}, f"{name}-images-{paths}")
 
 
-def decode_image(row: Row) -> tuple[Image.Image, np.ndarray]:
-    """Read an image (as RGB) with no label: every pixel IGNORE_INDEX."""
-    with Image.open(row["image"]) as image:
-        pixels = image.convert("RGB")
-    return pixels, np.full((pixels.height, pixels.width), IGNORE_INDEX, np.uint8)
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """An image file open in PIL; one PIL cannot read (truncated, not an image) is a DataError naming it."""
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for broken files
+        raise DataError(f"{path}: unreadable image ({error})") from None
 
 
-def decode_files(row: Row) -> tuple[Image.Image, np.ndarray]:
-    """Read an image (as RGB) and its label (mapped to uint8 train ids [H,W]) with PIL.
+def read_image(path: Path) -> np.ndarray:
+    """An image file's pixels as uint8 RGB [H,W,3]."""
+    with _opened(path) as image:
+        return np.asarray(image.convert("RGB"))
 
-    The image stays a PIL image: packing a 2048x1024 one into numpy costs ~10 ms, and the
-    training transform resamples only its crop window from it. (torchvision.io decodes PNGs
-    ~10 % faster, but its decoders are deprecated since torchvision 0.29.)
+
+def image_size(path: Path) -> tuple[int, int]:
+    """An image file's (height, width), from its header alone."""
+    with _opened(path) as image:
+        return image.height, image.width
+
+
+def decode_image(row: Row) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image (uint8 RGB [H,W,3]) with no label: every pixel IGNORE_INDEX."""
+    pixels = read_image(Path(row["image"]))
+    return pixels, np.full(pixels.shape[:2], IGNORE_INDEX, np.uint8)
+
+
+def decode_files(row: Row) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image (uint8 RGB [H,W,3]) and its label (mapped to uint8 train ids [H,W]) with PIL.
+
+    Every way a pair can be broken is a DataError naming the file: unreadable, a label whose size
+    differs from its image's, a train id outside the table.
     """
-    with Image.open(row["image"]) as image:
-        pixels = image.convert("RGB")
+    pixels = read_image(Path(row["image"]))
     raw = read_label(Path(row["label"]))
-    if (pixels.height, pixels.width) != raw.shape:
-        raise ValueError(f"{row['label']} is {raw.shape}, but {row['image']} is {(pixels.height, pixels.width)}")
-    return pixels, _LABEL_MAPS[row["label_map"]][raw]
+    if pixels.shape[:2] != raw.shape:
+        raise DataError(f"{row['label']}: label is {raw.shape[1]}x{raw.shape[0]} (width x height), "
+                        f"but its image {row['image']} is {pixels.shape[1]}x{pixels.shape[0]}")
+    return pixels, LABEL_MAPS[row["label_map"]].apply(raw, Path(row["label"]))
 
 
 def read_label(path: Path) -> np.ndarray:
-    """A label file's raw values [H,W] as uint8: a PNG, or the matrix S of a COCO-Stuff-10k .mat file."""
-    if path.suffix != ".mat":
-        with Image.open(path) as label:
-            return np.asarray(label)
-    matrix = scipy.io.loadmat(path, variable_names=["S"]).get("S")
-    if matrix is None or matrix.ndim != 2 or matrix.min() < 0 or matrix.max() > 255:
-        raise ValueError(f"{path} holds no label matrix S of ids 0-255 (COCO-Stuff-10k's annotations do)")
-    return matrix.astype(np.uint8)
+    """A label file's raw values [H,W] as uint8: a one-channel PNG, or the matrix S of a COCO-Stuff-10k .mat file."""
+    try:
+        if path.suffix == ".mat":
+            raw = scipy.io.loadmat(path, variable_names=["S"]).get("S")
+        else:
+            with Image.open(path) as label:
+                raw = np.asarray(label)
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's and scipy's errors for broken files
+        raise DataError(f"{path}: unreadable label ({error})") from None
+    if raw is None or raw.ndim != 2 or (raw.dtype != np.uint8 and (raw.min() < 0 or raw.max() > 255)):
+        raise DataError(f"{path}: holds no label map of ids 0-255 (one channel; in a .mat file, the matrix S)")
+    return raw.astype(np.uint8, copy=False)

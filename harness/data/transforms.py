@@ -2,12 +2,15 @@
 
 Images stay uint8 until they reach the model's device, where harness.ops.normalize turns them
 into floats normalised by the backbone's pretraining statistics: a quarter of the bytes
-through worker queues, pinning and host-to-device copies. The training crop is
-resampled from the window of the original image it covers, never from the whole image scaled first.
+through worker queues, pinning and host-to-device copies. The training crop is resampled
+from the window of the original image it covers, never from the whole image scaled first;
+only the source pixels that window's filter reads are copied, so an item of a memory-mapped
+prepared store costs its window, not its image.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +20,10 @@ from PIL import Image
 from harness.labels import IGNORE_INDEX
 
 
-def to_tensors(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """An RGB image and a uint8 label [H,W] -> uint8 [3,H,W] and int64 [H,W]."""
+def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 RGB image [H,W,3] and a uint8 label [H,W] (views of a store too) -> uint8 [3,H,W] and [H,W] copies."""
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [H,W,3] -> [3,H,W]
-    return pixels, torch.from_numpy(label.astype(np.int64))
+    return pixels, torch.from_numpy(np.array(label))
 
 
 def pad_to(
@@ -84,30 +87,41 @@ def _nearest(start: int, count: int, source: int, scaled: int) -> np.ndarray:
     return (2 * np.arange(start, start + count) + 1) * source // (2 * scaled)
 
 
-def resize_window(image: Image.Image, label: np.ndarray, window: Window) -> tuple[Image.Image, np.ndarray]:
-    """The window's part of the scaled image and uint8 label [h,w], resampled from the originals: bilinear, nearest.
+def _span(start: int, count: int, source: int, scaled: int) -> tuple[float, float, int, int]:
+    """The window's edges in source pixels along one axis, and the source pixels [first, last) its filter reads.
+
+    PIL reads a box as float32, so the edges are rounded to float32 here: shifted by the integer
+    `first`, they stay exactly the numbers PIL would read for the whole image. The filter reaches
+    one source pixel around each output centre, widened by the shrink factor when it shrinks.
+    """
+    low, high = (float(np.float32(edge * source / scaled)) for edge in (start, start + count))
+    reach = math.ceil(max(1.0, source / scaled)) + 1
+    return low, high, max(0, math.floor(low) - reach), min(source, math.ceil(high) + reach)
+
+
+def resize_window(image: np.ndarray, label: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """The window's part of the scaled image [h,w,3] and uint8 label [h,w], resampled from the originals:
+    bilinear, nearest.
 
     PIL's bilinear resize widens its filter when it shrinks (antialiasing, as torch's
-    antialias=True did on the whole image) and, given a box, reads the pixels around that box
-    too: the result equals the same window of the whole image resized, at a fraction of the cost.
+    antialias=True did on the whole image) and, given a box, reads the pixels around that box:
+    resizing the box within the source pixels the filter reaches gives the same window of the
+    whole image resized, pixel for pixel, at the cost of the window alone.
     """
     height, width = label.shape
-    scaled_height, scaled_width = window.scaled
-    box = (
-        window.left * width / scaled_width,
-        window.top * height / scaled_height,
-        (window.left + window.width) * width / scaled_width,
-        (window.top + window.height) * height / scaled_height,
-    )
-    pixels = image.resize((window.width, window.height), Image.Resampling.BILINEAR, box=box)
-    rows = _nearest(window.top, window.height, height, scaled_height)
-    cols = _nearest(window.left, window.width, width, scaled_width)
-    return pixels, label[rows[:, None], cols]  # [H,W] -> [h,w]
+    left, right, first_col, last_col = _span(window.left, window.width, width, window.scaled[1])
+    top, bottom, first_row, last_row = _span(window.top, window.height, height, window.scaled[0])
+    source = Image.fromarray(np.ascontiguousarray(image[first_row:last_row, first_col:last_col]))
+    box = (left - first_col, top - first_row, right - first_col, bottom - first_row)
+    pixels = source.resize((window.width, window.height), Image.Resampling.BILINEAR, box=box)
+    rows = _nearest(window.top, window.height, height, window.scaled[0])
+    cols = _nearest(window.left, window.width, width, window.scaled[1])
+    return np.asarray(pixels), label[rows][:, cols]  # [H,W] -> [h,W] -> [h,w]
 
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Training augmentation of a decoded (image, label): scale, pad, crop, flip, into uint8 / int64 tensors."""
+    """Training augmentation of a decoded (image, label): scale, pad, crop, flip, into uint8 tensors."""
 
     crop_size: int
     scale: tuple[float, float]
@@ -116,8 +130,9 @@ class TrainTransform:
     base_size: tuple[int, int] | None = None  # (long, short); see base_factor
 
     def __call__(
-        self, image: Image.Image, label: np.ndarray, generator: torch.Generator | None = None
+        self, image: np.ndarray, label: np.ndarray, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 RGB image [H,W,3] and label [H,W] -> the augmented crop, uint8 [3,C,C] and [C,C]."""
         base = base_factor(label.shape, self.base_size)
         window = random_window(label.shape, self.crop_size, self.scale, generator, base)
         pixels, labels = to_tensors(*resize_window(image, label, window))
