@@ -65,8 +65,9 @@ class RunConfig(Strict):
     save_aux_head: bool = False  # model.safetensors holds the aux head too (it only trains; inference skips it)
     # Accelerate trackers (log_with), e.g. [tensorboard]: losses, lr, step and contrast time, val mIoU.
     trackers: tuple[str, ...] = ()
-    # torch.compile the model (only: the contrast's shapes depend on the data). Slow first steps.
-    compile: bool = False
+    # torch.compile the model (minutes of compiling first, then faster steps). "auto": on a CUDA device
+    # (not under DeepSpeed, whose engine wraps the model itself), off on a CPU; the run's context resolves it.
+    compile: Literal["auto"] | bool = "auto"
 
 
 def _check_base_size(value: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -240,6 +241,9 @@ class EvalConfig(Strict):
     mode: Literal["whole", "slide"] = "whole"
     slide_crop: int | None = Field(None, ge=8)
     slide_stride: int | None = Field(None, ge=1)
+    # Slide windows per forward (each with every image of the batch and, with `flip`, its mirror): a GPU
+    # is busy only with several; 8 covers the 2 x 4 windows of a 1024 x 2048 Cityscapes image at 769 / 513.
+    batch_windows: int = Field(8, ge=1)
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     # (long, short): mmsegmentation's test pipeline fits each image into this base scale (aspect kept)

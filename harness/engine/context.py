@@ -24,6 +24,7 @@ class RunContext:
     input_dtype: torch.dtype  # what images must be: DeepSpeed bf16/fp16 casts the model itself, not autocast
     statistics: ImageStatistics  # what the backbone's pretraining normalised images by
     align_corners: bool  # how logits upsample onto pixels (model.align_corners): losses, contrast, evaluation
+    compile: bool  # torch.compile the model: run.compile, "auto" resolved for this launch
     fingerprint: str  # of the recipe (harness.recipe.fingerprint): in every checkpoint and summary
 
     @property
@@ -43,10 +44,22 @@ def _input_dtype(accelerator: Accelerator) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
 
 
+def _compiles(accelerator: Accelerator, recipe: Recipe) -> bool:
+    """run.compile, with "auto" on for a CUDA device and off on a CPU (a minute of compiling for little gain there).
+
+    DeepSpeed's engine wraps the model itself (ZeRO-3 gathers parameters in hooks that break graphs),
+    so "auto" leaves it eager; `true` still compiles it.
+    """
+    if recipe.run.compile != "auto":
+        return recipe.run.compile
+    return accelerator.device.type == "cuda" and accelerator.distributed_type != DistributedType.DEEPSPEED
+
+
 def make_context(accelerator: Accelerator, recipe: Recipe) -> RunContext:
     """The run's context: everything derived from `recipe` and the launch, computed here and only here."""
     return RunContext(
         accelerator=accelerator, recipe=recipe, device=accelerator.device, world_size=accelerator.num_processes,
         input_dtype=_input_dtype(accelerator), statistics=image_statistics(recipe.model.backbone),
         align_corners=recipe.model.align_corners, fingerprint=fingerprint(recipe),
+        compile=_compiles(accelerator, recipe),
     )

@@ -33,12 +33,13 @@ class CenterTap:
         self.labels, self.num_classes = labels, num_classes  # labels [B,H,W] at the tapped view's size
         self.sums = self.counts = None
 
-    def __call__(self, output: SegOutput, top: int, left: int, size: tuple[int, int]) -> None:
-        """Add the head features of one forward, made of the window at (top, left) of `size` pixels."""
+    def __call__(self, output: SegOutput, top: int, left: int, size: tuple[int, int], row: int = 0) -> None:
+        """Add the head features of the window at (top, left) of `size` pixels: the B rows of output.features
+        from `row` on (a batched forward also holds other windows and the flipped view)."""
+        features = output.features[row : row + len(self.labels)]
         window = self.labels[:, top : top + size[0], left : left + size[1]]
         window = F.pad(window, (0, size[1] - window.shape[2], 0, size[0] - window.shape[1]), value=IGNORE_INDEX)
-        sums, counts = truth_sums(output.features, resize_labels(window, tuple(output.features.shape[-2:])),
-                                  self.num_classes)
+        sums, counts = truth_sums(features, resize_labels(window, tuple(features.shape[-2:])), self.num_classes)
         self.sums = sums if self.sums is None else self.sums + sums
         self.counts = counts if self.counts is None else self.counts + counts
 
@@ -47,33 +48,51 @@ class CenterTap:
         return self.sums / self.counts.clamp_min(1)[..., None], self.counts > 0
 
 
+def probabilities(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """fp32 class probabilities [B,N,*size] of logits [B,N,h,w]: a bf16 forward's logits are summed in fp32."""
+    return upsample_to(logits.float(), size, align_corners).softmax(1)
+
+
 def forward_whole(
     model: torch.nn.Module, images: torch.Tensor, tap: CenterTap | None = None, origin: tuple[int, int] = (0, 0),
     align_corners: bool = False,
 ) -> torch.Tensor:
-    """Class probabilities [B,N,H,W] from one whole-image forward; `tap` sees it, placed at `origin`."""
+    """Class probabilities [B,N,H,W] from one whole-image forward; `tap` sees its first rows, placed at `origin`."""
     output = model(images)
     if tap is not None:
         tap(output, *origin, tuple(images.shape[-2:]))
-    return upsample_to(output.logits.float(), tuple(images.shape[-2:]), align_corners).softmax(1)
+    return probabilities(output.logits, tuple(images.shape[-2:]), align_corners)
 
 
 def forward_slide(
     model: torch.nn.Module, images: torch.Tensor, crop: int, stride: int, tap: CenterTap | None = None,
-    align_corners: bool = False,
+    align_corners: bool = False, batch_windows: int = 1,
 ) -> torch.Tensor:
-    """Class probabilities [B,N,H,W] averaged over overlapping crop x crop windows."""
+    """Class probabilities [B,N,H,W] averaged over overlapping crop x crop windows, `batch_windows` per forward.
+
+    Windows are added in the same order whatever the batching, so only the forwards' own rounding
+    can tell batched from unbatched.
+    """
     height, width = images.shape[-2:]
     padded = F.pad(images, (0, max(crop - width, 0), 0, max(crop - height, 0)))
     pad_h, pad_w = padded.shape[-2:]
+    rows = images.shape[0]
+    tops, lefts = window_starts(pad_h, crop, stride), window_starts(pad_w, crop, stride)
+    windows = [(top, left) for top in tops for left in lefts]
     total = count = None
-    for top in window_starts(pad_h, crop, stride):
-        for left in window_starts(pad_w, crop, stride):
-            probs = forward_whole(model, padded[..., top:top + crop, left:left + crop], tap, (top, left), align_corners)
-            if total is None:
-                total = probs.new_zeros(probs.shape[0], probs.shape[1], pad_h, pad_w)
-                count = probs.new_zeros(1, 1, pad_h, pad_w)
-            total[..., top:top + crop, left:left + crop] += probs
+    for first in range(0, len(windows), batch_windows):
+        group = windows[first:first + batch_windows]
+        crops = [padded[..., top:top + crop, left:left + crop] for top, left in group]
+        output = model(torch.cat(crops))  # n x [B,3,c,c] -> [nB,3,c,c]
+        probs = probabilities(output.logits, (crop, crop), align_corners)
+        probs = probs.unflatten(0, (len(group), rows))  # [nB,N,c,c] -> [n,B,N,c,c]
+        if total is None:
+            total = probs.new_zeros(rows, probs.shape[2], pad_h, pad_w)
+            count = probs.new_zeros(1, 1, pad_h, pad_w)
+        for index, (top, left) in enumerate(group):
+            if tap is not None:
+                tap(output, top, left, (crop, crop), row=index * rows)
+            total[..., top:top + crop, left:left + crop] += probs[index]
             count[..., top:top + crop, left:left + crop] += 1
     return (total / count)[..., :height, :width]
 
@@ -103,22 +122,24 @@ def predict(
     as mmsegmentation's test pipeline resizes to its base scale before its ratios; predictions
     are scored at the native size. `align_corners` (the model's) places the logits on the pixels;
     images are rescaled by half-pixel centres, as mmsegmentation's test pipeline resizes them.
+    A scale's flipped view shares its shape, so both go through the same forwards, batched.
     """
-    size = tuple(images.shape[-2:])
+    size, batch = tuple(images.shape[-2:]), images.shape[0]
     total = None
     for scale in cfg.scales:
         scaled_size = view_size(size, cfg, scale)
         scaled = images if scaled_size == size else F.interpolate(images, size=scaled_size, mode="bilinear",
                                                                    align_corners=False)
-        views = [scaled, scaled.flip(-1)] if cfg.flip else [scaled]
-        for index, view in enumerate(views):
-            view_tap = tap if scale == 1.0 and index == 0 else None
-            if cfg.mode == "slide":
-                probs = forward_slide(model, view, cfg.slide_crop, cfg.slide_stride, view_tap, align_corners)
-            else:
-                probs = forward_whole(model, view, view_tap, align_corners=align_corners)
-            probs = upsample_to(probs.flip(-1) if index == 1 else probs, size, align_corners)
-            total = probs if total is None else total + probs
+        views = torch.cat([scaled, scaled.flip(-1)]) if cfg.flip else scaled  # [VB,3,h,w], unflipped rows first
+        view_tap = tap if scale == 1.0 else None
+        if cfg.mode == "slide":
+            probs = forward_slide(model, views, cfg.slide_crop, cfg.slide_stride, view_tap, align_corners,
+                                  cfg.batch_windows)
+        else:
+            probs = forward_whole(model, views, view_tap, align_corners=align_corners)
+        for index, view_probs in enumerate(probs.split(batch)):  # [VB,N,h,w] -> V x [B,N,h,w]
+            view_probs = upsample_to(view_probs.flip(-1) if index == 1 else view_probs, size, align_corners)
+            total = view_probs if total is None else total + view_probs
     return total / (len(cfg.scales) * (2 if cfg.flip else 1))
 
 

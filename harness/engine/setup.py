@@ -186,8 +186,10 @@ def prepare(ctx: RunContext, training: Training, *loaders: DataLoader) -> tuple[
     The bank is registered for checkpointing but never prepared (DDP would broadcast it, DeepSpeed cast it).
     """
     model = training.model
-    if ctx.recipe.run.compile:
-        model = torch.compile(model)  # the model only: the contrast's shapes depend on the data
+    if ctx.compile:
+        # The model; the contrast term stays eager (README: run.compile). Evaluation's batches have other
+        # shapes than training's: dynamo compiles them again, with a dynamic batch after the first change.
+        model = torch.compile(model)
     model, optimizer, *prepared = ctx.accelerator.prepare(model, training.optimizer, *loaders)
     trainer = Trainer(ctx, model, optimizer, training.contrast)
     # save_state keeps custom objects of the main rank only: a sharded bank saves its own shards.
