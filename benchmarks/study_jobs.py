@@ -1,4 +1,4 @@
-"""A tiny study as scheduler jobs: submit-to-report wall time, and the seconds from a preemption signal to training again.
+"""A tiny study as scheduler jobs: submit-to-report wall time, and seconds from a preemption signal to training again.
 
 The study: CE (10 iterations) and RegionContrast (60 iterations) on 32x32 digit scenes, seeds 0 and 1,
 four jobs submitted with `harness submit --max-parallel 2 --wait`. Once region (seed 0) has logged

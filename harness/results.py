@@ -307,7 +307,7 @@ RUN_STATES = ("pending", "running", "requeued", "finished", "failed")
 
 def study_lock(recipe_dir: Path) -> Any:
     """The lock (a filelock.FileLock, a context manager) that every writer of study.json holds."""
-    from filelock import FileLock  # only the writers of a study need it; the report never does
+    from filelock import FileLock  # only a study's writers need it
 
     Path(recipe_dir).mkdir(parents=True, exist_ok=True)
     return FileLock(Path(recipe_dir) / f".{STUDY_FILE}.lock")
@@ -325,7 +325,7 @@ def write_study(recipe_dir: Path, study: dict[str, Any]) -> None:
 
 
 def update_study_run(recipe_dir: Path, folder: str, job_id: str, state: str, requeued: bool = False) -> bool:
-    """Set one run's state (one of RUN_STATES; a requeue counted) if job `job_id` still owns its entry; whether it did."""
+    """Set a run's state (one of RUN_STATES), counting a requeue, if job `job_id` owns its entry; whether it did."""
     with study_lock(recipe_dir):
         study = read_study(recipe_dir)
         entry = next((run for run in (study or {}).get("runs", []) if run["folder"] == folder), None)

@@ -142,7 +142,8 @@ def study_status(results_dir: Path) -> tuple[list[RunStatus], str]:
         entries = [{"variant": variant, "seed": seed} for variant, seed in expected_runs(results_dir)]
         return [run_status(results_dir, entry, None, None) for entry in entries], "from the folder (no study.json)"
     live = live_jobs(study)
-    source = f"{study['executor']} jobs" + (", from the folder alone: the scheduler does not answer" if live is None else "")
+    silent = ", from the folder alone: the scheduler does not answer" if live is None else ""
+    source = f"{study['executor']} jobs{silent}"
     jobs_dir = results_dir / study["jobs_dir"]
     return [run_status(results_dir, entry, live, jobs_dir) for entry in study["runs"]], source
 

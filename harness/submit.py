@@ -311,7 +311,7 @@ def submit_study(args: argparse.Namespace, runs: list[Variant], recipe_dir: Path
     report_id = study["report_job_id"]
     if todo:
         ids = submit_runs(args, todo, recipe_dir, name)
-        for variant, job_id in zip(todo, ids):
+        for variant, job_id in zip(todo, ids, strict=True):
             entries[run_dir(Path(), variant.name, variant.seed).as_posix()].update(job_id=job_id, state="pending")
             print(f"{run_label(variant.name, variant.seed)}: job {job_id}")
         report_id = submit_report(args, recipe_dir, reports_dir, name, held + ids)
@@ -326,7 +326,7 @@ def submit_study(args: argparse.Namespace, runs: list[Variant], recipe_dir: Path
 
 
 def follow(recipe_dir: Path, report: Path) -> int:
-    """A progress bar of finished runs until the report job has ended; 0 when every run finished and the report exists."""
+    """A bar of finished runs until the report job has ended; 0 when every run finished and the report exists."""
     study = read_study(recipe_dir)
     total, shown, on_terminal = len(study["runs"]), 0, sys.stderr.isatty()
     with tqdm(total=total, desc="runs finished", unit="run", disable=not on_terminal) as bar:
