@@ -1,12 +1,15 @@
-"""Fake results folders in the engine's format (notes: results_format.md), for the report tests."""
+"""Fake results folders in the engine's format (notes: results_format.md) and readers of the reports built from them,
+for the report tests."""
 
 from __future__ import annotations
 
 import json
+from itertools import dropwhile, takewhile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from harness.recipe import Recipe, SweepSpec
@@ -38,6 +41,29 @@ SEEDED_COST = {
     "pixel": (0.24, 9.5, 420, 1.0),
     "all_pixel": (0.40, 30.0, 600, None),
 }
+# A study whose newer runs carry the cost probe: variant -> (contrast kind, val mIoU per seed 0, 1, 2), as
+# SEEDED_MIOU, and PROBES: the probe's (cost ratio, its 95 % interval) per seed, None where a run has none.
+# `costly` costs clearly more than CE; `free`'s ratios straddle 1; `single` and `single_free` finished one seed,
+# whose own interval excludes 1 and contains it; `partly` was probed on two of its three seeds; `legacy` predates
+# the probe (its cost falls back to the wall clock).
+PROBED_MIOU = {
+    "ce": ("none", [0.50, 0.52, 0.51]),
+    "costly": ("region", [0.55, 0.56, 0.555]),
+    "free": ("region", [0.51, 0.53, 0.50]),
+    "single": ("region", [None, None, 0.54]),
+    "single_free": ("pixel", [None, None, 0.52]),
+    "partly": ("pixel", [0.52, 0.53, 0.515]),
+    "legacy": ("region", [0.53, 0.54, 0.52]),
+}
+PROBES = {
+    "costly": [(1.20, (1.17, 1.23)), (1.24, (1.20, 1.27)), (1.22, (1.19, 1.26))],
+    "free": [(0.97, (0.94, 1.00)), (1.02, (0.99, 1.05)), (0.99, (0.96, 1.03))],
+    "single": [None, None, (1.10, (1.05, 1.16))],
+    "single_free": [None, None, (0.96, (0.92, 1.01))],
+    "partly": [(1.30, (1.26, 1.35)), None, (1.34, (1.29, 1.38))],
+}
+PROBE_ROUNDS = 20
+PROBE_MEMORY_KIND = "cuda_max_allocated"
 
 
 def summary(
@@ -156,18 +182,49 @@ def seeded_summary(variant: str, kind: str, seed: int, val_miou: float | None) -
     return content
 
 
+def probe_fields(ratio: float, interval: tuple[float, float], seed: int) -> dict[str, Any]:
+    """The cost probe's summary.json fields of a run whose median ratio is `ratio` with 95 % `interval`."""
+    return {
+        "cost_ratio": ratio, "cost_ratio_ci95": list(interval), "cost_probe_rounds": PROBE_ROUNDS,
+        "contrast_ms_per_step": (ratio - 1) * 160.0, "contrast_extra_memory_bytes": (6 + seed) * 2**20,
+        "contrast_extra_memory_kind": PROBE_MEMORY_KIND,
+    }
+
+
 def build_seeded_results(
     root: Path, runs: dict[str, tuple[str, list[float | None]]] = SEEDED_MIOU, baseline: str | None = None,
-    arrays: tuple[str, ...] = (),
+    arrays: tuple[str, ...] = (), probes: dict[str, list[tuple[float, tuple[float, float]] | None]] | None = None,
 ) -> Path:
     """results/seeded/<variant>/seed-<k>/ for every variant and seed in `runs` (mIoUs per seed), with
-    sweep.json naming `baseline`; finished runs of the variants in `arrays` save centers and samples."""
+    sweep.json naming `baseline`; finished runs of the variants in `arrays` save centers and samples, and
+    those `probes` gives a (ratio, interval) carry the cost probe's fields."""
     results_dir = root / "results" / SEEDED_RECIPE
     seeds = range(max(len(mious) for _, mious in runs.values()))
     for variant, (kind, mious) in runs.items():
         for seed, miou in zip(seeds, mious):
             content = seeded_summary(variant, kind, seed, miou)
+            probe = (probes or {}).get(variant, [None] * len(mious))[seed]
+            if probe is not None:
+                content.update(probe_fields(*probe, seed))
             write_variant(results_dir, variant, kind, content["bank_size"], content,
                           arrays=variant in arrays and miou is not None, seed=seed)
     write_sweep(results_dir, SweepSpec(baseline=baseline, seeds=list(seeds)))
     return results_dir
+
+
+def read_results(report: Path) -> pd.DataFrame:
+    """results.csv next to a report.md, indexed by variant."""
+    return pd.read_csv(report.parent / "results.csv").set_index("variant")
+
+
+def read_aggregate(report: Path) -> pd.DataFrame:
+    """aggregate.csv next to a report.md, indexed by variant."""
+    return pd.read_csv(report.parent / "aggregate.csv").set_index("variant")
+
+
+def table_under(report: Path, heading: str) -> pd.DataFrame:
+    """The markdown table that follows `heading` in report.md, as string cells under its header."""
+    section = report.read_text().split(f"\n{heading}\n", 1)[1].splitlines()
+    lines = list(takewhile(lambda line: line.startswith("| "), dropwhile(lambda line: not line, section)))
+    rows = [[cell.strip() for cell in line.strip()[1:-1].split("|")] for line in lines]
+    return pd.DataFrame(rows[2:], columns=rows[0])

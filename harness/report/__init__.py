@@ -5,7 +5,8 @@ torch, so a report can be rebuilt anywhere.
 
     build.py    build_report and the command line (`python -m harness.report`, `harness report`)
     stats.py    Student-t intervals, the paired comparison with the baseline, Holm, what it can detect
-                (noncentral-t power, MDE, seeds for a target Δ, the exact sign-flip p), verdicts
+                (noncentral-t power, MDE, seeds for a target Δ, the exact sign-flip p), verdicts, the
+                cost over CE (the runs' in-run probe, else the wall clock)
     tables.py   tidy frames (runs, variants, curves, per-class IoU, the plan) and report.md's markdown
     plots.py    the seaborn / matplotlib figures, t-SNE and qualitative included
     plan.py     `harness plan RESULTS_DIR`: seeds and training hours the next study needs

@@ -18,13 +18,17 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from sklearn.manifold import TSNE
 
+from harness.report.stats import PROBE, WALL_CLOCK
 from harness.report.tables import (
     DELTA_COLUMNS,
+    EXTRA_COST_COLUMNS,
     MIB,
-    format_cell,
+    NOT_PAIRED,
+    machine_text,
+    memory_kinds_text,
     memory_label,
+    probed,
     seed_suffix,
-    train_memory_source,
 )
 from harness.results import VAL_CENTERS_FILE, VAL_SAMPLES_FILE, publish
 
@@ -49,10 +53,11 @@ PLOTS = {
     "cost_benefit.png": (
         "Cost and benefit",
         "The harness's answer in one picture. One point per contrast variant: its Δ mIoU over the CE baseline "
-        "(mean over the seeds both finished, percentage points; whiskers: Student-t 95 % CI, none for one "
-        "seed) against its extra time per training iteration (left, % of CE's {ce_s_per_iter} s/iter) and "
-        "its extra training memory (right, MiB; {memory}). Above the line at Δ = 0 a variant gains mIoU; "
-        "further right it costs more.",
+        "(mean over the seeds both finished, percentage points; vertical whiskers: Student-t 95 % CI, none for "
+        "one seed) against its extra time per training step over CE (left, %; horizontal whiskers: its 95 % CI, "
+        "as in the variants table) and its extra memory (right, MiB). {sources} Above the line at Δ = 0 a "
+        "variant gains mIoU; right of the line at 0 it costs more, and a time whisker across that line means a "
+        "cost that cannot be told from CE's.",
     ),
     "miou_vs_bank.png": (
         "mIoU vs memory bank size",
@@ -133,7 +138,7 @@ def variant_bars(ax: plt.Axes, aggregate: pd.DataFrame, column: str, colors: dic
 
 
 def ci_whiskers(low: pd.Series, mean: pd.Series, high: pd.Series) -> np.ndarray:
-    """errorbar's yerr [2, N] from an interval; 0 where there is none, so no whisker is drawn."""
+    """errorbar's xerr or yerr [2, N] from an interval; 0 where there is none, so no whisker is drawn."""
     return np.nan_to_num(np.vstack([mean - low, high - mean]))
 
 
@@ -225,30 +230,54 @@ def plot_throughput_memory(aggregate: pd.DataFrame, memory: str, colors: dict[st
 
 
 def cost_points(aggregate: pd.DataFrame) -> pd.DataFrame:
-    """Contrast variants with a Δ against the baseline, and their extra time (% of CE's s/iter) and memory (MiB)."""
-    base_s = aggregate.loc[aggregate["is_baseline"], "s_per_iter_mean"]
+    """Contrast variants with a Δ against the baseline, and their extra memory in MiB."""
     points = aggregate[
         (aggregate["contrast_kind"] != "none") & ~aggregate["is_baseline"] & aggregate["delta_mean"].notna()
     ]
-    return points.assign(
-        extra_time_pct=points["extra_s_per_iter"] / (base_s.iloc[0] if len(base_s) else np.nan) * 100,
-        extra_memory_mib=points["extra_train_memory_bytes"] / MIB,
-    )
+    return points.assign(extra_memory_mib=points["extra_memory_bytes"] / MIB)
+
+
+def cost_sources_text(frame: pd.DataFrame, points: pd.DataFrame) -> str:
+    """The caption's account of where the figure's costs come from: filled points paired in-run, hollow ones
+    by the wall clock."""
+    sentences = []
+    if (points["cost_source"] == PROBE).any():
+        runs = probed(frame)
+        sentences.append(
+            "Filled points: paired, in-run (each run's cost probe: its own training steps with the contrast term "
+            "on and off, alternating on the same batches at steady state after training, with the bank as full as "
+            f"training left it; ratio of step times; {machine_text(runs)}; extra memory: the peak during contrast "
+            f"steps minus that during CE steps, {memory_kinds_text(runs['contrast_extra_memory_kind'])})."
+        )
+    if (points["cost_source"] == WALL_CLOCK).any():
+        sentences.append(
+            f"Hollow points: {NOT_PAIRED} (runs without a cost probe: each seed's s/iter over the CE baseline's "
+            f"run of the same seed and the difference of their training peaks, {memory_label(frame)}; separate "
+            "runs, so the machine's load enters as much as the contrast term)."
+        )
+    return " ".join(sentences)
 
 
 def plot_cost_benefit(points: pd.DataFrame, colors: dict[str, Any], path: Path) -> None:
-    """Δ mIoU (pp, 95 % CI whiskers) against extra time and extra training memory, one point per contrast variant."""
+    """Δ mIoU (pp, 95 % CI whiskers) against extra time (%, 95 % CI whiskers) and extra memory, one point per
+    contrast variant; hollow where the cost is the wall clock's, not paired in-run."""
     delta, low, high = (points[column] * 100 for column in DELTA_COLUMNS)
     yerr = ci_whiskers(low, delta, high)
+    cost, cost_low, cost_high = (points[column] for column in EXTRA_COST_COLUMNS)
+    xerr = {"extra_cost_pct": ci_whiskers(cost_low, cost, cost_high), "extra_memory_mib": None}
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True, layout="constrained")
     panels = (
-        ("extra_time_pct", "Extra time", "extra time per training iteration over CE (% of CE's s/iter)"),
-        ("extra_memory_mib", "Extra memory", "extra training peak memory over CE (MiB)"),
+        ("extra_cost_pct", "Extra time", "extra time per training step over CE (%; 95 % CI)"),
+        ("extra_memory_mib", "Extra memory", "extra memory over CE (MiB)"),
     )
     labels = {ax: [] for ax in axes}
     for ax, (column, title, xlabel) in zip(axes, panels):
-        for index, (variant, x, y) in enumerate(zip(points["variant"], points[column], delta)):
-            ax.errorbar(x, y, yerr=yerr[:, index : index + 1], fmt="o", ms=7, capsize=4, color=colors[variant])
+        for index, (variant, x, y, source) in enumerate(
+            zip(points["variant"], points[column], delta, points["cost_source"])
+        ):
+            whiskers = None if xerr[column] is None else xerr[column][:, index : index + 1]
+            ax.errorbar(x, y, xerr=whiskers, yerr=yerr[:, index : index + 1], fmt="o", ms=7, capsize=4,
+                        color=colors[variant], mfc="white" if source == WALL_CLOCK else colors[variant], mew=1.5)
             labels[ax].append(ax.annotate(variant, (x, y), xytext=(7, 3), textcoords="offset points", fontsize=8,
                                           color=colors[variant], fontweight="bold"))
         ax.axhline(0, color="grey", lw=1, ls="--")
@@ -256,6 +285,13 @@ def plot_cost_benefit(points: pd.DataFrame, colors: dict[str, Any], path: Path) 
         ax.set(xlabel=xlabel, title=title)
     axes[0].set_ylabel("Δ mIoU vs CE (pp; mean over seeds, 95 % CI)")
     fig.suptitle("What each contrast variant gains, and what it costs")
+    shown = set(points["cost_source"])
+    handles = [
+        Line2D([], [], marker="o", ls="none", color="grey", mfc=face, mew=1.5, label=label)
+        for source, face, label in ((PROBE, "grey", "paired in-run"), (WALL_CLOCK, "white", NOT_PAIRED))
+        if source in shown
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), title="cost")
     fig.canvas.draw()  # the layout fixes where each label lands
     for panel_labels in labels.values():
         spread_labels(panel_labels)
@@ -450,10 +486,7 @@ def make_plots(
     points = cost_points(aggregate)
     if len(points):
         plot_cost_benefit(points, colors, out / "cost_benefit.png")
-        base_s = aggregate.loc[aggregate["is_baseline"], "s_per_iter_mean"].iloc[0]
-        made["cost_benefit.png"] = {
-            "ce_s_per_iter": format_cell(base_s, "{:.3f}".format) or "unknown", "memory": train_memory_source(frame)
-        }
+        made["cost_benefit.png"] = {"sources": cost_sources_text(frame, points)}
     if bank_points(aggregate)["bank_size"].nunique() >= 2:
         plot_miou_vs_bank(aggregate, out / "miou_vs_bank.png")
         made["miou_vs_bank.png"] = {}

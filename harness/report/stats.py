@@ -1,5 +1,5 @@
 """Statistics of a study: Student-t intervals, the paired comparison with the baseline, Holm's adjustment,
-what the comparison can detect (noncentral-t power, exact sign-flip p), and the verdict."""
+what the comparison can detect (noncentral-t power, exact sign-flip p), the verdict, and the contrast's cost."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ SIGN_FLIP_MAX_PAIRS = 32  # two halves of 2^16 sign patterns each: exact, and a 
 # machine epsilons of the sum of |Δ|; 100 of them (scipy's permutation_test allows as many) count it as a tie.
 TIE_TOLERANCE = 100 * np.finfo(float).eps
 INCONCLUSIVE = "inconclusive"
+# Where a variant's cost over CE comes from (aggregate.csv's cost_source).
+PROBE, WALL_CLOCK, REFERENCE = "probe", "wall_clock", "reference"
 
 
 def t_interval(values: pd.Series, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -102,6 +104,33 @@ def paired_stats(ok: pd.DataFrame, is_baseline: bool, target_delta: float) -> di
         "seeds_for_target": seeds_for(target_delta, sd),
         "extra_s_per_iter": (ok["s_per_iter"] - ok["base_s_per_iter"]).mean(),
         "extra_train_memory_bytes": (ok["train_peak_memory_bytes"] - ok["base_train_peak_memory_bytes"]).mean(),
+    }
+
+
+def cost_stats(ok: pd.DataFrame, is_baseline: bool) -> dict[str, Any]:
+    """The variant's cost over CE as a ratio of step times, mean over seeds with a 95 % CI: from the in-run probe of
+    the seeds that ran it, else (older runs) from each seed's wall-clock s/iter over the baseline's run of that seed.
+
+    Several seeds: a Student-t interval over their ratios; one probed seed: that run's own interval of its median;
+    one seed by the wall clock: none, as two separate runs have no interval.
+    """
+    probed = ok.dropna(subset=["cost_ratio"])
+    if len(probed) and not is_baseline:
+        ratios, source = probed["cost_ratio"], PROBE
+        own = (probed["cost_ratio_ci95_low"].iloc[0], probed["cost_ratio_ci95_high"].iloc[0])
+        memory, kinds = probed["contrast_extra_memory_bytes"].mean(), probed["contrast_extra_memory_kind"]
+    else:
+        ratios = pd.Series(dtype=float) if is_baseline else (ok["s_per_iter"] / ok["base_s_per_iter"]).dropna()
+        source = REFERENCE if is_baseline else WALL_CLOCK if len(ratios) else ""
+        own, kinds = (np.nan, np.nan), ok["memory_kind"]
+        memory = (ok["train_peak_memory_bytes"] - ok["base_train_peak_memory_bytes"]).mean() if len(ratios) else np.nan
+    low, high = t_interval(ratios) if len(ratios) > 1 else own
+    return {
+        "cost_source": source, "cost_seeds": len(ratios), "cost_ratio_mean": ratios.mean(),
+        "cost_ratio_ci95_low": low, "cost_ratio_ci95_high": high, "extra_cost_pct": (ratios.mean() - 1) * 100,
+        "extra_cost_pct_ci95_low": (low - 1) * 100, "extra_cost_pct_ci95_high": (high - 1) * 100,
+        "contrast_ms_per_step_mean": probed["contrast_ms_per_step"].mean(), "extra_memory_bytes": memory,
+        "extra_memory_kind": " / ".join(kinds.dropna().unique()) if len(ratios) else "",
     }
 
 

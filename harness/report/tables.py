@@ -11,8 +11,12 @@ import pandas as pd
 from harness.report.stats import (
     ALPHA,
     POWER,
+    PROBE,
+    REFERENCE,
     SEEDS_CAP,
     TOST_CONFIDENCE,
+    WALL_CLOCK,
+    cost_stats,
     holm_adjusted,
     paired_stats,
     sign_flip_floor,
@@ -26,11 +30,18 @@ HOUR = 3600.0
 ERROR_CHARS = 80
 # Lists or dicts in summary.json, possibly null, and the traceback: never a column of their own.
 NON_SCALAR_FIELDS = {"per_class_iou", "class_names", "versions", "paper", "traceback"}
+# [low, high] lists in summary.json, flattened as <field>_low and <field>_high.
+INTERVAL_FIELDS = {"cost_ratio_ci95"}
 MEMORY_KINDS = {"cuda_max_allocated": "GPU max allocated", "rss": "process RSS"}
 MULTI_SEED_STUDY = "recipes/digit_scenes_ablations.yaml"
 MULTI_SEED_REPORT = "reports/digit_scenes_ablations/"
-# Newer summaries add these; older ones lack them, so every column built from them may be blank.
-OPTIONAL_METRICS = ("contrast_ms_per_iter", "bank_fill", "train_peak_memory_bytes", "eval_peak_memory_bytes")
+# Newer summaries add these; older ones lack them, so every column built from them may be blank. The cost
+# probe's (cost_ratio ... contrast_extra_memory_bytes) are in runs with a contrast term only.
+OPTIONAL_METRICS = (
+    "contrast_ms_per_iter", "bank_fill", "train_peak_memory_bytes", "eval_peak_memory_bytes", "cost_ratio",
+    "cost_ratio_ci95_low", "cost_ratio_ci95_high", "cost_probe_rounds", "contrast_ms_per_step",
+    "contrast_extra_memory_bytes",
+)
 RUN_METRICS = list(dict.fromkeys([*METRIC_FIELDS, *OPTIONAL_METRICS]))  # once each, should results.py list them
 # What a variant is: the same for all its seeds, so aggregate.csv takes the first known value.
 CONFIG_FIELDS = ["contrast_kind", "center_variant", "bank_size", "paper_miou"]
@@ -64,20 +75,22 @@ TABLE_COLUMNS = (
     ("paper mIoU (%)", "paper_miou", "{:.1f}".format),
     ("paper row", "paper_ref", str),
     ("images/s", "train_images_per_s", "{:.1f}".format),
-    ("s/iter", "s_per_iter", "{:.3f}".format),
+    ("wall-clock s/iter", "s_per_iter", "{:.3f}".format),
+    ("cost ratio [95 % CI]", "cost_ratio_text", str),
     ("peak memory (MiB)", "peak_memory_mib", "{:.0f}".format),
     ("bank (MiB)", "bank_mib", "{:.2f}".format),
     ("status", "status_text", str),
 )
 PAPER_COLUMNS = ("paper_miou", "paper_ref")
 DELTA_COLUMNS = ("delta_mean", "delta_ci95_low", "delta_ci95_high")
-# (header, aggregate.csv column, divisor to the shown unit, cell formatter)
+EXTRA_COST_COLUMNS = ("extra_cost_pct", "extra_cost_pct_ci95_low", "extra_cost_pct_ci95_high")
+EXTRA_COST_HEADER = "extra time vs CE (%) [95 % CI]"
+NOT_PAIRED = "wall clock, not paired in-run"  # marks a cost from separate runs' clocks, in tables and captions
+# (header, aggregate.csv column, divisor to the shown unit, cell formatter), after the probe's columns
 COST_COLUMNS = (
-    ("s/iter", "s_per_iter_mean", 1, "{:.3f}".format),
-    ("extra s/iter", "extra_s_per_iter", 1, lambda value: signed(value, 3)),
     ("contrast ms/iter", "contrast_ms_per_iter_mean", 1, "{:.1f}".format),
     ("train memory (MiB)", "train_peak_memory_bytes_mean", MIB, "{:.0f}".format),
-    ("extra train memory (MiB)", "extra_train_memory_bytes", MIB, lambda value: signed(value, 0)),
+    ("extra memory (MiB)", "extra_memory_bytes", MIB, lambda value: signed(value, 0)),
     ("bank fill", "bank_fill_mean", 1, "{:.0%}".format),
 )
 # (header, plan_frame column, cell formatter) of the planning view's costs, in hours
@@ -88,6 +101,7 @@ PLAN_HOURS = (
 )
 DERIVED_COLUMNS = {
     "bank_size_text", "val_miou_pct", "delta_miou_pp", "peak_memory_mib", "bank_mib", "paper_ref", "status_text",
+    "cost_ratio_text",
 }
 
 
@@ -95,11 +109,14 @@ DERIVED_COLUMNS = {
 
 
 def flat_scalars(summary: dict[str, Any]) -> dict[str, Any]:
-    """Scalars of a summary, nested dicts flattened as parent_child; lists (and their nulls) left out."""
+    """Scalars of a summary, nested dicts flattened as parent_child, intervals as <key>_low and <key>_high;
+    other lists (and their nulls) left out."""
     flat: dict[str, Any] = {}
     for key, value in summary.items():
         if isinstance(value, dict):
             flat.update({f"{key}_{child}": item for child, item in value.items()})
+        elif key in INTERVAL_FIELDS and isinstance(value, list):
+            flat[f"{key}_low"], flat[f"{key}_high"] = value
         elif key not in NON_SCALAR_FIELDS and not isinstance(value, list):
             flat[key] = value
     return flat
@@ -162,6 +179,8 @@ def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
         f"{status}: {shorten(error)}" if shorten(error) else status
         for status, error in zip(frame["status"], frame["error"])
     ]
+    frame["cost_ratio_text"] = list(map(ratio_text, frame["cost_ratio"], frame["cost_ratio_ci95_low"],
+                                        frame["cost_ratio_ci95_high"]))
     return frame
 
 
@@ -181,7 +200,7 @@ def results_frame(summaries: list[dict[str, Any]], named_baseline: str | None = 
     runs blanked."""
     frame = pd.DataFrame([flat_scalars(summary) for summary in summaries])
     needed = [*RUN_METRICS, "seed", "run_folder", "error", "paper_table", "paper_row", "paper_miou", "memory_kind",
-              "iterations", "device"]
+              "iterations", "device", "contrast_extra_memory_kind"]
     needed += [*CONFIG_FIELDS, *(column for _, column, _ in TABLE_COLUMNS if column not in DERIVED_COLUMNS)]
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *needed])))
     unfinished = frame["status"] != "ok"
@@ -201,6 +220,7 @@ def variant_stats(runs: pd.DataFrame, has_baseline: bool, target_delta: float, m
         "miou_ci95_low": miou_low, "miou_ci95_high": miou_high,
     }
     row.update(paired_stats(ok, row["is_baseline"], target_delta))
+    row.update(cost_stats(ok, row["is_baseline"]))
     # a variant with no number says why: its runs' status, e.g. the failure
     row["verdict"] = verdict(row, has_baseline, margin) if len(ok) else "; ".join(dict.fromkeys(runs["status_text"]))
     return {**row, **{f"{field}_mean": ok[field].mean() for field in MEAN_FIELDS}}
@@ -260,6 +280,11 @@ def format_cell(value: Any, formatter: Callable[[Any], str]) -> str:
     return "" if value is None or pd.isna(value) else formatter(value)
 
 
+def formatted(values: pd.Series, formatter: Callable[[Any], str], factor: float = 1) -> list[str]:
+    """A column's cells: each value times `factor` (100: a fraction in pp), formatted; blank where missing."""
+    return [format_cell(value * factor, formatter) for value in values]
+
+
 def markdown_table(cells: pd.DataFrame, right_aligned: set[str]) -> str:
     """A GitHub markdown table of string cells (no tabulate dependency)."""
     escaped = cells.map(lambda text: text.replace("|", "\\|"))
@@ -268,10 +293,17 @@ def markdown_table(cells: pd.DataFrame, right_aligned: set[str]) -> str:
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
+def probed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs that measured their cost with the in-run probe."""
+    return frame[(frame["status"] == "ok") & frame["cost_ratio"].notna()]
+
+
 def comparison_table(frame: pd.DataFrame) -> str:
-    """The runs table; the paper's columns only when some variant reproduces a paper row."""
-    has_paper = frame["paper_miou"].notna().any()
-    spec = [entry for entry in TABLE_COLUMNS if has_paper or entry[1] not in PAPER_COLUMNS]
+    """The runs table; the paper's columns only when some variant reproduces a paper row, the cost ratio only
+    when some run has a probe."""
+    has_paper, has_probe = frame["paper_miou"].notna().any(), len(probed(frame)) > 0
+    left_out = (() if has_paper else PAPER_COLUMNS) + (() if has_probe else ("cost_ratio_text",))
+    spec = [entry for entry in TABLE_COLUMNS if entry[1] not in left_out]
     cells = pd.DataFrame({
         header: [format_cell(value, formatter) for value in frame[column]]
         for header, column, formatter in spec
@@ -287,6 +319,39 @@ def mean_std_text(mean: float, std: float) -> str:
 def delta_text(mean: float, low: float, high: float) -> str:
     """'+2.10 [+0.50, +3.70]', or the Δ alone without a CI."""
     return format_cell(mean, signed) + ("" if pd.isna(low) else f" [{signed(low)}, {signed(high)}]")
+
+
+def ratio_text(ratio: float, low: float, high: float) -> str:
+    """A run's cost ratio with its interval, '1.12 [1.08, 1.15]'; blank without a probe."""
+    return format_cell(ratio, "{:.2f}".format) + ("" if pd.isna(low) else f" [{low:.2f}, {high:.2f}]")
+
+
+def extra_cost_text(pct: float, low: float, high: float) -> str:
+    """Extra time over CE in %: '+12.3 [+8.1, +15.0]'; '≈ CE [-3.2, +4.1]' where the interval holds 0, so that
+    no saving (or cost) is read into noise. Without an interval, '+2.1 (no CI)', but a saving reads
+    '≈ CE (no CI)': a contrast term adds work, so an unconfirmed saving is the clock's noise."""
+    if pd.isna(pct):
+        return ""
+    if pd.isna(low):
+        return f"{signed(pct, 1)} (no CI)" if pct >= 0 else "≈ CE (no CI)"
+    interval = f"[{signed(low, 1)}, {signed(high, 1)}]"
+    return f"≈ CE {interval}" if low <= 0 <= high else f"{signed(pct, 1)} {interval}"
+
+
+def contrast_ms_text(ms: float, low: float, high: float) -> str:
+    """The probe's contrast ms/step; '≈ 0' where the extra time's interval (low, high in %) holds 0, as a
+    difference the ratio cannot tell from none is no saving either."""
+    if pd.isna(ms):
+        return ""
+    return "≈ 0" if low <= 0 <= high else f"{ms:.1f}"
+
+
+def cost_source_text(source: str, seeds: float, n_seeds: float) -> str:
+    """Where a variant's cost comes from: 'paired in-run' (with the share of seeds probed when not all were),
+    the wall-clock fallback's mark, or 'reference' for the baseline."""
+    if source == PROBE:
+        return "paired in-run" + (f" ({seeds:.0f} of {n_seeds:.0f} seeds)" if seeds < n_seeds else "")
+    return {WALL_CLOCK: NOT_PAIRED, REFERENCE: "reference"}.get(source, "")
 
 
 def p_text(p_value: float, digits: int = 3) -> str:
@@ -310,9 +375,17 @@ def variant_table(aggregate: pd.DataFrame) -> str:
     cells["p (Holm)"] = aggregate["p_holm"].map(lambda value: format_cell(value, p_text))
     cells["p (sign-flip)"] = aggregate["p_sign_flip"].map(lambda value: format_cell(value, lambda p: p_text(p, 4)))
     cells["verdict"] = aggregate["verdict"]
+    cells["wall-clock s/iter"] = formatted(aggregate["s_per_iter_mean"], "{:.3f}".format)
+    cells[EXTRA_COST_HEADER] = list(map(extra_cost_text, *(aggregate[column] for column in EXTRA_COST_COLUMNS)))
+    cells["cost measured"] = list(map(cost_source_text, aggregate["cost_source"], aggregate["cost_seeds"],
+                                      aggregate["n_seeds"]))
+    if (aggregate["cost_source"] == PROBE).any():
+        interval = (aggregate[column] for column in EXTRA_COST_COLUMNS[1:])
+        cells["contrast ms/step"] = list(map(contrast_ms_text, aggregate["contrast_ms_per_step_mean"], *interval))
     for header, column, scale, formatter in COST_COLUMNS:
-        cells[header] = (aggregate[column] / scale).map(lambda value: format_cell(value, formatter))
-    return markdown_table(pd.DataFrame(cells), set(cells) - {"variant", "contrast", "runs", "verdict"})
+        cells[header] = formatted(aggregate[column], formatter, 1 / scale)
+    text_columns = {"variant", "contrast", "runs", "verdict", "cost measured"}
+    return markdown_table(pd.DataFrame(cells), set(cells) - text_columns)
 
 
 def per_class_table(per_class: pd.DataFrame) -> str:
@@ -327,10 +400,14 @@ def status_counts(frame: pd.DataFrame) -> str:
     return ", ".join(f"{count} {status}" for status, count in frame["status"].value_counts().items())
 
 
+def memory_kinds_text(kinds: pd.Series) -> str:
+    """The memory kinds of a set of numbers in words, e.g. 'process RSS'."""
+    return " / ".join(MEMORY_KINDS.get(kind, str(kind)) for kind in kinds.dropna().unique()) or "unknown"
+
+
 def memory_label(frame: pd.DataFrame) -> str:
     """How peak memory was measured, e.g. 'GPU max allocated'."""
-    kinds = frame["memory_kind"].dropna().unique()
-    return " / ".join(MEMORY_KINDS.get(kind, str(kind)) for kind in kinds) or "unknown"
+    return memory_kinds_text(frame["memory_kind"])
 
 
 def train_memory_source(frame: pd.DataFrame) -> str:
@@ -390,8 +467,8 @@ def comparison_notes(frame: pd.DataFrame, aggregate: pd.DataFrame, margin: float
         "against the same baseline runs (Holm's step-down method): a verdict whose adjusted p is 0.05 or more "
         "is a consistent sign, not a settled effect. p (sign-flip) is the exact paired permutation test: the "
         "share of the 2^n sign patterns of the n differences whose mean lies at least as far from 0 as the "
-        f"observed one; it assumes no normal distribution.{sign_flip_text(aggregate)} Extra s/iter and memory "
-        f"are paired by seed the same way; training memory is {train_memory_source(frame)}.",
+        f"observed one; it assumes no normal distribution.{sign_flip_text(aggregate)}",
+        *cost_notes(frame, aggregate),
     ]
     if aggregate["n_seeds"].max() == 1:
         notes += [
@@ -404,9 +481,46 @@ def comparison_notes(frame: pd.DataFrame, aggregate: pd.DataFrame, margin: float
     return notes
 
 
-def formatted(values: pd.Series, formatter: Callable[[Any], str], factor: float = 1) -> list[str]:
-    """A column's cells: each value times `factor` (100: a fraction in pp), formatted; blank where missing."""
-    return [format_cell(value * factor, formatter) for value in values]
+def rounds_text(rounds: pd.Series) -> str:
+    """'20 rounds' or '20-100 rounds' over the probed runs."""
+    low, high = rounds.min(), rounds.max()
+    return f"{low:.0f} rounds" if low == high else f"{low:.0f}-{high:.0f} rounds"
+
+
+def cost_notes(frame: pd.DataFrame, aggregate: pd.DataFrame) -> list[str]:
+    """What the cost columns are: the in-run probe's paired ratios, and where a variant has none, the wall clock."""
+    sources = set(aggregate["cost_source"])
+    notes = ["", (
+        "**Cost.** Extra time vs CE is (ratio − 1) × 100, the ratio being a variant's training step time over CE's "
+        "(the baseline is the reference), averaged over its seeds, with the Student-t 95 % CI over the seeds' "
+        "ratios from two seeds on. Where the interval contains 0 the cell reads ≈ CE: the cost cannot be told from "
+        "CE's, whatever the sign of the mean. Without an interval a saving reads ≈ CE too, as a contrast term only "
+        "adds work. Cost measured says where the ratio comes from. Wall-clock s/iter is the mean of the runs' own "
+        f"training time per iteration; training memory is {train_memory_source(frame)}."
+    )]
+    if PROBE in sources:
+        runs = probed(frame)
+        notes += ["", (
+            "**Paired in-run** (the cost probe): after training, each run with a contrast term timed its own full "
+            "training steps (forward, backward and bank push) with the term on and off, alternating ABBA on the same "
+            "batches, at steady state (the trained model, warm caches and the bank as full as training left it), on "
+            f"its own devices, the slowest rank's step counting; here {machine_text(runs)}. A run's ratio is the "
+            f"median of variant step / CE step over its {rounds_text(runs['cost_probe_rounds'])}, with a "
+            "distribution-free 95 % interval; with one probed seed, the variant's CI is that interval. Contrast "
+            "ms/step is the median difference of the two steps (≈ 0 where the extra time reads ≈ CE); extra memory "
+            "is the peak during the variant's steps minus the peak during CE's "
+            f"({memory_kinds_text(runs['contrast_extra_memory_kind'])}"
+            + ("; a process's RSS moves with more than the term, so small differences are noise)."
+               if (runs["contrast_extra_memory_kind"] == "rss").any() else ").")
+        )]
+    if WALL_CLOCK in sources:
+        notes += ["", (
+            f"**{NOT_PAIRED.capitalize()}:** these variants' summaries carry no cost probe (runs older than it), so "
+            "their ratio is each seed's wall-clock s/iter over the CE baseline's run of the same seed, and extra "
+            "memory the difference of the two runs' training peaks. Separate runs compare the machine's load at "
+            "two times as much as the contrast term: on a shared machine or a cluster these numbers say little."
+        )]
+    return notes
 
 
 def detection_section(aggregate: pd.DataFrame, margin: float) -> list[str]:
@@ -521,7 +635,11 @@ def report_markdown(
         comparison_table(frame),
         "",
         "One row per run. Δ mIoU is in percentage points against the CE baseline's run of the same seed; "
-        f"memory is in MiB (2^20 bytes; memory kind: {memory_label(frame)}).",
+        f"memory is in MiB (2^20 bytes; memory kind: {memory_label(frame)}). Wall-clock s/iter is the run's own "
+        "training time per iteration"
+        + ("; cost ratio [95 % CI], in a run with a cost probe, its paired in-run ratio of the variant's step time "
+           "to the CE step's, the median over the probe's rounds with a distribution-free 95 % interval."
+           if len(probed(frame)) else "."),
         *figures,
     ]
     if len(per_class.columns):
