@@ -61,6 +61,9 @@ class RunConfig(Strict):
     # Minutes between checkpoints, beside checkpoint_interval (None = by iteration only): a preempted or
     # killed run loses at most this much work whatever its step time.
     checkpoint_minutes: float | None = Field(None, gt=0)
+    # After training, time the run's step with and without its contrast term, paired (harness/engine/probe.py):
+    # summary.json's cost_ratio. A few % of the run; the run's results are the same with or without it.
+    cost_probe: bool = True
     keep_checkpoint: bool = False  # keep the final training state in checkpoint/ (removed by default)
     save_aux_head: bool = False  # model.safetensors holds the aux head too (it only trains; inference skips it)
     # Accelerate trackers (log_with), e.g. [tensorboard]: losses, lr, step and contrast time, val mIoU.
@@ -321,7 +324,7 @@ RUN_MANAGEMENT_KEYS = ("run.output_dir", "run.reports_dir")
 # fed or scored, never what it trains.
 CHANGEABLE_MID_RUN = (
     "run.log_interval", "run.checkpoint_interval", "run.checkpoint_minutes", "run.keep_checkpoint",
-    "run.trackers", "data.num_workers", "data.root", "eval.*",
+    "run.cost_probe", "run.compile", "run.trackers", "data.num_workers", "data.root", "data.prepare", "data.cache_dir", "eval.*",
 )
 
 

@@ -24,6 +24,8 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
     sys.path.pop(0)
 
 from harness.recipe import (  # noqa: E402
+    CHANGEABLE_MID_RUN,
+    DataConfig,
     RecipeError,
     Variant,
     disallowed_changes,
@@ -57,8 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                         help="with --resume: let KEY differ from the recipe the run started with (repeatable; "
                              "fnmatch patterns); only keys that change how a run is watched, saved, fed or scored: "
-                             "run.log_interval, run.checkpoint_interval, run.checkpoint_minutes, "
-                             "run.keep_checkpoint, run.trackers, data.num_workers, data.root, eval.*")
+                             f"{', '.join(CHANGEABLE_MID_RUN)}")
     parser.add_argument("--resume-inexact", action="store_true",
                         help="with --resume: continue from a checkpoint with a missing or damaged part "
                              "(the summary then says resume_exact: false)")
@@ -68,12 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_variants(variants: list[Variant]) -> None:
     """Everything that can be known wrong before training: model names and strides, contrast kinds, data roots."""
-    from harness.data import index_files
     from harness.engine.terms import check_contrast_kind
     from harness.engine.trackers import check_trackers
     from harness.models import validate_model_config
 
-    indexed, validated, checked = set(), set(), set()  # a sweep's variants mostly share one dataset: glob its files once
+    # A sweep's variants mostly share one dataset and one model: list, prepare and check each once.
+    indexed, validated, checked = set(), set(), set()
     for variant in variants:
         data = variant.recipe.data
         try:
@@ -84,11 +85,27 @@ def check_variants(variants: list[Variant]) -> None:
             if variant.recipe.run.trackers not in checked:  # a network check costs seconds: once per set
                 check_trackers(variant.recipe.run.trackers)
                 checked.add(variant.recipe.run.trackers)
-            if data.dataset != "digit_scenes" and (data.dataset, data.root) not in indexed:
-                index_files(data.dataset, data.root)
-                indexed.add((data.dataset, data.root))
+            files = (data.dataset, data.root, data.prepare, data.cache_dir)
+            if data.dataset != "digit_scenes" and files not in indexed:
+                prepare_or_index(data)
+                indexed.add(files)
         except RecipeError as error:
             raise RecipeError(error.key, f"{error.message} (sweep variant '{variant.name}')") from None
+
+
+def prepare_or_index(data: DataConfig) -> None:
+    """A real dataset's files listed, and with data.prepare: auto its prepared store built or found: every file
+    decoded once, so a truncated image or a bad label stops the sweep here, naming the file, before any training."""
+    from harness.data import DataError, index_files, prepare_splits
+    from harness.data.store import usable_cores
+
+    if data.prepare == "off":
+        index_files(data.dataset, data.root)
+        return
+    try:
+        prepare_splits(data, usable_cores())
+    except DataError as error:
+        raise RecipeError("data.root", str(error)) from None
 
 
 def select(variants: list[Variant], names: list[str], seeds: list[int] = ()) -> list[Variant]:

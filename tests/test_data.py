@@ -117,7 +117,7 @@ def test_digit_items_have_documented_types_and_cover_every_class(scenes: Scenes)
     assert (len(train), len(val)) == (60, 30)
     for item, size in ((val[7], 64), (train[7], DataConfig().crop_size)):
         assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, size, size)
-        assert item["label"].dtype == torch.int64 and item["label"].shape == (size, size)
+        assert item["label"].dtype == torch.uint8 and item["label"].shape == (size, size)
         assert item["index"] == 7
     assert np.array_equal(val[7]["image"].permute(1, 2, 0).numpy(), val.table[7]["image"])  # [3,H,W] -> [H,W,3]
     assert np.unique(train.table["label"]).tolist() == list(range(11))
@@ -250,7 +250,7 @@ def test_coco_stuff_prefers_label_train_ids(tmp_path: Path) -> None:
     root = make_coco_stuff(tmp_path, train_ids, "_labelTrainIds.png")
     train, val, _ = data.build_datasets(real_config("coco_stuff", root), seed=0, pad_colour=IMAGENET.pad_colour)
     assert np.array_equal(val[1]["label"].numpy(), train_ids)
-    assert train[0]["image"].shape == (3, 24, 24) and train[0]["label"].dtype == torch.int64
+    assert train[0]["image"].shape == (3, 24, 24) and train[0]["label"].dtype == torch.uint8
 
 
 def test_coco_stuff10k_reads_mat_labels_and_the_image_lists(tmp_path: Path) -> None:
@@ -405,7 +405,7 @@ def test_train_transform_draws_what_the_old_one_drew() -> None:
     for seed in range(12):
         pixels, labels = transform(image, label, torch.Generator().manual_seed(seed))
         old = old_train_transform(image, label, transform, torch.Generator().manual_seed(seed))
-        assert pixels.dtype == torch.uint8 and labels.dtype == torch.uint8  # int64 once, as an item
+        assert pixels.dtype == torch.uint8 and labels.dtype == torch.uint8  # int64 only on the device
         assert torch.equal(labels.long(), old[1]) and (pixels.float() - old[0]).abs().max() <= 1.5
 
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.distributed
 def tiny_recipe(tmp_path: Path, **updates: dict) -> Path:
     tree = {
         "run": {"name": "tiny", "output_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports"),
-                "log_interval": 1},
+                "log_interval": 1, "cost_probe": False},
         "data": {"dataset": "digit_scenes", "root": str(tmp_path / "cache"), "crop_size": 32, "batch_size": 2,
                  "digit_scenes": {"train_images": 16, "val_images": 4, "image_size": 32, "digits_per_image": [1, 2]}},
         "model": {"backbone": "resnet18", "head_channels": 8, "aux_channels": 8},
@@ -212,7 +212,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sharded_bank_trains_on_two_ranks_with_half_the_bytes(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path, loss={"contrast": {"kind": "region", "bank_layout": "sharded"}})
+    # With the cost probe: its paired steps run on both ranks, and its restore must reload each rank's shard.
+    recipe = tiny_recipe(tmp_path, loss={"contrast": {"kind": "region", "bank_layout": "sharded"}},
+                         run={"cost_probe": True})
     check(subprocess.run(torchrun(RUN, str(recipe), "--no-report"),
                          env=CPU_ENV, capture_output=True, text=True, timeout=600))
     result = summary(tmp_path)
@@ -220,3 +222,5 @@ def test_sharded_bank_trains_on_two_ranks_with_half_the_bytes(tmp_path: Path) ->
     assert result["bank_identical_across_ranks"] is True  # every rank agrees where the next entries go
     replicated = contrast.region_bank_bytes(11, 16, 8)
     assert result["bank_bytes"] < 0.6 * replicated
+    low, high = result["cost_ratio_ci95"]
+    assert result["cost_probe_rounds"] >= 20 and low <= result["cost_ratio"] <= high

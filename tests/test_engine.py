@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import nn
 
 from harness.contrast import AllPixelBank, PixelBank, RegionBank
@@ -36,7 +37,7 @@ from harness.models import SegmentationModel, build_model
 from harness.ops import resize_labels
 from harness.recipe import EvalConfig, OptimConfig, Recipe
 from harness.results import METRICS_FILE, MetricsLog, read_metrics
-from tests.conftest import seeded
+from tests.conftest import seeded, trainer_for
 
 NUM_CLASSES = 3
 WEIGHT = torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, 1.0], [-1.0, 0.5, 2.0]])  # [classes, channels]
@@ -421,3 +422,31 @@ def test_recipe_option_reaches_the_context_and_the_contrast_terms(accelerator, a
     assert make_context(accelerator, recipe).align_corners == align_corners
     term = term_of(accelerator, recipe, build_model(recipe.model, NUM_CLASSES))
     assert term.inputs.ctx.align_corners == align_corners
+
+
+# ---------------------------------------------------------------- outputs the step uses
+
+
+@pytest.fixture
+def bf16_accelerator():
+    """A CPU Accelerator under bf16 autocast; the singleton state is reset around it."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield Accelerator(cpu=True, mixed_precision="bf16")
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize(("kind", "feature", "kept"), [("none", "head", False), ("region", "head", False),
+                                                       ("region", "backbone", True)])
+def test_the_model_returns_backbone_features_only_to_a_contrast_that_reads_them(bf16_accelerator, kind, feature,
+                                                                                kept):
+    """Accelerate's mixed precision converts every output to fp32: the last backbone stage is returned (and copied)
+    only when the contrast reads it."""
+    accelerator = bf16_accelerator
+    recipe = term_recipe(kind, feature)
+    trainer = trainer_for(accelerator, recipe, NUM_CLASSES, TRAIN_IMAGES)
+    output = trainer.model(torch.randn(2, 3, 32, 32, generator=seeded(3)))
+    assert (output.backbone_features is not None) == kept
+    assert output.features.dtype == torch.float32  # what the contrast reads stays fp32
+    batch = {"image": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), "index": torch.tensor([0, 1]),
+             "label": torch.randint(0, NUM_CLASSES, (2, 32, 32), generator=seeded(4))}
+    assert torch.isfinite(trainer.step(batch, iteration=0)["loss"])

@@ -23,7 +23,7 @@ def tiny_recipe(tmp_path: Path, **sections: dict) -> dict:
     tree = {
         "run": {
             "name": "tiny", "output_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports"),
-            "log_interval": 1,
+            "log_interval": 1, "cost_probe": False,  # tests/test_probe.py turns it on: its rounds outlast these runs
         },
         "data": {
             "dataset": "digit_scenes", "root": str(tmp_path / "cache"), "crop_size": 32, "batch_size": 2,

@@ -135,10 +135,10 @@ def test_checkpoint_keeps_each_rank_its_own_shard(tmp_path: Path) -> None:
         save_bank_shard(shard, tmp_path, rank, 2)
     for rank, shard in enumerate(shards):
         resumed = ShardedRegionBank(NUM_CLASSES, 6, DIM, rank=rank, world_size=2)
-        load_bank_shard(resumed, tmp_path, rank, 2, torch.device("cpu"))
+        load_bank_shard(resumed, tmp_path, rank, 2)
         assert all(torch.equal(resumed.state_dict()[name], value) for name, value in shard.state_dict().items())
     with pytest.raises(FileNotFoundError, match="another world size"):
-        load_bank_shard(ShardedRegionBank(NUM_CLASSES, 6, DIM, rank=0, world_size=4), tmp_path, 0, 4, torch.device("cpu"))
+        load_bank_shard(ShardedRegionBank(NUM_CLASSES, 6, DIM, rank=0, world_size=4), tmp_path, 0, 4)
 
 
 # ---------------------------------------------------------------- two gloo ranks

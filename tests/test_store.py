@@ -54,7 +54,7 @@ def test_store_items_equal_decoded_items_pixel_for_pixel(tmp_path: Path) -> None
     off_train, off_val, _ = data.build_datasets(cityscapes(root, prepare="off"), seed=5, pad_colour=PAD)
     assert isinstance(train.decode, store.PreparedSplit) and off_train.decode is decode_files
     assert same_items(train, off_train, epochs=(0, 1)) and same_items(val, off_val)
-    assert train[0]["image"].dtype == torch.uint8 and train[0]["label"].dtype == torch.int64
+    assert train[0]["image"].dtype == torch.uint8 and train[0]["label"].dtype == torch.uint8
     # The store holds train ids: the labelTrainIds file as it is, the labelIds ones mapped.
     image, label = train.decode(train.table[1])
     assert np.array_equal(label, every_value(19)) and image.shape == (32, 64, 3) and not image.flags.writeable

@@ -7,7 +7,7 @@
     transforms.py    tensors and training augmentation
 
 `SegmentationDataset` turns a row into torch tensors,
-`{"image": uint8 [3,H,W], "label": int64 [H,W], "index": int}`; training items are also
+`{"image": uint8 [3,H,W], "label": uint8 [H,W], "index": int}`; training items are also
 randomly scaled, padded, cropped and flipped. Real datasets' rows are read from their prepared
 store (data.prepare: auto) or decoded from their files (off), to the same pixels. Images are
 normalised on the model's device (harness.ops.normalize) with the backbone's statistics; padding
@@ -97,8 +97,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         else:
             item_seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
             image, label = self.transform(image, label, torch.Generator().manual_seed(int(item_seed)))
-        # int64 here, once: the transform pads and flips an eighth of the bytes (a millisecond of a crop's ten)
-        return {"image": image, "label": label.long(), "index": index}
+        # uint8 (255 = ignored) through workers, shared memory, pinning and the copy to the device, an eighth of
+        # int64's bytes; the engine widens labels on the device, where the losses need int64.
+        return {"image": image, "label": label, "index": index}
 
 
 def collate(items: list[dict[str, Any]], pad_colour: tuple[int, int, int]) -> dict[str, torch.Tensor]:

@@ -44,12 +44,15 @@ def save_bank_shard(bank: Bank, directory: Path, rank: int, world_size: int) -> 
     torch.save(bank.state_dict(), _shard_path(directory, rank, world_size))
 
 
-def load_bank_shard(bank: Bank, directory: Path, rank: int, world_size: int, device: torch.device) -> None:
-    """Read this rank's bank state back; the world size must be the one that saved it."""
+def load_bank_shard(bank: Bank, directory: Path, rank: int, world_size: int) -> None:
+    """Read this rank's bank state back into the bank, on whatever device it lives; the world size must be the
+    one that saved it."""
     path = _shard_path(directory, rank, world_size)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: was {directory} saved with another world size?")
-    bank.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    # Read on the host: load_state_dict copies into the bank's own buffers, on its device (a CPU rank's device
+    # may read "cpu:0", which torch.load cannot map to).
+    bank.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 class IncompleteCheckpoint(RuntimeError):
@@ -132,6 +135,15 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return None
 
 
+def load_checkpoint(ctx: RunContext, checkpoint: Path, bank: Bank | None) -> None:
+    """Put every registered object (model, optimizer, loop state, replicated bank, RNG) and a sharded bank's
+    own part back as `checkpoint` holds them."""
+    accelerator = ctx.accelerator
+    accelerator.load_state(str(checkpoint))
+    if bank is not None and not bank.replicated:
+        load_bank_shard(bank, checkpoint, accelerator.process_index, accelerator.num_processes)
+
+
 @dataclass(frozen=True)
 class Resumed:
     """Where a resumed run continues, and whether it continues exactly."""
@@ -153,9 +165,7 @@ def resume_from(ctx: RunContext, checkpoint: Path, progress: Progress, bank: Ban
             raise IncompleteCheckpoint(f"{error}; resume anyway, not exactly, with --resume-inexact") from None
         accelerator.print(f"warning: {error}; resuming inexactly (--resume-inexact)")
         manifest, exact = {}, False
-    accelerator.load_state(str(checkpoint))
-    if bank is not None and not bank.replicated:
-        load_bank_shard(bank, checkpoint, accelerator.process_index, accelerator.num_processes, ctx.device)
+    load_checkpoint(ctx, checkpoint, bank)
     if manifest.get("reason") == SIGNAL_REASON:
         progress.requeue_count += 1
     accelerator.print(f"resuming {checkpoint.parent} at iteration {progress.iteration}")

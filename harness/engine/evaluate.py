@@ -170,7 +170,7 @@ def evaluate(
     for batch_index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_main_process)):
         if cfg.max_images is not None and batch_index * loader.total_batch_size >= cfg.max_images:
             break
-        images, labels = ctx.model_input(batch["image"]), batch["label"]
+        images, labels = ctx.model_input(batch["image"]), batch["label"].long()  # uint8 from the loader
         tap = center_tap(labels, cfg, num_classes) if collect_centers else None
         preds = predict(model, images, cfg, tap, align_corners=ctx.align_corners).argmax(1)
         per_image = torch.stack([confusion_matrix(p, t, num_classes) for p, t in zip(preds, labels)])  # [B,N,N]

@@ -17,6 +17,7 @@ from harness.engine.checkpoint import (
     SIGNAL_REASON,
     Resumed,
     latest_checkpoint,
+    load_checkpoint,
     remove_checkpoints,
     resume_from,
     save_checkpoint,
@@ -24,6 +25,7 @@ from harness.engine.checkpoint import (
 )
 from harness.engine.control import Agreement, Decision, Interrupted, StopSignals
 from harness.engine.evaluate import Evaluation, evaluate, qualitative_samples
+from harness.engine.probe import Cost, cost_of
 from harness.engine.setup import Progress, Setup, endless, set_up
 from harness.engine.step import NonFiniteWatch, Trainer
 from harness.engine.summary import (
@@ -144,13 +146,16 @@ def train_variant(
         if resumed.iteration < recipe.optim.iterations:
             save_checkpoint(setup.ctx, out_dir, trainer.model, trainer.bank, recipe.optim.iterations, "final")
         model_sha256 = save_model_file(accelerator, trainer.model, out_dir, recipe.run.save_aux_head)
+        cost = probe_cost(setup, out_dir)
+        memory.mark("probe")
         final = evaluate(setup.ctx, trainer.model, setup.eval_loader, recipe.eval, setup.info.num_classes,
                          collect_centers=True)
         samples = qualitative_samples(setup.ctx, trainer.model, setup.eval_set, recipe.eval, setup.info)
         memory.mark("eval")
     record(accelerator, log, {"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
     summary = summarize(setup, variant, final, steady, memory) | {
-        "model_sha256": model_sha256, "requeue_count": progress.requeue_count, "resume_exact": resumed.exact}
+        "model_sha256": model_sha256, "requeue_count": progress.requeue_count, "resume_exact": resumed.exact,
+        **(cost.fields() if cost is not None else {})}
     if accelerator.is_main_process:
         write_npz(out_dir / VAL_CENTERS_FILE, centers=final.centers, labels=final.center_labels)
         write_npz(out_dir / VAL_SAMPLES_FILE, **samples)
@@ -159,6 +164,18 @@ def train_variant(
             remove_checkpoints(out_dir)
     accelerator.free_memory()
     return summary
+
+
+def probe_cost(setup: Setup, out_dir: Path) -> Cost | None:
+    """The contrast's paired cost (harness.engine.probe) on the next epoch's batches, then the trained state back
+    from the final checkpoint, so the evaluation, weights and bank are the run's own."""
+    loader = setup.train_loader
+    accumulated = setup.ctx.recipe.optim.iterations * setup.ctx.recipe.optim.grad_accum_steps
+    next_epoch = -(-accumulated // len(loader))
+    cost = cost_of(setup, endless(loader, setup.train_set, next_epoch * len(loader)))
+    if cost is not None:
+        load_checkpoint(setup.ctx, latest_checkpoint(out_dir), setup.trainer.bank)
+    return cost
 
 
 def start_from(setup: Setup, out_dir: Path, log: MetricsLog, inexact: bool) -> Resumed:

@@ -162,6 +162,8 @@ def build(ctx: RunContext, num_classes: int, train_images: int) -> Training:
     with accelerator.main_process_first():  # the main process pretrains the digits stand-in; the others read it
         model_cfg = resolve_weights(recipe)
     model = build_model(model_cfg, num_classes)
+    # Only a contrast on the backbone's features reads them: no other step pays for their fp32 copy.
+    model.keep_backbone_features = recipe.loss.contrast.kind != "none" and recipe.loss.contrast.feature == "backbone"
     if recipe.model.sync_bn and ctx.world_size > 1:
         model = synchronised_batch_norms(model)
     if ctx.input_dtype != torch.float32:

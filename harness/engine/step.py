@@ -72,6 +72,7 @@ class Trainer:
 
         Returns the total and each part, detached, still on the device (reading them is a host sync).
         """
+        batch = {**batch, "label": batch["label"].long()}  # uint8 from the loader, widened on the device
         with self.accelerator.accumulate(self.model):
             output = self.model(self.ctx.model_input(batch["image"]))
             parts = self.loss_parts(output, batch, iteration)

@@ -26,7 +26,7 @@ class SegOutput(NamedTuple):
     logits: Tensor  # [B,N,h,w]
     aux_logits: Tensor | None  # [B,N,h',w'] at the stage-3 stride, or None without aux head
     features: Tensor  # [B,C,h,w], C = head_channels
-    backbone_features: Tensor  # last backbone stage
+    backbone_features: Tensor | None  # last backbone stage; None unless keep_backbone_features
 
 
 
@@ -39,6 +39,10 @@ class SegmentationModel(nn.Module):
         self.backbone, self.head, self.aux_head = backbone, head, aux_head
         self.feature_stride, self.feature_dim = feature_stride, feature_dim
         self.channels_last = False  # set by build_model from model.channels_last
+        # Whether forward returns the last backbone stage. Under native AMP Accelerate converts every output to
+        # fp32: for a dilated ResNet-50 at 769 px that is a [8, 2048, 97, 97] copy per step that only a contrast
+        # on the backbone's features (loss.contrast.feature: backbone) reads. The engine switches it off otherwise.
+        self.keep_backbone_features = True
 
     def forward(self, images: Tensor) -> SegOutput:
         """images [B,3,H,W] -> logits and features at H / feature_stride."""
@@ -48,7 +52,7 @@ class SegmentationModel(nn.Module):
         logits, features = self.head(stages)
         # The second-to-last stage is ResNet's layer3 and HRNet's stride-16 branch.
         aux_logits = self.aux_head(stages[:-1]).logits if self.aux_head is not None else None
-        return SegOutput(logits, aux_logits, features, stages[-1])
+        return SegOutput(logits, aux_logits, features, stages[-1] if self.keep_backbone_features else None)
 
 
 

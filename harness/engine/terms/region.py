@@ -42,6 +42,11 @@ class RegionTerm:
         # them saves most of the loss's work. A sharded bank needs every rank's rows alike, so it keeps them.
         self.drop_padding = inputs.ctx.device.type == "cpu" and bank.replicated
         self.pending = PendingPushes()
+        if inputs.ctx.compile and bank.replicated and not self.drop_padding:
+            # Eq. 4 against the replicated bank is one graph with the padding masked: no break and no
+            # recompile from step to step (tests/test_compile.py). A CPU's dropped padding has a
+            # data-dependent shape, and a sharded bank talks to the other ranks: both stay eager.
+            self.loss = torch.compile(self.loss)
 
     def centers(self, output: SegOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's centers [B,N,C] and valid [B,N], and the whole gathered batch's, detached."""

@@ -1,0 +1,112 @@
+"""The cost probe: paired ABBA timing of a run's step with and without its contrast term, leaving no trace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from accelerate import Accelerator
+from scipy import stats
+
+from harness import run
+from harness.engine import endless, probe, set_up
+from harness.engine.terms import CONTRAST_KINDS, TermInputs
+from harness.recipe import validate
+from tests.test_run import tiny_recipe, write
+
+
+def finished(tmp_path: Path, name: str, **run_section: object) -> dict:
+    """The summary of a tiny RegionContrast run named `name`, 6 iterations long."""
+    tree = tiny_recipe(tmp_path, optim={"iterations": 6}, loss={"contrast": {"kind": "region"}},
+                       run={"name": name, "deterministic": True, "cost_probe": True, **run_section})
+    assert run.main([str(write(tmp_path, tree)), "--no-report"]) == 0
+    return json.loads((tmp_path / "results" / name / "default" / "summary.json").read_text())
+
+
+def test_the_probe_leaves_no_trace_and_reports_a_paired_cost(tmp_path: Path) -> None:
+    probed, unprobed = finished(tmp_path, "probed"), finished(tmp_path, "unprobed", cost_probe=False)
+    for key in ("val_miou", "per_class_iou", "bank_digest", "model_sha256"):
+        assert probed[key] == unprobed[key], key
+    assert "cost_ratio" not in unprobed
+    low, high = probed["cost_ratio_ci95"]
+    assert probed["cost_probe_rounds"] == probe.MIN_ROUNDS and 0 < low <= probed["cost_ratio"] <= high
+    assert probed["contrast_extra_memory_kind"] == "rss" and isinstance(probed["contrast_extra_memory_bytes"], int)
+    assert isinstance(probed["contrast_ms_per_step"], float)
+
+
+def test_the_probe_is_as_long_as_a_few_percent_of_the_run_within_bounds() -> None:
+    assert probe.probe_rounds(100) == probe.MIN_ROUNDS
+    assert probe.probe_rounds(10_000) == 50  # 2 % of 10k steps, 4 steps a round
+    assert probe.probe_rounds(1_000_000) == probe.MAX_ROUNDS
+
+
+@pytest.mark.parametrize("count", [6, 20, 41, 100])
+def test_the_median_interval_covers_as_a_binomial_says(count: int) -> None:
+    low, high = probe.median_interval(list(range(count)))
+    rank = low + 1  # 1-based order statistic
+    coverage = 1 - 2 * stats.binom.cdf(rank - 1, count, 0.5)
+    assert coverage >= 0.95 and high == count - rank
+    assert 1 - 2 * stats.binom.cdf(rank, count, 0.5) < 0.95  # the next narrower interval would not cover
+
+
+def test_paired_cost_pairs_each_round() -> None:
+    a = [2.0, 2.0, 3.0, 3.0]  # two rounds of the variant's steps
+    b = [1.0, 1.0, 1.0, 1.0]
+    ratio, interval, difference_ms = probe.paired_cost(a, b, rounds=2)
+    assert ratio == 2.5 and interval == (2.0, 3.0) and difference_ms == 1500.0
+
+
+class NoOpTerm:
+    """A contrast term that costs nothing and returns no loss."""
+
+    bank = None
+
+    def __call__(self, output: object, batch: object, with_loss: bool = True, push: bool = True) -> None:
+        return None
+
+
+@pytest.fixture
+def no_op_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A prepared tiny run whose contrast kind is a registered no-op."""
+    monkeypatch.setitem(CONTRAST_KINDS, "noop", lambda inputs: NoOpTerm())
+    tree = tiny_recipe(tmp_path, loss={"contrast": {"kind": "noop"}}, data={"num_workers": 0})
+    return set_up(Accelerator(cpu=True), validate(tree))
+
+
+def test_probe_steps_alternate_abba_on_shared_batches(no_op_setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    step = probe.StepClock.step
+
+    def recording(self: probe.StepClock, side: str, trainer, micro_batches: list, iteration: int) -> None:
+        seen.append((side, trainer.contrast is not None, int(micro_batches[0]["index"].sum())))
+        step(self, side, trainer, micro_batches, iteration)
+
+    monkeypatch.setattr(probe.StepClock, "step", recording)
+    setup = no_op_setup
+    probe.measure_cost(setup, endless(setup.train_loader, setup.train_set, 0), rounds=3)
+    assert "".join(side for side, _, _ in seen) == probe.ORDER * (probe.WARMUP_ROUNDS + 3)
+    assert all(has_contrast == (side == "A") for side, has_contrast, _ in seen)
+    rounds = [seen[start:start + 4] for start in range(0, len(seen), 4)]
+    assert all(len({batch for _, _, batch in each}) == 1 for each in rounds)  # one batch per round
+
+
+@pytest.mark.slow
+def test_a_no_op_contrast_costs_nothing_within_the_interval(no_op_setup) -> None:
+    """At 95 % a no-op's interval misses 1.00 one time in twenty by chance: two of three probes must hold it."""
+    setup = no_op_setup
+    batches = endless(setup.train_loader, setup.train_set, 0)
+    intervals = [probe.measure_cost(setup, batches, rounds=probe.MIN_ROUNDS).ratio_ci95 for _ in range(3)]
+    assert sum(low <= 1.0 <= high for low, high in intervals) >= 2, intervals
+    assert np.isfinite(np.asarray(intervals)).all()
+
+
+def test_term_inputs_reach_a_registered_kind(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    received = []
+    monkeypatch.setitem(CONTRAST_KINDS, "noop", lambda inputs: received.append(inputs) or NoOpTerm())
+    set_up(Accelerator(cpu=True), validate(tiny_recipe(tmp_path, loss={"contrast": {"kind": "noop"}},
+                                                       data={"num_workers": 0})))
+    (inputs,) = received
+    assert isinstance(inputs, TermInputs) and inputs.num_classes == 11 and inputs.train_images == 8
+    assert inputs.feature_dim == 16 and inputs.cfg.kind == "noop"
