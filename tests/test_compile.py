@@ -1,6 +1,7 @@
 """run.compile: "auto" resolved once per launch; a compiled model trains to the eager model's losses; the region
 term's masked (GPU) path traces as one graph."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -9,8 +10,10 @@ import torch._dynamo
 import torch._inductor.config
 from accelerate.utils import DistributedType
 
+from benchmarks.common import fill_bank
 from harness.engine import make_context
 from harness.engine.context import _compiles
+from harness.engine.terms.region import RegionTerm
 from harness.recipe import Recipe
 from tests.conftest import seeded, trainer_for
 
@@ -93,3 +96,22 @@ def test_the_region_terms_masked_path_is_one_graph_over_steps(accelerator) -> No
             loss.backward()
             assert torch.isfinite(loss), iteration
     assert float(term.bank.fill()) > 0
+
+
+@pytest.mark.slow
+def test_a_compiling_gpu_run_compiles_the_region_loss_to_eager_values(accelerator) -> None:
+    """Where the padding stays masked (a CUDA context) and run.compile is on, Eq. 4 against the bank runs compiled,
+    with eager's loss; on this CPU the context is only told it is a GPU's."""
+    recipe = compile_recipe(False)
+    eager = trainer_for(accelerator, recipe, CLASSES, train_images=8).contrast
+    eager.drop_padding = False
+    gpu_like = dataclasses.replace(eager.inputs.ctx, device=torch.device("cuda"), compile=True)
+    compiled = RegionTerm(dataclasses.replace(eager.inputs, ctx=gpu_like), eager.bank)
+    assert not compiled.drop_padding and compiled.loss is not eager.loss
+    torch._dynamo.reset()
+    fill_bank(eager.bank, CLASSES, torch.Generator().manual_seed(1))
+    trainer = trainer_for(accelerator, recipe, CLASSES, train_images=8)
+    for batch in batches(2):
+        output = trainer.model(trainer.ctx.model_input(batch["image"]))
+        centers, valid, _, _ = eager.centers(output, batch["label"].long())
+        torch.testing.assert_close(compiled.loss(centers, valid), eager.loss(centers, valid), rtol=1e-5, atol=1e-6)
