@@ -22,8 +22,9 @@ from harness.contrast import (
     region_entries,
     sample_anchors,
 )
+from harness.contrast.sampling import class_pixels
 from harness.labels import IGNORE_INDEX
-from tests.conftest import seeded
+from tests.conftest import dense_info_nce, seeded
 
 IGNORE = IGNORE_INDEX
 VARIANTS = ["average", "ep_hp", "weighted"]
@@ -500,6 +501,14 @@ def anchor_scene():
     return features, labels.reshape(1, 6, 10), predictions.reshape(1, 6, 10)  # [HW] -> [B,H,W]
 
 
+def sampled_pixels(anchors, anchor_labels):
+    """The flat pixel index [S] of each real anchor of an index-featured scene, and the padding's count."""
+    real = anchor_labels != IGNORE
+    padding = ~real
+    assert not (real[1:] & padding[:-1]).any(), "padding slots come after every anchor"
+    return anchors[real, 0].long(), int(padding.sum())
+
+
 @pytest.mark.parametrize(
     ("max_samples", "max_views", "expected"),
     [
@@ -509,18 +518,24 @@ def anchor_scene():
         (12, 100, {(0, 0): 2, (0, 1): 2, (1, 0): 2, (1, 1): 2, (2, 0): 2, (2, 1): 2}),
         # views 3: hard gets 3 // 2 = 1, easy fills the rest
         (1024, 3, {(0, 0): 2, (0, 1): 1, (1, 0): 2, (1, 1): 1, (2, 0): 2, (2, 1): 1}),
+        # max_samples 2 over 3 classes: views 0, nothing at all
+        (2, 100, {}),
     ],
 )
 def test_anchor_sampling_quotas(max_samples, max_views, expected):
     features, labels, predictions = anchor_scene()
     anchors, anchor_labels = sample_anchors(features, labels, predictions, max_samples, max_views, seeded(0))
-    index = anchors[:, 0].long()
-    assert len(index.unique()) == len(index) <= max_samples
-    assert torch.equal(anchor_labels, labels.flatten()[index])
-    hard = (predictions.flatten()[index] != anchor_labels).long()
-    found = {key: 0 for key in expected}
-    for label, is_hard in zip(anchor_labels.tolist(), hard.tolist()):
-        found[(label, is_hard)] += 1
+    assert anchors.shape == (min(max_samples, 60), 2) and anchor_labels.shape == (min(max_samples, 60),)
+    index, padding = sampled_pixels(anchors, anchor_labels)
+    assert len(index.unique()) == len(index) == min(max_samples, 60) - padding
+    assert torch.equal(anchor_labels[: len(index)], labels.flatten()[index])
+    hard = (predictions.flatten()[index] != labels.flatten()[index]).long()
+    # Pair-major, easy before hard: the (class, hard) keys never decrease.
+    keys = (labels.flatten()[index] * 2 + hard).tolist()
+    assert keys == sorted(keys)
+    found = {}
+    for label, is_hard in zip(labels.flatten()[index].tolist(), hard.tolist()):
+        found[(label, is_hard)] = found.get((label, is_hard), 0) + 1
     assert found == expected
 
 
@@ -528,9 +543,156 @@ def test_anchor_sampling_skips_ignored_pixels_and_handles_an_empty_batch():
     features, labels, predictions = anchor_scene()
     labels[0, :3] = IGNORE
     anchors, anchor_labels = sample_anchors(features, labels, predictions, 1024, 100)
-    assert IGNORE not in anchor_labels.tolist() and len(anchors) == 60 - 30
+    index, padding = sampled_pixels(anchors, anchor_labels)
+    assert anchors.shape == (60, 2) and len(index) == 60 - 30 and padding == 30
+    assert (labels.flatten()[index] != IGNORE).all()
     empty, empty_labels = sample_anchors(features, torch.full_like(labels, IGNORE), predictions)
-    assert empty.shape == (0, 2) and empty_labels.shape == (0,)
+    assert empty.shape == (60, 2) and (empty_labels == IGNORE).all()
+
+
+def test_anchor_sampling_is_fixed_by_the_generator_state():
+    features, _, labels = random_segmentation(5, 3, 4, 7, 7, 5, 5)
+    predictions = torch.randint(0, 5, labels.shape, generator=seeded(6))
+    draws = [sample_anchors(features, labels, predictions, 40, 6, seeded(seed)) for seed in (1, 1, 2)]
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+    assert not torch.equal(draws[0][0], draws[2][0])
+
+
+# The sampler before it took fixed shapes (PR for issue 20): it asks the host for the labelled pixels
+# (nonzero), the image-class pairs (unique) and their sizes (bincount). Kept as the reference the
+# fixed-shape sampler must match in distribution; only the exact draws differ.
+def host_sample_anchors(labels, predictions, max_samples, max_views, generator):
+    """The old sampler's chosen flat pixel indices [A], pair-major."""
+    flat_labels = labels.flatten().long()
+    images = torch.arange(labels.shape[0]).repeat_interleave(labels[0].numel())
+    kept = (flat_labels != IGNORE).nonzero()[:, 0]
+    pairs, pair_of = torch.unique(torch.stack([images[kept], flat_labels[kept]], 1), dim=0, return_inverse=True)
+    views = min(max_views, max_samples // max(len(pairs), 1))
+    hard = (predictions.flatten()[kept] != flat_labels[kept]).long()
+    groups = pair_of * 2 + hard
+    easy_count, hard_count = torch.bincount(groups, minlength=2 * len(pairs)).reshape(-1, 2).unbind(1)
+    take_hard = torch.minimum(hard_count, torch.clamp(views - easy_count, min=views // 2))
+    quotas = torch.stack([torch.minimum(easy_count, views - take_hard), take_hard], 1).flatten()
+    noise = torch.rand(groups.shape, generator=generator)
+    order = noise.argsort()
+    order = order[groups[order].argsort(stable=True)]
+    rank = torch.arange(len(groups)) - torch.searchsorted(groups[order], groups[order])
+    return kept[order[rank < quotas[groups[order]]]]
+
+
+def host_class_pixels(labels, per_class, num_classes, generator):
+    """The old bank push's chosen flat pixel indices [S]: up to per_class per image and class, image-major."""
+    flat_labels = labels.flatten().long()
+    images = torch.arange(labels.shape[0]).repeat_interleave(labels[0].numel())
+    kept = (flat_labels != IGNORE).nonzero()[:, 0]
+    groups = images[kept] * num_classes + flat_labels[kept]
+    noise = torch.rand(groups.shape, generator=generator)
+    order = noise.argsort()
+    order = order[groups[order].argsort(stable=True)]
+    rank = torch.arange(len(groups)) - torch.searchsorted(groups[order], groups[order])
+    return kept[order[rank < per_class]]
+
+
+def sampling_scene():
+    """Two 6x6 images of 4 classes (class 3 only in image 1), a fifth of the pixels ignored, random predictions.
+
+    Small groups, so that max_views, the hard / easy split and the max_samples cap all bind.
+    """
+    generator = seeded(21)
+    labels = torch.randint(0, 3, (2, 6, 6), generator=generator)
+    labels[1, :2, :2] = 3
+    labels[torch.rand(2, 6, 6, generator=generator) < 0.2] = IGNORE
+    predictions = torch.randint(0, 4, (2, 6, 6), generator=generator)
+    features = torch.arange(72.0).reshape(2, 1, 6, 6)  # [BHW] -> [B,C,H,W]: a pixel's feature is its index
+    return features, labels, predictions
+
+
+def selection_frequencies(draw, draws):
+    """How often each of the scene's 72 pixels is chosen over `draws` calls of draw(seed) -> flat indices."""
+    counts = torch.zeros(72)
+    for seed in range(draws):
+        counts += torch.bincount(draw(seed), minlength=72)
+    return counts / draws
+
+
+def assert_frequencies(found, expected, draws):
+    """Each pixel's selection frequency within 5 binomial standard deviations of its probability."""
+    tolerance = 5 * (expected * (1 - expected) / draws).sqrt() + 1e-9
+    assert ((found - expected).abs() <= tolerance).all(), (found - expected).abs().max()
+
+
+# Views bind (one kind short in some pairs); the cap binds; views 1 (easy first).
+@pytest.mark.parametrize(("max_samples", "max_views"), [(1024, 4), (20, 100), (1024, 1)])
+def test_anchor_sampling_matches_the_host_sampler_in_distribution(max_samples, max_views):
+    features, labels, predictions = sampling_scene()
+    flat_labels, flat_predictions = labels.flatten(), predictions.flatten()
+    images = torch.arange(72) // 36
+    old_seeds, draws = 10_000, 1000
+
+    def new(seed):
+        return sampled_pixels(*sample_anchors(features, labels, predictions, max_samples, max_views, seeded(seed)))[0]
+
+    def old(seed):
+        return host_sample_anchors(labels, predictions, max_samples, max_views, seeded(old_seeds + seed))
+
+    # Same anchors per (image, class, easy / hard) in every draw: the quotas depend on the data only.
+    group = images * 2 * 256 + flat_labels * 2 + (flat_predictions != flat_labels).long()
+    assert torch.equal(group[new(0)], group[old(0)])  # pair-major, easy before hard, both
+    # Each pixel is chosen with probability quota / size of its (image, class, easy / hard) group.
+    chosen_count = torch.bincount(group[old(0)], minlength=int(group.max()) + 1)
+    group_size = torch.bincount(group[flat_labels != IGNORE], minlength=int(group.max()) + 1)
+    expected = torch.where(flat_labels != IGNORE, chosen_count[group] / group_size[group].clamp_min(1), 0.0)
+    assert_frequencies(selection_frequencies(new, draws), expected, draws)
+    assert_frequencies(selection_frequencies(old, draws), expected, draws)
+
+
+def test_anchor_sampling_draws_every_subset_of_a_group_alike():
+    # Two pairs, views min(2, 4 // 2): both pixels of class 0, then 2 of class 2's 4 (all easy).
+    labels = torch.tensor([[[2, 2, 2, 2, 0, 0]]])
+    features = torch.arange(6.0).reshape(1, 1, 1, 6)  # [W] -> [B,C,H,W]
+    draws = 1200
+    subsets = {}
+    for seed in range(draws):
+        index, _ = sampled_pixels(*sample_anchors(features, labels, labels, 4, 2, seeded(seed)))
+        assert sorted(index[:2].tolist()) == [4, 5]
+        subset = tuple(sorted(index[2:].tolist()))
+        subsets[subset] = subsets.get(subset, 0) + 1
+    assert len(subsets) == 6  # 4 choose 2
+    # Chi-square with 5 degrees of freedom: 20.5 is its 0.999 quantile.
+    assert sum((count - draws / 6) ** 2 / (draws / 6) for count in subsets.values()) < 20.5
+
+
+def test_bank_push_samples_like_the_host_sampler():
+    _, labels, _ = sampling_scene()
+    flat_labels = labels.flatten()
+    # Pixel i's feature points at angle 0.04 i (under pi for all 72): normalised keys still name their pixel.
+    angles = 0.04 * torch.arange(72.0)
+    features = torch.stack([angles.cos(), angles.sin()]).reshape(2, 2, 36).transpose(0, 1).reshape(2, 2, 6, 6)
+    draws, per_class = 1000, 3
+
+    def pushed(seed):
+        """The pixels a push enqueues, in queue order: by class, and inside a class as pushed."""
+        bank = PixelBank(4, memory_size=100, dim=2, pixel_update_freq=per_class)
+        bank.push(features, labels, generator=seeded(seed))
+        keys = torch.cat([bank.pixels.keys[n, : bank.pixels.filled[n]] for n in range(4)])
+        return (torch.atan2(keys[:, 1], keys[:, 0]) / 0.04).round().long()
+
+    def old(seed):
+        chosen = host_class_pixels(labels, per_class, 4, seeded(10_000 + seed))
+        return chosen[flat_labels[chosen].argsort(stable=True)]  # in queue order
+
+    def new(seed):
+        sample = class_pixels(labels, per_class, 4, seeded(seed))
+        return sample.pixels[sample.valid]
+
+    group = (torch.arange(72) // 36) * 256 + flat_labels  # (image, class)
+    assert torch.equal(group[pushed(0)], group[old(0)])  # per class, image 0's pixels before image 1's
+    assert torch.equal(pushed(1), new(1)[flat_labels[new(1)].argsort(stable=True)])
+    assert (flat_labels[pushed(0)] != IGNORE).all()
+    group_size = torch.bincount(group[flat_labels != IGNORE], minlength=512)
+    expected = torch.where(flat_labels != IGNORE, group_size[group].clamp_max(per_class) / group_size[group], 0.0)
+    assert_frequencies(selection_frequencies(new, draws), expected, draws)
+    assert_frequencies(selection_frequencies(old, draws), expected, draws)
 
 
 @pytest.mark.parametrize("bank_kind", ["pixel", "all_pixel"])
@@ -546,13 +708,17 @@ def test_pixel_contrast_loss_matches_brute_force(bank_kind):
         bank.push(features, labels, torch.tensor([0, 2]))
     loss = pixel_contrast_loss(features, labels, predictions, bank, 0.1, 30, 4, seeded(3))
     anchors, anchor_labels = sample_anchors(features, labels, predictions, 30, 4, seeded(3))
+    real = anchor_labels != IGNORE
+    assert 0 < real.sum() < len(real)  # padding slots present, and left out below
     keys, key_labels, valid = bank.entries()
-    usable = [valid.tolist()] * len(anchors)
-    expected = brute_info_nce(anchors, anchor_labels.tolist(), keys, key_labels.tolist(), usable, 0.1)
+    usable = [valid.tolist()] * int(real.sum())
+    expected = brute_info_nce(anchors[real], anchor_labels[real].tolist(), keys, key_labels.tolist(), usable, 0.1)
+    dense = dense_info_nce(anchors[real], anchor_labels[real], keys, key_labels, valid[None], 0.1)
     torch.testing.assert_close(loss.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss.double(), dense, atol=1e-5, rtol=1e-5)
     (grad,) = torch.autograd.grad(loss, features)
-    (expected_grad,) = torch.autograd.grad(expected, features)
-    torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
+    (expected_grad,) = torch.autograd.grad(dense, features)
+    torch.testing.assert_close(grad, expected_grad.float(), atol=1e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------

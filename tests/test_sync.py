@@ -88,7 +88,9 @@ def syncs_of_a_step(accelerator: Accelerator, contrast: dict, drop_padding: bool
     {"kind": "region", "bank_size": 0},
     {"kind": "region", "bank_size": 5, "bank_layout": "sharded"},
     {"kind": "region", "bank_size": 5, "bank_dtype": "bfloat16"},
-], ids=["ce", "region_full_bank", "in_batch", "sharded_one_rank", "region_bf16_bank"])
+    {"kind": "pixel", "pixel": {"memory_size": 5}},
+    {"kind": "all_pixel"},
+], ids=["ce", "region_full_bank", "in_batch", "sharded_one_rank", "region_bf16_bank", "pixel_queues", "all_pixel"])
 def test_no_sync_in_a_step(accelerator: Accelerator, contrast: dict) -> None:
     assert syncs_of_a_step(accelerator, contrast) == Counter()
 
@@ -97,13 +99,3 @@ def test_a_cpu_region_step_drops_its_padding_queries_with_one_count(accelerator:
     ops = syncs_of_a_step(accelerator, {"kind": "region", "bank_size": 5}, drop_padding=True)
     # Queries, labels and valid each selected by the mask, and the queries' gradient put back by it.
     assert ops == Counter({"aten.index.Tensor": 3, "aten.index_put.default": 1})
-
-
-def test_pixel_step_syncs_only_where_its_sampling_is_data_dependent(accelerator: Accelerator) -> None:
-    ops = syncs_of_a_step(accelerator, {"kind": "pixel", "pixel": {"memory_size": 5}})
-    # ContrastiveSeg's anchor sampling keeps a data-dependent number of pixels per image and class:
-    # nonzero (the labelled pixels), unique (the image-class pairs), bincount (their sizes) and a
-    # mask (the quota); the bank push samples up to pixel_update_freq pixels per class: nonzero and
-    # a mask. Six per step, none in the loss itself.
-    assert ops == Counter({"aten.nonzero.default": 2, "aten.index.Tensor": 2, "aten.unique_dim.default": 1,
-                           "aten.bincount.default": 1})

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.contrast.centers import region_entries, truth_sums
-from harness.contrast.sampling import flat_pixels, shuffle_within_groups
+from harness.contrast.sampling import class_pixels
 from harness.labels import IGNORE_INDEX
 
 POINTER_BYTES = torch.int64.itemsize
@@ -185,21 +185,12 @@ class PixelBank(ReplicatedBank):
 
     @torch.no_grad()
     def push(self, features: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
-        """Enqueue each image's class means and up to pixel_update_freq random pixels per class."""
+        """Enqueue each image's class means and up to pixel_update_freq random pixels per class (image-major)."""
         sums, counts = truth_sums(features, labels, self.num_classes)
         self.segments.push(*region_entries(sums / counts.clamp_min(1)[..., None], counts > 0))
-        keep = labels.flatten() != IGNORE_INDEX  # [B,H,W] -> [BP]
-        self.pixels.push(*self._sample_pixels(features, labels, keep, generator))
-
-    def _sample_pixels(
-        self, features: Tensor, labels: Tensor, keep: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        """Up to pixel_update_freq random kept pixels per image and class, image-major: [S,C], [S]."""
-        pixel_features, pixel_labels, images = flat_pixels(features, labels)
-        kept = keep.nonzero()[:, 0]
-        order, rank = shuffle_within_groups(images[kept] * self.num_classes + pixel_labels[kept], generator)
-        chosen = kept[order[rank < self.pixel_update_freq]]
-        return pixel_features[chosen], pixel_labels[chosen]
+        # Fixed slots (B x classes x pixel_update_freq at most), the padding masked: no count reaches the host.
+        sample = class_pixels(labels, self.pixel_update_freq, self.num_classes, generator)
+        self.pixels.push(sample.features(features), sample.labels(labels, padding=0), sample.valid)
 
     def entries(self) -> tuple[Tensor, Tensor, Tensor]:
         """Pixel then segment slots as keys [2NK,C], labels [2NK] and valid [2NK]."""

@@ -2,6 +2,19 @@
 
 Each is a thin layout of its keys over the streamed core (streaming.info_nce):
 positives are the keys of the query's class, negatives all other valid keys.
+
+The pixel loss is the baseline the paper is measured against: ContrastiveSeg's
+PixelContrastLoss against its pixel and segment queues (Wang et al., ICCV 2021;
+tfzhou/ContrastiveSeg, lib/loss/loss_contrast_mem.py), its factor tau / base_tau left
+to the loss weight. It departs from that code on purpose in two places:
+(1) class 0 is a real class here. The official queue update enqueues no pixel or
+segment of label 0 and its `_sample_negative` reads no class-0 queue, because its
+datasets use 0 for "unlabelled"; here only `ignore_index` is left out, as in every
+other loss of the harness. (2) The official `logits_mask`, which keeps an anchor from
+being its own positive when anchors contrast with each other, is applied to queue keys
+too, where it removes the unrelated queue column i from anchor i's positives (its
+issue #55); queue keys are never anchors, so no key is removed here. Its anchor
+sampling differs as sampling.sample_anchors says (small classes give what they have).
 """
 
 from __future__ import annotations
@@ -84,10 +97,19 @@ def pixel_contrast_loss(
     """Supervised contrast of sampled anchors against a pixel bank's entries (Eq. 4's core).
 
     Positives are the bank's entries of the anchor's class, negatives all others.
-    ContrastiveSeg's extra factor tau / base_tau is left to the loss weight.
+    ContrastiveSeg's extra factor tau / base_tau is left to the loss weight. The anchors
+    fill a fixed number of slots; the padding ones (labelled ignore_index) count for nothing.
     """
     anchors, anchor_labels = sample_anchors(
         features, labels, predictions, max_samples, max_views, generator, ignore_index
     )
+    anchor_valid = anchor_labels != ignore_index
+    if isinstance(bank, PixelBank):
+        # Each class's pixel and segment queue side by side: class-major queues, so Eq. 4 takes the
+        # region bank's path (each anchor's positives are one block). A copy, as entries() makes too.
+        keys = torch.cat([bank.pixels.keys, bank.segments.keys], 1)  # 2 x [N,K,C] -> [N,2K,C]
+        valid = torch.cat([bank.pixels.valid, bank.segments.valid], 1)  # 2 x [N,K] -> [N,2K]
+        classes = torch.where(anchor_valid, anchor_labels, 0)  # the queue path indexes by class, padding too
+        return region_contrast_loss(anchors, classes, keys, valid, tau, chunk_size, anchor_valid, keys_unit=True)
     keys, key_labels, valid = bank.entries()
-    return info_nce(anchors, anchor_labels, keys, key_labels, valid, tau, chunk_size, keys_unit=True)
+    return info_nce(anchors, anchor_labels, keys, key_labels, valid, tau, chunk_size, anchor_valid, keys_unit=True)
