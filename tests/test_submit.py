@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import yaml
 
-from benchmarks.study_jobs import ENV, PREEMPTED, logged, run_study, tiny_study, wait_until
+from benchmarks.study_jobs import ENV, PREEMPTED, job_of, logged, run_study, tiny_study, wait_until
 from harness import cli, submit
 from harness.report.build import partial_study
 from harness.results import (
@@ -195,10 +196,13 @@ def test_two_submissions_at_once_never_write_a_run_folder_twice(tmp_path: Path) 
     recipe = tiny_study(tmp_path)
     command = [sys.executable, "-m", "harness.submit", str(recipe), "--executor", "local", "--only", "region",
                "--max-parallel", "2"]
-    first, second = (subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True) for _ in range(2))
-    outputs = [process.communicate(timeout=600)[0] for process in (first, second)]
-    assert first.returncode == second.returncode == 0, outputs
+    # Files, not pipes: the local jobs' controllers inherit the submitter's stdout and outlive it.
+    logs = [tmp_path / f"submit-{index}.log" for index in range(2)]
+    with logs[0].open("w") as out_first, logs[1].open("w") as out_second:
+        first, second = (subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+                         for out in (out_first, out_second))
+        assert first.wait(timeout=600) == second.wait(timeout=600) == 0
+    outputs = [log.read_text() for log in logs]
     submitted = [output for output in outputs if "report: job" in output]
     refused = [output for output in outputs if "report: job" not in output]
     assert len(submitted) == len(refused) == 1, outputs
@@ -206,11 +210,17 @@ def test_two_submissions_at_once_never_write_a_run_folder_twice(tmp_path: Path) 
     recipe_dir = tmp_path / "results" / "study"
     study = read_study(recipe_dir)
     folder = recipe_dir / "region" / "seed-0"
-    wait_until(lambda: logged(folder) >= 3, STUDY_TIMEOUT_S, "training of region (seed 0)")
+    wait_until(lambda: logged(folder) >= 1, STUDY_TIMEOUT_S, "training of region (seed 0)")
     # A plain launch on the folder the job holds stops at once, naming the holder, and touches nothing.
+    # The job's task is paused meanwhile, so it still holds the folder however fast the machine is.
+    task = psutil.Process(int(job_of(recipe_dir, "region/seed-0"))).children()[0]
     holder, recipe_written = (folder / ".lock.json").read_text(), (folder / "recipe.yaml").stat().st_mtime_ns
-    intruder = subprocess.run([sys.executable, RUN, str(recipe), "--only", "region", "--seed", "0", "--resume",
-                               "--no-report"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    task.suspend()
+    try:
+        intruder = subprocess.run([sys.executable, RUN, str(recipe), "--only", "region", "--seed", "0", "--resume",
+                                   "--no-report"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    finally:
+        task.resume()
     assert intruder.returncode == 4, intruder.stderr
     errors = [line for line in intruder.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "being written by pid" in errors[0]
