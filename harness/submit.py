@@ -48,9 +48,10 @@ from harness.status import live_jobs, local_job_alive, print_status
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS_DIR = ".submitit"  # inside results/<recipe>/: submitit's pickles and the jobs' logs
-# A run longer than --time-min goes on over this many requeues at its time limit (preemptions are not counted).
+# At most this many requeues at a job's time limit (preemptions are not counted): a run longer than --time-min
+# resumes after each, a local job still waiting for its turn waits on.
 MAX_TIMEOUTS = 20
-REPORT_TIME_MIN = 60
+REPORT_TIME_MIN = 60  # of a SLURM report job, which starts once the runs have ended
 POLL_S = 5.0  # how often --wait and the local stand-in for dependencies look again
 
 
@@ -168,8 +169,11 @@ class RunJob(Checkpointable):
 
 
 @dataclass(frozen=True)
-class ReportJob:
-    """The study's last job: the report of whatever finished (`harness report`)."""
+class ReportJob(Checkpointable):
+    """The study's last job: the report of whatever finished (`harness report`).
+
+    Locally it waits for the runs inside its own time; past its limit it is requeued, as a run is.
+    """
 
     recipe_dir: Path
     reports_dir: Path
@@ -282,7 +286,7 @@ def submit_report(args: argparse.Namespace, recipe_dir: Path, reports_dir: Path,
         executor = executor_for(args, recipe_dir / JOBS_DIR, f"{name}-report", 1, 1, 0, REPORT_TIME_MIN,
                                 dependency=f"afterany:{':'.join(after)}")
         return executor.submit(ReportJob(recipe_dir, reports_dir)).job_id
-    executor = executor_for(args, recipe_dir / JOBS_DIR, f"{name}-report", 1, 1, 0, REPORT_TIME_MIN)
+    executor = executor_for(args, recipe_dir / JOBS_DIR, f"{name}-report", 1, 1, 0, args.time_min)
     return executor.submit(ReportJob(recipe_dir, reports_dir, tuple(after))).job_id
 
 
