@@ -84,10 +84,20 @@ def logged(folder: Path) -> int:
     return train[-1] if train else 0
 
 
+def study_entry(recipe_dir: Path, folder: str) -> dict:
+    """study.json's entry for a run folder ({} before the manifest names it)."""
+    study = read_study(recipe_dir) if (recipe_dir / "study.json").exists() else {"runs": []}
+    return next((run for run in study["runs"] if run["folder"] == folder), {})
+
+
 def job_of(recipe_dir: Path, folder: str) -> str | None:
     """The job study.json names for a run folder, once it is written."""
-    study = read_study(recipe_dir) if (recipe_dir / "study.json").exists() else None
-    return next((run["job_id"] for run in study["runs"] if run["folder"] == folder), None) if study else None
+    return study_entry(recipe_dir, folder).get("job_id")
+
+
+def run_state(recipe_dir: Path, folder: str) -> str | None:
+    """The state study.json gives a run folder."""
+    return study_entry(recipe_dir, folder).get("state")
 
 
 def preempt(executor: str, job_id: str) -> float:
@@ -101,19 +111,25 @@ def preempt(executor: str, job_id: str) -> float:
     return sent
 
 
-def release_when_requeued(job_id: str, timeout: float) -> None:
-    """Make a job SLURM requeued eligible now instead of in about two minutes."""
+def release_when_requeued(recipe_dir: Path, job_id: str, timeout: float) -> None:
+    """Make a job SLURM requeued eligible now instead of in about two minutes (an error if it ended instead)."""
     def pending() -> bool:
         state = subprocess.run(["squeue", "--noheader", "--array", "--jobs", job_id, "--format=%T"],
                                capture_output=True, text=True).stdout.split()
+        if not state and run_state(recipe_dir, PREEMPTED) in ("finished", "failed"):
+            log = recipe_dir / ".submitit" / f"{job_id}_0_log.out"
+            raise RuntimeError(f"job {job_id} ended instead of being requeued; its log ends:\n"
+                               f"{log.read_text()[-3000:] if log.exists() else '(no log)'}")
         return state == ["PENDING"]
 
     wait_until(pending, timeout, f"requeued job {job_id}")
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
 
-def resumed(folder: Path) -> bool:
+def resumed(recipe_dir: Path, folder: Path) -> bool:
     """Whether an interrupted run is training again: a metrics record past the iteration its checkpoint holds."""
+    if run_state(recipe_dir, PREEMPTED) == "failed":
+        raise RuntimeError(f"{PREEMPTED} failed instead of resuming: {json.loads((folder / SUMMARY_FILE).read_text())}")
     path = folder / SUMMARY_FILE
     summary = json.loads(path.read_text()) if path.exists() else {}
     return summary.get("status") == "interrupted" and logged(folder) > summary["iteration"]
@@ -129,8 +145,8 @@ def run_study(root: Path, executor: str, timeout: float = 1800) -> dict[str, flo
     wait_until(lambda: logged(folder) >= PREEMPT_AT, timeout, f"iteration {PREEMPT_AT} of {PREEMPTED}")
     sent = preempt(executor, job_id)
     if executor == "slurm":
-        release_when_requeued(job_id, timeout)
-    wait_until(lambda: resumed(folder), timeout, f"{PREEMPTED} training again")
+        release_when_requeued(recipe_dir, job_id, timeout)
+    wait_until(lambda: resumed(recipe_dir, folder), timeout, f"{PREEMPTED} training again")
     back = time.time()
     output, _ = process.communicate(timeout=timeout)
     if process.returncode != 0:

@@ -12,8 +12,10 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -64,6 +66,22 @@ def signal_at(monkeypatch: pytest.MonkeyPatch, iteration: int, signum: int = sig
     monkeypatch.setattr(Trainer, "step", step_and_signal)
 
 
+def signal_workers_at(monkeypatch: pytest.MonkeyPatch, iteration: int, signum: int) -> None:
+    """Send this process's DataLoader workers `signum` during the training step of `iteration`."""
+    step = Trainer.step
+
+    def step_and_signal(self: Trainer, batch: dict, it: int) -> dict:
+        if it == iteration:
+            workers = psutil.Process().children(recursive=True)
+            assert workers, "the recipe should load with worker processes"
+            for worker in workers:
+                worker.send_signal(signum)
+            time.sleep(0.5)  # a worker that dies of it is gone before the loop asks for the next batch
+        return step(self, batch, it)
+
+    monkeypatch.setattr(Trainer, "step", step_and_signal)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny run trained without interruption, for comparison."""
@@ -97,6 +115,17 @@ def test_a_stop_signal_saves_and_resume_continues_exactly(
         assert resumed[key] == whole[key], key
     assert losses(tmp_path) == losses(uninterrupted)
     assert not (folder_of(tmp_path) / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_loader_workers_leave_a_stop_signal_to_the_main_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: Path, signum: int
+) -> None:
+    # A scheduler signals every process of a job step; a worker that died of it would fail the run.
+    path = recipe_file(tmp_path, data={"num_workers": 1})
+    signal_workers_at(monkeypatch, 3, signum)
+    assert run.main([str(path), "--no-report"]) == 0
+    assert losses(tmp_path) == losses(uninterrupted)
 
 
 def test_a_second_sigint_stops_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

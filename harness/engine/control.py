@@ -24,6 +24,18 @@ import torch.distributed as dist
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: a worker ignores the stop signals, which its main process acts on.
+
+    A scheduler signals every process of a job step (SLURM's `scancel --signal`, Ctrl-C's process
+    group), and a worker's default (SIGUSR1/2) or PyTorch's (SIGTERM from any process but its
+    parent) is to die, which fails the step it is feeding. The main process ends its workers
+    itself once it has saved.
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class Interrupted(Exception):
     """The run saved an exact checkpoint on a stop request and stopped; --resume continues it."""
 

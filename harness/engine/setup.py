@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from harness import measure
 from harness.data import DatasetInfo, auto_num_workers, build_datasets, collate
 from harness.engine.context import RunContext, make_context
+from harness.engine.control import leave_stop_signals_to_the_main_process
 from harness.engine.step import Trainer
 from harness.engine.terms import (
     ContrastTerm,
@@ -68,12 +69,14 @@ def loading_options(ctx: RunContext) -> dict[str, Any]:
     """DataLoader options of every split: decoding worker processes, pinned batches where CUDA is, collate.
 
     Workers persist across epochs (no restart per epoch); SegmentationDataset.set_epoch reaches
-    them through shared memory. Pinned batches copy to the GPU faster. Batches of differently
-    sized images are padded with the backbone's mean colour.
+    them through shared memory. They leave the stop signals to the main process, which saves and
+    ends them. Pinned batches copy to the GPU faster. Batches of differently sized images are
+    padded with the backbone's mean colour.
     """
     data = ctx.recipe.data
     workers = auto_num_workers() if data.num_workers is None else data.num_workers
     return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=ctx.device.type == "cuda",
+                worker_init_fn=leave_stop_signals_to_the_main_process,
                 collate_fn=functools.partial(collate, pad_colour=ctx.pad_colour))
 
 
