@@ -43,7 +43,7 @@ def tiny_study(folder: Path, name: str = "study") -> Path:
     """Write the study's recipe (results and reports under `folder`); its path."""
     tree = {
         "run": {"name": name, "output_dir": str(folder / "results"), "reports_dir": str(folder / "reports"),
-                "log_interval": 1},
+                "log_interval": 1, "cost_probe": False},  # the probe's 20 rounds would outlast these runs
         "data": {"dataset": "digit_scenes", "root": str(folder / "cache"), "crop_size": 32, "batch_size": 2,
                  "digit_scenes": {"train_images": 8, "val_images": 4, "image_size": 32, "digits_per_image": [1, 2]}},
         "model": {"backbone": "resnet18", "head_channels": 16, "aux_channels": 16},
