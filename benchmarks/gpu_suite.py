@@ -146,7 +146,7 @@ TINY = Scale(
     "resnet10t", 64, 2, 64, 200, 500, 500, 512, "accelerate_config.yaml",
     ("optim.iterations=12", "run.checkpoint_interval=4", "eval.interval=6", "data.digit_scenes.train_images=32",
      "data.digit_scenes.val_images=8", "data.digit_scenes.image_size=32", "data.crop_size=32",
-     "model.backbone=resnet10t", "data.num_workers=0"),
+     "model.backbone=resnet10t", "data.num_workers=0", "run.cost_probe=false"),  # 88 probe steps after 12
     smoke_env=(("OMP_WAIT_POLICY", "PASSIVE"),), threads=1, rounds=12, block=2, eq4_warmup=1, eq4_repeats=3,
     compiled_rows=(), image_size=(64, 128), eval_window=(48, 32), eval_scales=(0.5, 1.0, 1.5),
     sweep_batches=(2, 4, 6), sweep_steps=2, loader_images=8, loader_workers=1, loader_iterations=8,

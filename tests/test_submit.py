@@ -214,6 +214,7 @@ def test_two_submissions_at_once_never_write_a_run_folder_twice(tmp_path: Path) 
     # A plain launch on the folder the job holds stops at once, naming the holder, and touches nothing.
     # The job's task is paused meanwhile, so it still holds the folder however fast the machine is.
     task = psutil.Process(int(job_of(recipe_dir, "region/seed-0"))).children()[0]
+    assert task.environ().get("OMP_WAIT_POLICY") == "PASSIVE"  # CPU jobs share the cores: threads sleep, not spin
     holder, recipe_written = (folder / ".lock.json").read_text(), (folder / "recipe.yaml").stat().st_mtime_ns
     task.suspend()
     try:
