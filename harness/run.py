@@ -44,13 +44,18 @@ EXIT_OK, EXIT_FAILED_VARIANT, EXIT_BAD_RECIPE, EXIT_INTERRUPTED, EXIT_BUSY = 0, 
 URGENCY = (EXIT_INTERRUPTED, EXIT_BAD_RECIPE, EXIT_BUSY, EXIT_FAILED_VARIANT, EXIT_OK)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_recipe_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The recipe, its --set overrides and the --only filter: what every command that starts runs takes."""
     parser.add_argument("recipe", type=Path, help="recipe YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set optim.iterations=100 (repeatable)")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
-                        help="run only these sweep variants (repeatable)")
+                        help=f"{verb} only these sweep variants (repeatable)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_recipe_arguments(parser, "run")
     parser.add_argument("--seed", dest="seeds", action="append", default=[], type=int, metavar="K",
                         help="run only these seeds of a seeded sweep (repeatable); a scheduler job runs one")
     parser.add_argument("--resume", action="store_true",

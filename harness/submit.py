@@ -199,11 +199,7 @@ def key_value(text: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", type=Path, help="recipe YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe key in every run (repeatable)")
-    parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
-                        help="submit only these sweep variants (repeatable)")
+    run.add_recipe_arguments(parser, "submit")
     parser.add_argument("--executor", choices=("slurm", "local"), required=True,
                         help="slurm: sbatch; local: submitit's local executor on this machine")
     parser.add_argument("--nodes", type=int, default=1, help="nodes per run (default 1)")
