@@ -128,10 +128,10 @@ def release_when_requeued(recipe_dir: Path, job_id: str, timeout: float) -> None
 
 def resumed(recipe_dir: Path, folder: Path) -> bool:
     """Whether an interrupted run is training again: a metrics record past the iteration its checkpoint holds."""
-    if run_state(recipe_dir, PREEMPTED) == "failed":
-        raise RuntimeError(f"{PREEMPTED} failed instead of resuming: {json.loads((folder / SUMMARY_FILE).read_text())}")
     path = folder / SUMMARY_FILE
     summary = json.loads(path.read_text()) if path.exists() else {}
+    if run_state(recipe_dir, PREEMPTED) == "failed":
+        raise RuntimeError(f"{PREEMPTED} failed instead of resuming: {summary.get('error', summary)}")
     return summary.get("status") == "interrupted" and logged(folder) > summary["iteration"]
 
 
