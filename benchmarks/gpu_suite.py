@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import datetime
 import gc
-import json
 import os
 import platform
 import re
@@ -84,6 +83,7 @@ from harness.measure import PeakMemory, SpanTimer, device_name  # noqa: E402
 from harness.models import SegmentationModel, build_model  # noqa: E402
 from harness.ops import IMAGENET, normalize  # noqa: E402
 from harness.recipe import EvalConfig, Recipe  # noqa: E402
+from harness import results  # noqa: E402
 from harness.results import METRICS_FILE, SUMMARY_FILE, read_metrics, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -751,8 +751,8 @@ def loader_section(scale: Scale, out: Path, deadline: float, device: torch.devic
         log = (out / "loader.log").read_text().strip().splitlines()
         raise RuntimeError(f"harness/run.py ended with {ended}, status {summary.get('status')}: {log[-1:]}")
     warmup = min(5, scale.loader_iterations // 2)  # as the run's own SteadyState skips
-    steps = [record["step_time"] for record in read_metrics(run_dir / METRICS_FILE)
-             if record["kind"] == "train" and record["iter"] > warmup]
+    steps = [record.numbers()["step_time"] for record in read_metrics(run_dir / METRICS_FILE)
+             if record.kind == "train" and record.iter > warmup]
     synthetic = report["sections"].get("training", {}).get("rows", {}).get("ce", {}).get("images_per_s")
     loaded = summary["train_images_per_s"]
     return {
@@ -999,7 +999,7 @@ def smoke_section(scale: Scale, out: Path, deadline: float, device: torch.device
         "command": " ".join(command(work)[1:]), "env": dict(scale.smoke_env), "first_run": first,
         "killed_after_s": killed_after, "resume": resumed, "reference_run": reference,
         "resumed_at": re.findall(r"resuming .* at iteration \d+", resume_log),
-        "variants": {name: {key: summary.get(key) for key in ("status", "val_miou", "s_per_iter", "error")}
+        "variants": {name: {key: summary.get(key) for key in ("status", "miou", "s_per_iter", "error")}
                      for name, summary in summaries.items()},
         "bank": bank, "report_md": str(report_md) if report_md.is_file() else None, "problems": problems,
     }
@@ -1024,14 +1024,18 @@ def compare_banks(resumed: Path, uninterrupted: Path) -> dict[str, Any]:
         "max_key_difference": (mine["slots"].float() - theirs["slots"].float()).abs().max().item(),
         "fill": (mine["filled"].sum() / mine["slots"][:-1].shape[0]).item(),
         "digests_equal": digests[0] is not None and digests[0] == digests[1],
-        "val_miou": [read_summary(folder).get("val_miou") for folder in (resumed, uninterrupted)],
+        "miou": [read_summary(folder).get("miou") for folder in (resumed, uninterrupted)],
     }
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
-    """A run folder's summary.json, or why there is none."""
-    path = folder / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else {"status": "no summary.json"}
+    """A run folder's summary.json through the results contract, as a mapping, or why there is none."""
+    if not (folder / SUMMARY_FILE).is_file():
+        return {"status": "no summary.json"}
+    try:
+        return results.read_summary(folder).model_dump()
+    except results.DamagedFile as damage:
+        return {"status": f"unreadable: {damage}"}
 
 
 def smoke_table(result: dict[str, Any]) -> list[str]:
@@ -1042,16 +1046,16 @@ def smoke_table(result: dict[str, Any]) -> list[str]:
              f"variant had a checkpoint); resumed: {result['resume']}, "
              f"{'; '.join(result['resumed_at']) or 'no resume line'}; uninterrupted region run: "
              f"{result['reference_run']}; report.md: {'written' if result['report_md'] else 'MISSING'}", "",
-             "| variant | status | val mIoU | s/iter |", "|---|---|---:|---:|"]
+             "| variant | status | mIoU | s/iter |", "|---|---|---:|---:|"]
     for name, variant in result["variants"].items():
-        lines.append(f"| {name} | {variant['status']} | {fmt(variant['val_miou'], '.4f')} "
+        lines.append(f"| {name} | {variant['status']} | {fmt(variant['miou'], '.4f')} "
                      f"| {fmt(variant['s_per_iter'], '.4f')} |")
     bank = result["bank"]
     if bank:
         lines += ["", f"resumed region bank against the uninterrupted run's: pointers and fill "
                       f"{'equal' if bank['counts_equal'] else 'DIFFERENT'} (fill {bank['fill']:.2f}), largest key "
                       f"difference {bank['max_key_difference']:.2e}, digests {'equal' if bank['digests_equal'] else 'differ'}, "
-                      f"val mIoU {' vs '.join(fmt(miou, '.4f') for miou in bank['val_miou'])}"]
+                      f"mIoU {' vs '.join(fmt(miou, '.4f') for miou in bank['miou'])}"]
     return lines + [f"problem: {problem}" for problem in result["problems"]]
 
 

@@ -16,7 +16,6 @@ tests/test_submit.py runs the same study and checks the interrupted run against 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -30,7 +29,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from harness.results import METRICS_FILE, SUMMARY_FILE, read_metrics, read_study
+from harness.results import METRICS_FILE, StudyRun, read_metrics, read_study, read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 # The jobs import this tree's harness, wherever an editable install points.
@@ -80,24 +79,26 @@ def wait_until(ready: Callable[[], object], timeout: float, what: str) -> object
 def logged(folder: Path) -> int:
     """The last training iteration in a run's metrics log (0 before the first)."""
     path = folder / METRICS_FILE
-    train = [record["iter"] for record in read_metrics(path) if record.get("kind") == "train"] if path.exists() else []
+    train = [record.iter for record in read_metrics(path) if record.kind == "train"] if path.exists() else []
     return train[-1] if train else 0
 
 
-def study_entry(recipe_dir: Path, folder: str) -> dict:
-    """study.json's entry for a run folder ({} before the manifest names it)."""
-    study = read_study(recipe_dir) if (recipe_dir / "study.json").exists() else {"runs": []}
-    return next((run for run in study["runs"] if run["folder"] == folder), {})
+def study_entry(recipe_dir: Path, folder: str) -> StudyRun | None:
+    """study.json's entry for a run folder (None before the manifest names it)."""
+    study = read_study(recipe_dir)
+    return next((run for run in study.runs if run.folder == folder), None) if study else None
 
 
 def job_of(recipe_dir: Path, folder: str) -> str | None:
     """The job study.json names for a run folder, once it is written."""
-    return study_entry(recipe_dir, folder).get("job_id")
+    entry = study_entry(recipe_dir, folder)
+    return entry.job_id if entry else None
 
 
 def run_state(recipe_dir: Path, folder: str) -> str | None:
     """The state study.json gives a run folder."""
-    return study_entry(recipe_dir, folder).get("state")
+    entry = study_entry(recipe_dir, folder)
+    return entry.state if entry else None
 
 
 def preempt(executor: str, job_id: str) -> float:
@@ -128,11 +129,10 @@ def release_when_requeued(recipe_dir: Path, job_id: str, timeout: float) -> None
 
 def resumed(recipe_dir: Path, folder: Path) -> bool:
     """Whether an interrupted run is training again: a metrics record past the iteration its checkpoint holds."""
-    path = folder / SUMMARY_FILE
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = read_summary(folder)
     if run_state(recipe_dir, PREEMPTED) == "failed":
-        raise RuntimeError(f"{PREEMPTED} failed instead of resuming: {summary.get('error', summary)}")
-    return summary.get("status") == "interrupted" and logged(folder) > summary["iteration"]
+        raise RuntimeError(f"{PREEMPTED} failed instead of resuming: {summary.error or summary.status}")
+    return summary.status == "interrupted" and logged(folder) > summary.iteration
 
 
 def run_study(root: Path, executor: str, timeout: float = 1800) -> dict[str, float]:

@@ -19,6 +19,8 @@ import argparse
 import importlib
 import sys
 
+from harness.exitcodes import guarded
+
 COMMANDS: dict[str, str] = {
     "run": "harness.run", "evaluate": "harness.evaluate", "report": "harness.report", "banks": "benchmarks.bank_profile",
     "plan": "harness.report.plan", "submit": "harness.submit", "status": "harness.status",
@@ -32,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the subcommand's own arguments")
     args = parser.parse_args(argv)
-    result = importlib.import_module(COMMANDS[args.command]).main(args.args)
-    return result if isinstance(result, int) else 0  # report, plan and banks return nothing or their rows
+    return guarded(importlib.import_module(COMMANDS[args.command]).main, args.args)
 
 
 if __name__ == "__main__":

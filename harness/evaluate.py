@@ -2,7 +2,7 @@
 [--export DIR [--split FOLDER]]`.
 
 Rebuilds one finished run's model from the folder's recipe.yaml and model.safetensors, evaluates it on
-the val split with the run's own protocol, or with the one `--set eval.*` gives (whole or slide,
+the split its recipe scores (eval.split) with the run's own protocol, or with the one `--set eval.*` gives (whole or slide,
 scales, flip), and writes eval-<name>.json beside the run's summary, which it never touches. With the
 run's own protocol it reproduces the run's final mIoU. Exit code 2 for a bad folder or override.
 
@@ -15,24 +15,28 @@ in the dataset's own ids.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import yaml
+from harness.process import share_the_machine
 
-from harness.recipe import EvalConfig, Recipe, RecipeError, parse_override, set_dotted, validate
-from harness.results import (
+share_the_machine()  # before anything loads torch: its OpenMP reads the environment once, as it loads
+
+from harness.exitcodes import EXIT_BAD_INPUT, EXIT_DAMAGED, guarded  # noqa: E402
+from harness.recipe import EvalConfig, Recipe, RecipeError, parse_override, set_dotted, validate  # noqa: E402
+from harness.results import (  # noqa: E402
     EVAL_PREFIX,
     MODEL_FILE,
     RECIPE_FILE,
     SUMMARY_FILE,
+    DamagedFile,
     file_sha256,
+    read_summary,
+    read_recipe,
     write_json,
 )
 
-EXIT_BAD_INPUT = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,9 +61,9 @@ def protocol_name(cfg: EvalConfig) -> str:
 def load_run(folder: Path, overrides: list[str], trust_weights: bool = False) -> Recipe:
     """The run's resolved recipe with the `eval.*` overrides applied; its weights must match its summary's SHA-256,
     or be trusted explicitly where no summary records one."""
-    tree = yaml.safe_load((folder / RECIPE_FILE).read_text()) if (folder / RECIPE_FILE).is_file() else None
-    if not isinstance(tree, dict):
+    if not (folder / RECIPE_FILE).is_file():
         raise RecipeError(RECIPE_FILE, f"{folder} holds no run's recipe; expected a results/<recipe>/<variant> folder")
+    tree = read_recipe(folder / RECIPE_FILE).model_dump(mode="json")
     for key, value in map(parse_override, overrides):
         if not key.startswith("eval."):
             raise RecipeError(key, "only eval.* keys change an evaluation; the model and data are the run's")
@@ -67,13 +71,12 @@ def load_run(folder: Path, overrides: list[str], trust_weights: bool = False) ->
     weights = folder / MODEL_FILE
     if not weights.is_file():
         raise RecipeError(MODEL_FILE, f"{weights} is missing: only a finished run leaves its weights")
-    summary = json.loads((folder / SUMMARY_FILE).read_text()) if (folder / SUMMARY_FILE).is_file() else {}
-    recorded = summary.get("model_sha256")
+    recorded = read_summary(folder).model_sha256 if (folder / SUMMARY_FILE).is_file() else None
     if recorded is None and not trust_weights:
         raise RecipeError(MODEL_FILE, f"no {SUMMARY_FILE} in {folder} records the SHA-256 of {weights}, so nothing "
                           "shows it is the file the run wrote; use --trust-weights to evaluate it anyway")
     if recorded not in (None, file_sha256(weights)):
-        raise RecipeError(MODEL_FILE, f"{weights} is not the file the run wrote (its SHA-256 differs from the summary's)")
+        raise DamagedFile(weights, "not the file the run wrote: its SHA-256 differs from the summary's")
     return validate(tree)
 
 
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(f"error: {error.located(args.results_dir)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except DamagedFile as damage:
+        print(f"error: {damage}", file=sys.stderr)
+        return EXIT_DAMAGED
 
     from harness.engine import make_accelerator
     from harness.engine.summary import finished_at
@@ -106,15 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     path = args.results_dir / f"{EVAL_PREFIX}{name}.json"
     if accelerator.is_main_process:
         write_json(path, {
-            "name": name, "val_miou": result.miou, "per_class_iou": result.per_class.tolist(),
+            "name": name, "miou": result.miou, "eval_split": recipe.eval.split, "per_class_iou": result.per_class.tolist(),
             "class_names": list(info.class_names), "protocol": recipe.eval.model_dump(mode="json"),
             "seconds": time.perf_counter() - started, "world_size": accelerator.num_processes,
             "model_sha256": file_sha256(args.results_dir / MODEL_FILE), "finished_at": finished_at(),
         })
-        print(f"{path}: val mIoU {result.miou:.4f}")
+        print(f"{path}: {recipe.eval.split} mIoU {result.miou:.4f}")
     accelerator.wait_for_everyone()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

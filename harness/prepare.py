@@ -16,9 +16,9 @@ from pathlib import Path
 
 from harness.data import DataError, prepare_splits
 from harness.data.store import usable_cores
+from harness.exitcodes import EXIT_BAD_INPUT, guarded
 from harness.recipe import RecipeError, load
 
-EXIT_BAD_INPUT = 2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -7,7 +7,7 @@
         recipe.yaml       the resolved recipe the variant ran with (written before training, once the folder's
                           earlier checkpoint or summary was checked to come from the same recipe)
         metrics.jsonl     one JSON record per line: {"kind": "train", "iter", "loss", "loss_<part>", "lr",
-                          "step_time", "contrast_ms"} every log interval, {"kind": "eval", "iter", "val_miou"}
+                          "step_time", "contrast_ms"} every log interval, {"kind": "eval", "iter", "miou"}
                           per evaluation; the same numbers go to run.trackers, tagged <kind>/<name>
         metrics-<time>.jsonl  an earlier log, moved aside when --resume found no checkpoint to continue
         trackers/         the local files of run.trackers (TensorBoard events in trackers/<variant>/)
@@ -22,13 +22,19 @@
                           file's size (and SHA-256 up to 64 MiB), the recipe's fingerprint, the iteration and why
                           it was saved; removed when done unless run.keep_checkpoint, which keeps the final state
 
-summary.json always holds the VARIANT_FIELDS (what the variant is), `status`, `error` (and
-`traceback` when failed), the recipe's `fingerprint`, the launch (world size, precision,
-distributed type, device, versions) and `finished_at`. A finished run adds the METRIC_FIELDS,
-per-class IoU, `model_sha256` (the SHA-256 of model.safetensors), `requeue_count` (how often it
-stopped on a signal and resumed) and `resume_exact` (false only after --resume-inexact). An
-interrupted run adds the `iteration` its checkpoint holds.
-Everything here is plain files and no torch, so reports can be rebuilt anywhere.
+Each record is a pydantic model here (RunSummary, MetricsRecord, SweepRecord, StudyManifest), and this
+module is the only writer and reader of those files: summary.json carries SCHEMA_VERSION; summaries
+written before the models (no schema_version; the score under `val_miou`, whatever split it came
+from) read unchanged, the score as `miou` beside `eval_split`. A RunSummary always holds what the
+variant is, `status` ("ok", "failed", "interrupted"; a folder without a summary reads as "running" or
+"missing", one whose summary is damaged as "unreadable"), `error` (and `traceback` when failed), the
+recipe's `fingerprint`, the launch and `finished_at`; a finished run adds the fields marked as metrics.
+
+Every reader raises DamagedFile, naming the file and what is wrong with it, for a file that is
+unreadable, empty, not JSON / YAML, or of the wrong shape; study-level readers (`study_runs`) go on
+without such a run and mark it unreadable. Nothing is deleted to recover: `set_aside` moves a file
+or folder next to itself under a dated name. Plain files and no torch, so reports can be rebuilt
+anywhere.
 """
 
 from __future__ import annotations
@@ -42,11 +48,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
 from PIL import Image
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.recipe import Recipe, RecipeError, SweepSpec, validate
 
@@ -65,11 +72,272 @@ MODEL_FILE = "model.safetensors"
 EVAL_PREFIX = "eval-"
 TRACKERS_DIR = "trackers"
 
-# Fields that only mean something for a finished run.
-METRIC_FIELDS = (
-    "val_miou", "train_images_per_s", "s_per_iter", "peak_memory_bytes", "bank_bytes",
-    "params", "flops_per_image",
-)
+SCHEMA_VERSION = 2  # 1: summaries before these models (no schema_version field; the score as `val_miou`)
+SET_ASIDE_STAMP = "%Y%m%dT%H%M%S"
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+class DamagedFile(Exception):
+    """A file the harness reads is missing where it must be, unreadable, empty or malformed: its path and what
+    is wrong, in one line."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def set_aside(path: Path, why: str = "damaged") -> Path:
+    """Move a damaged or replaced file or folder next to itself as <name>.<why>-<time>, never deleting it; its new
+    path. Run and study readers skip such names."""
+    path = Path(path)
+    kept = path.with_name(f"{path.name}.{why}-{time.strftime(SET_ASIDE_STAMP)}")
+    while kept.exists():  # twice in one second: keep both
+        kept = kept.with_name(f"{kept.name}-{uuid.uuid4().hex[:6]}")
+    os.replace(path, kept)
+    return kept
+
+
+def set_run_aside(folder: Path) -> Path:
+    """Move a run folder's files (all but the launch's lock, held while this runs) into a sibling folder set aside
+    as <name>.replaced-<time>; that folder."""
+    folder = Path(folder)
+    kept = folder.with_name(f"{folder.name}.replaced-{time.strftime(SET_ASIDE_STAMP)}")
+    kept.mkdir()
+    for entry in folder.iterdir():
+        if not entry.name.startswith(LOCK_FILE):
+            os.replace(entry, kept / entry.name)
+    return kept
+
+
+def is_set_aside(name: str) -> bool:
+    """Whether a file or folder name is one set_aside gave."""
+    stem, dot, tail = name.rpartition(".")
+    why, dash, stamp = tail.partition("-")
+    return bool(stem and dot and dash and why.isalpha() and stamp[:8].isdigit())
+
+
+def read_text(path: Path) -> str:
+    """A file's text; DamagedFile when it is missing, unreadable, not text or empty."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise DamagedFile(path, "missing") from None
+    except UnicodeDecodeError:
+        raise DamagedFile(path, "not text (bytes that are not UTF-8)") from None
+    except OSError as error:
+        raise DamagedFile(path, f"unreadable ({error.strerror or error})") from None
+    if not text.strip():
+        raise DamagedFile(path, "empty")
+    return text
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value; DamagedFile naming the place where it stops being JSON."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise DamagedFile(path, f"not JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+                                "truncated or overwritten?") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file holding a mapping; DamagedFile otherwise."""
+    try:
+        tree = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise DamagedFile(path, f"not YAML ({getattr(error, 'problem', None) or error}{where})") from None
+    if not isinstance(tree, dict):
+        raise DamagedFile(path, f"not a mapping of keys but a {type(tree).__name__}")
+    return tree
+
+
+def read_recipe(path: Path) -> Recipe:
+    """A run's resolved recipe.yaml; DamagedFile when it is not YAML or not a recipe today's schema reads."""
+    try:
+        return validate(read_yaml(path))
+    except RecipeError as error:
+        raise DamagedFile(path, f"not a recipe: {error}") from None
+
+
+def shape_problem(error: ValidationError, what: str) -> str:
+    """A pydantic error in one line: which field is wrong and how."""
+    first = error.errors()[0]
+    place = ".".join(str(part) for part in first["loc"]) or "the whole file"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"not a {what}: {place}: {first['msg']}{more}"
+
+
+def read_model(path: Path, model: type[Record], what: str) -> Any:
+    """A JSON file validated as `model`; DamagedFile naming what is wrong."""
+    try:
+        return model.model_validate(read_json(path))
+    except ValidationError as error:
+        raise DamagedFile(path, shape_problem(error, what)) from None
+
+
+# ---------------------------------------------------------------- the records
+
+
+class Record(BaseModel):
+    """A results record: known fields typed, unknown ones kept (a newer harness, or a contrast kind, may add
+    some), NaN written as null."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object the file holds."""
+        return without_nan(self.model_dump(mode="json", by_alias=False))
+
+
+def metric(**options: Any) -> Any:
+    """A summary field that only a finished run has (None in any other)."""
+    return Field(None, json_schema_extra={"finished_only": True}, **options)
+
+
+RunStatus = Literal["ok", "failed", "interrupted", "running", "missing", "unreadable"]
+
+
+class RunSummary(Record):
+    """summary.json of one run (or the stand-in of a run without one): what the variant is, how it ended, the
+    launch, and for a finished run its metrics."""
+
+    schema_version: int = 1
+    # what the variant is (variant_fields)
+    recipe: str | None = None
+    variant: str = ""  # the sweep's name, which the run's folder bears: read_summary takes it from there
+    seed: int | None = None
+    backbone: str | None = None
+    head: str | None = None
+    output_stride: int | None = None
+    contrast_kind: str | None = None
+    center_variant: str | None = None
+    bank_size: int | None = None  # resolved to a number in a finished run's summary
+    paper: dict[str, Any] | None = None
+    iterations: int | None = None
+    eval_split: Literal["val", "test"] = "val"  # the split `miou` was scored on
+    # how it ended
+    status: RunStatus
+    error: str | None = None
+    traceback: str | None = None
+    iteration: int | None = None  # an interrupted run's checkpoint
+    signal: str | None = None
+    collapsed: str | None = metric()  # why its predictions say it learned nothing; None when it did
+    # the launch
+    fingerprint: str | None = None
+    world_size: int | None = None
+    mixed_precision: str | None = None
+    distributed_type: str | None = None
+    zero_stage: int | None = None
+    device: str | None = None
+    versions: dict[str, str | None] | None = None
+    finished_at: str | None = None
+    # a finished run
+    miou: float | None = metric(validation_alias=AliasChoices("miou", "val_miou"))
+    per_class_iou: list[float | None] | None = metric()
+    class_names: list[str] | None = metric()
+    global_batch_size: int | None = metric()
+    per_process_batch: int | None = metric()
+    grad_accum_steps: int | None = metric()
+    s_per_iter: float | None = metric()
+    train_images_per_s: float | None = metric()
+    contrast_ms_per_iter: float | None = metric()
+    train_peak_memory_bytes: int | None = metric()
+    eval_peak_memory_bytes: int | None = metric()
+    peak_memory_bytes: int | None = metric()
+    memory_kind: str | None = metric()
+    per_rank: list[dict[str, Any]] | None = metric()
+    bank_fill: float | None = metric()
+    params: int | None = metric()
+    flops_per_image: float | None = metric()
+    backbone_weights: str | None = metric()
+    bank_bytes: int | None = metric()
+    bank_digest: str | None = metric()
+    bank_identical_across_ranks: bool | None = metric()
+    model_sha256: str | None = metric()
+    requeue_count: int = 0
+    resume_exact: bool | None = None  # false after --resume-inexact went past a damaged checkpoint
+    resume_replaced: list[str] | None = None  # the damaged checkpoint parts it replaced with a fresh state
+    # the cost probe (runs with a contrast term)
+    cost_ratio: float | None = metric()
+    cost_ratio_ci95: tuple[float, float] | None = metric()
+    cost_probe_rounds: int | None = metric()
+    contrast_ms_per_step: float | None = metric()
+    contrast_extra_memory_bytes: int | None = metric()
+    contrast_extra_memory_kind: str | None = metric()
+
+    @model_validator(mode="after")
+    def _finished_runs_have_a_score(self) -> "RunSummary":
+        if self.status == "ok" and self.miou is None:
+            raise ValueError("a finished run (status ok) without its mIoU")
+        return self
+
+
+def finished_only_fields(numeric: bool = False) -> tuple[str, ...]:
+    """The RunSummary fields that only a finished run has (blank in a report for any other); with `numeric`, those
+    holding numbers (an interval counts)."""
+    numbers = (int | None, float | None, tuple[float, float] | None)
+    return tuple(name for name, field in RunSummary.model_fields.items()
+                 if (field.json_schema_extra or {}).get("finished_only") and (not numeric or field.annotation in numbers))
+
+
+class MetricsRecord(Record):
+    """One line of metrics.jsonl: a training log (losses, lr, step time) or an evaluation (mIoU)."""
+
+    kind: Literal["train", "eval"]
+    iter: int
+    miou: float | None = Field(None, validation_alias=AliasChoices("miou", "val_miou"))
+
+    def numbers(self) -> dict[str, float]:
+        """Every number the record holds but its iteration: losses, lr, step time, mIoU."""
+        values = {"miou": self.miou, **(self.model_extra or {})}
+        return {name: float(value) for name, value in values.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+Design = Literal["fixed", "sequential"]
+
+
+class SweepRecord(Record):
+    """sweep.json: what a report must know of the sweep beyond its runs."""
+
+    baseline: str | None = None  # the CE variant named by sweep.baseline, or null
+    seeds: list[int] = []
+    target_delta: float = 0.005
+    equivalence_margin: float = 0.005
+    design: Design = "fixed"
+    max_seeds: int | None = None  # a sequential design's most seeds per variant
+    looks: list[int] | None = None  # a sequential design's planned looks, in seeds
+
+
+RunState = Literal["pending", "running", "requeued", "finished", "failed"]
+RUN_STATES: tuple[str, ...] = RunState.__args__
+
+
+class StudyRun(Record):
+    """One expected run of a submitted study: its folder (relative to results/<recipe>/), its job and state."""
+
+    variant: str
+    seed: int | None = None
+    folder: str
+    job_id: str | None = None
+    state: RunState = "pending"
+    requeue_count: int = 0
+
+
+class StudyManifest(Record):
+    """study.json: a study submitted as scheduler jobs."""
+
+    recipe: str
+    overrides: list[str] = []
+    executor: Literal["slurm", "local"]
+    jobs_dir: str
+    report_job_id: str | None = None
+    runs: list[StudyRun] = []
+
 
 
 # ---------------------------------------------------------------- writing
@@ -84,9 +352,24 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+DISK_FULL_FREE_BYTES = 2**20
+
+
 def disk_full(path: Path) -> OSError:
-    """The error for a write of `path` that hit ENOSPC: one line saying where."""
+    """The error for a write of `path` that ran out of space: one line saying where."""
     return OSError(errno.ENOSPC, f"no space left on {path}")
+
+
+def out_of_space(error: BaseException, path: Path) -> bool:
+    """Whether a failed write of `path` ran out of space: ENOSPC, or a library that does not say so (torch's
+    "unexpected pos", numpy's short write, safetensors' "os error 28") on a filesystem with under a MiB left."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "os error 28" in str(error):
+        return True
+    existing = next((folder for folder in Path(path).absolute().parents if folder.exists()), Path("/"))
+    try:
+        return shutil.disk_usage(existing).free < DISK_FULL_FREE_BYTES
+    except OSError:
+        return False
 
 
 def publish(path: Path, write: Callable[[Path], None]) -> None:
@@ -103,7 +386,7 @@ def publish(path: Path, write: Callable[[Path], None]) -> None:
         write(scratch)
     except BaseException as error:
         remove(scratch)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if isinstance(error, Exception) and out_of_space(error, path):
             raise disk_full(path) from error
         raise
     try:
@@ -171,36 +454,58 @@ class MetricsLog:
         """Keep an earlier log under metrics-<time>.jsonl instead of overwriting it; its new name, if any."""
         if not self.enabled or not self.path.exists():
             return None
-        kept = self.path.with_name(f"{self.path.stem}-{time.strftime('%Y%m%dT%H%M%S')}{self.path.suffix}")
+        kept = self.path.with_name(f"{self.path.stem}-{time.strftime(SET_ASIDE_STAMP)}{self.path.suffix}")
         os.replace(self.path, kept)
         return kept
 
-    def truncate_after(self, iteration: int) -> None:
-        """Drop records past `iteration` (all of them for a fresh start): a resumed run rewrites them."""
+    def truncate_after(self, iteration: int) -> Path | None:
+        """Drop records past `iteration` (all of them for a fresh start): a resumed run rewrites them. A log with
+        lines that are not records is set aside first, and its readable records carried over; its new name."""
         if not self.enabled or not self.path.exists():
-            return
-        kept = [record for record in read_metrics(self.path) if record.get("iter", iteration + 1) <= iteration]
-        write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+            return None
+        try:
+            records, kept = read_metrics(self.path), None
+        except DamagedFile:
+            records = read_metrics(self.path, lenient=True)
+            kept = set_aside(self.path)
+        write_text(self.path, "".join(metrics_line(record) for record in records if record.iter <= iteration))
+        return kept
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record."""
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             with self.path.open("a") as handle:
-                handle.write(json.dumps(without_nan(record)) + "\n")
+                handle.write(metrics_line(MetricsRecord.model_validate(record)))
+        except OSError as error:
+            if out_of_space(error, self.path):
+                raise disk_full(self.path) from error
+            raise
 
 
-SWEEP_DEFAULTS = {"baseline": None, "seeds": [], "target_delta": 0.005, "equivalence_margin": 0.005}
+def metrics_line(record: MetricsRecord) -> str:
+    """One line of metrics.jsonl: the record's fields in the order they were given (an unset mIoU left out)."""
+    return json.dumps(without_nan(record.model_dump(mode="json", exclude_unset=True))) + "\n"
 
 
 def write_sweep(recipe_dir: Path, sweep: SweepSpec) -> None:
-    """What the report must know of the sweep beyond its runs: the baseline, the seeds, the target Δ and margin."""
-    write_json(Path(recipe_dir) / SWEEP_FILE, {key: getattr(sweep, key) for key in SWEEP_DEFAULTS})
+    """What the report must know of the sweep beyond its runs: the baseline, the seeds, the design, target Δ and
+    margin. A damaged sweep.json is set aside, not overwritten."""
+    path = Path(recipe_dir) / SWEEP_FILE
+    fields = {name: getattr(sweep, name) for name in SweepRecord.model_fields if hasattr(sweep, name)}
+    if path.exists():
+        try:
+            read_sweep(recipe_dir)
+        except DamagedFile:
+            set_aside(path)
+    write_json(path, SweepRecord(**fields).to_json())
 
 
-def read_sweep(results_dir: Path) -> dict[str, Any]:
-    """sweep.json, with defaults for what a study written before a field existed lacks."""
+def read_sweep(results_dir: Path) -> SweepRecord:
+    """sweep.json, with defaults for what a study written before a field existed lacks (or without the file)."""
     path = Path(results_dir) / SWEEP_FILE
-    return {**SWEEP_DEFAULTS, **(json.loads(path.read_text()) if path.exists() else {})}
+    return read_model(path, SweepRecord, "sweep record") if path.exists() else SweepRecord()
 
 
 # ---------------------------------------------------------------- what a variant is
@@ -210,7 +515,7 @@ def variant_fields(name: str, recipe: Recipe) -> dict[str, Any]:
     """The summary fields that describe what a variant is (the same for a finished or a failed run)."""
     contrast = recipe.loss.contrast
     return {
-        "recipe": recipe.run.name, "variant": name, "seed": recipe.run.seed,
+        "schema_version": SCHEMA_VERSION, "recipe": recipe.run.name, "variant": name, "seed": recipe.run.seed,
         "backbone": recipe.model.backbone, "head": recipe.model.head,
         "output_stride": recipe.model.output_stride,
         "contrast_kind": contrast.kind,
@@ -218,34 +523,53 @@ def variant_fields(name: str, recipe: Recipe) -> dict[str, Any]:
         "bank_size": contrast.bank_size if contrast.kind != "none" else None,
         "paper": recipe.paper.model_dump() if recipe.paper else None,
         "iterations": recipe.optim.iterations,
-        "eval_split": recipe.eval.split,  # the split val_miou was scored on
+        "eval_split": recipe.eval.split,  # the split `miou` was scored on
     }
+
+
+def write_summary(folder: Path, summary: dict[str, Any]) -> RunSummary:
+    """Validate a run's summary against the contract and write summary.json; the record written."""
+    record = RunSummary.model_validate({**summary, "schema_version": SCHEMA_VERSION})
+    # the fields the run recorded, no more: a field a run does not have (a probe it did not run) stays absent
+    write_json(Path(folder) / SUMMARY_FILE, record.model_dump(mode="json", exclude_unset=True))
+    return record
 
 
 # ---------------------------------------------------------------- reading
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a torn line (a run killed mid-write) is skipped."""
+def read_metrics(path: Path, lenient: bool = False) -> list[MetricsRecord]:
+    """The records of a metrics.jsonl. A torn last line (a run killed mid-write: no newline after it, not JSON) is
+    skipped; any other line that is not a record raises DamagedFile naming it, unless `lenient` (which skips it)."""
+    text = read_text(path) if Path(path).stat().st_size else ""
+    lines = text.splitlines()
     records = []
-    for line in Path(path).read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
+            records.append(MetricsRecord.model_validate_json(line))
+        except ValidationError as error:
+            torn = number == len(lines) and not text.endswith("\n") and error.errors()[0]["type"] == "json_invalid"
+            if not (lenient or torn):
+                raise DamagedFile(path, f"line {number}: {shape_problem(error, 'metrics record')}") from None
     return records
 
 
-def summary_from_recipe(folder: Path) -> dict[str, Any]:
-    """What a variant without summary.json can still tell: its configuration and progress."""
+def seed_of(folder: Path) -> int | None:
+    """The seed a seed-<k> run folder holds; None for a run without seeds."""
+    tail = Path(folder).name.removeprefix(SEED_PREFIX)
+    return int(tail) if Path(folder).name.startswith(SEED_PREFIX) and tail.isdigit() else None
+
+
+def summary_from_recipe(folder: Path) -> RunSummary:
+    """What a variant without summary.json can still tell: its configuration (when its recipe reads) and
+    progress."""
+    folder = Path(folder)
     status = "running" if (folder / METRICS_FILE).exists() else "missing"
     try:
-        recipe = validate(yaml.safe_load((folder / RECIPE_FILE).read_text()) or {})
-    except (OSError, yaml.YAMLError, RecipeError):
-        return {"status": status, "variant": folder.name}
-    return {**variant_fields(variant_of(folder), recipe), "status": status}
+        recipe = read_recipe(folder / RECIPE_FILE)
+    except DamagedFile:
+        return RunSummary(variant=variant_of(folder), seed=seed_of(folder), status=status)
+    return RunSummary.model_validate({**variant_fields(variant_of(folder), recipe), "status": status})
 
 
 def run_dir(recipe_dir: Path, variant: str, seed: int | None) -> Path:
@@ -260,17 +584,39 @@ def variant_of(folder: Path) -> str:
     return folder.parent.name if folder.name.startswith(SEED_PREFIX) else folder.name
 
 
-def read_summary(folder: Path) -> dict[str, Any]:
-    """summary.json of a run, or a stand-in built from its recipe while it has none."""
+def read_summary(folder: Path) -> RunSummary:
+    """summary.json of a run, or a stand-in built from its recipe while it has none; DamagedFile when it is
+    damaged."""
     path = Path(folder) / SUMMARY_FILE
-    summary = json.loads(path.read_text()) if path.exists() else summary_from_recipe(Path(folder))
-    return {**summary, "variant": variant_of(folder)}  # the folder name is what the sweep named it
+    summary = read_model(path, RunSummary, "run summary") if path.exists() else summary_from_recipe(Path(folder))
+    summary.variant = variant_of(folder)  # the folder name is what the sweep named it
+    return summary
+
+
+def unreadable(folder: Path, damage: DamagedFile) -> RunSummary:
+    """The stand-in of a run whose summary is damaged: what its folder and recipe tell, and what is wrong."""
+    known = summary_from_recipe(folder).model_dump(exclude={"status", "error"})
+    return RunSummary.model_validate({**known, "status": "unreadable", "error": str(damage)})
+
+
+def study_runs(results_dir: Path) -> list[tuple[Path, RunSummary]]:
+    """Every run folder with its summary, a damaged one as an `unreadable` stand-in: a study-level reader goes on
+    without it."""
+    runs = []
+    for folder in run_folders(results_dir):
+        try:
+            runs.append((folder, read_summary(folder)))
+        except DamagedFile as damage:
+            runs.append((folder, unreadable(folder, damage)))
+    return runs
 
 
 def finished(folder: Path) -> bool:
-    """Whether a variant already has a successful summary (a resumed sweep skips it)."""
-    path = Path(folder) / SUMMARY_FILE
-    return path.exists() and json.loads(path.read_text()).get("status") == "ok"
+    """Whether a run has a successful summary (a resumed sweep skips it); a damaged one is no proof of it."""
+    try:
+        return read_summary(folder).status == "ok"
+    except DamagedFile:
+        return False
 
 
 def _is_run(folder: Path) -> bool:
@@ -279,13 +625,16 @@ def _is_run(folder: Path) -> bool:
 
 
 def run_folders(results_dir: Path) -> list[Path]:
-    """Every run folder of a recipe: <variant>/ itself, or each of its seed-<k>/ sub-folders."""
+    """Every run folder of a recipe: <variant>/ itself, or each of its seed-<k>/ sub-folders; hidden folders
+    (the jobs' .submitit) and folders set aside are not runs."""
     runs = []
-    for folder in sorted(path for path in Path(results_dir).iterdir() if path.is_dir()):
+    variants = (path for path in Path(results_dir).iterdir()
+                if path.is_dir() and not path.name.startswith(".") and not is_set_aside(path.name))
+    for folder in sorted(variants):
         seeds = sorted(
-            (sub for sub in folder.glob(f"{SEED_PREFIX}*") if sub.name.removeprefix(SEED_PREFIX).isdigit()
-             and sub.is_dir() and _is_run(sub)),
-            key=lambda sub: int(sub.name.removeprefix(SEED_PREFIX)),
+            (sub for sub in folder.glob(f"{SEED_PREFIX}*") if seed_of(sub) is not None and sub.is_dir()
+             and _is_run(sub)),
+            key=seed_of,
         )
         runs += seeds or ([folder] if _is_run(folder) else [])
     return runs
@@ -293,16 +642,13 @@ def run_folders(results_dir: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- the study manifest
 #
-#     results/<recipe>/study.json    a study submitted as scheduler jobs (harness/submit.py): {"recipe",
-#                                    "overrides", "executor", "jobs_dir", "report_job_id", "runs": [{"variant",
-#                                    "seed", "folder" (relative to results/<recipe>/), "job_id", "state",
-#                                    "requeue_count"}, ...]}, one entry per expected run
+#     results/<recipe>/study.json    a study submitted as scheduler jobs (harness/submit.py): StudyManifest, one
+#                                    StudyRun per expected run
 #
 # `harness submit` and the jobs both change it: each change is a read, an edit and an atomic write under
 # the study's lock, so no writer loses another's update.
 
 STUDY_FILE = "study.json"
-RUN_STATES = ("pending", "running", "requeued", "finished", "failed")
 
 
 def study_lock(recipe_dir: Path) -> Any:
@@ -313,26 +659,32 @@ def study_lock(recipe_dir: Path) -> Any:
     return FileLock(Path(recipe_dir) / f".{STUDY_FILE}.lock")
 
 
-def read_study(recipe_dir: Path) -> dict[str, Any] | None:
-    """study.json, or None for a study that was not submitted as jobs."""
+def read_study(recipe_dir: Path) -> StudyManifest | None:
+    """study.json, or None for a study that was not submitted as jobs; DamagedFile when it is damaged."""
     path = Path(recipe_dir) / STUDY_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_model(path, StudyManifest, "study manifest") if path.exists() else None
 
 
-def write_study(recipe_dir: Path, study: dict[str, Any]) -> None:
+def write_study(recipe_dir: Path, study: StudyManifest) -> None:
     """Publish study.json whole (hold study_lock around the read that `study` came from)."""
-    write_json(Path(recipe_dir) / STUDY_FILE, study)
+    write_json(Path(recipe_dir) / STUDY_FILE, study.to_json())
 
 
 def update_study_run(recipe_dir: Path, folder: str, job_id: str, state: str, requeued: bool = False) -> bool:
-    """Set a run's state (one of RUN_STATES), counting a requeue, if job `job_id` owns its entry; whether it did."""
+    """Set a run's state (one of RUN_STATES), counting a requeue, if job `job_id` owns its entry; whether it did.
+
+    A damaged manifest is left for the next `harness submit` to rebuild: the run itself goes on."""
     with study_lock(recipe_dir):
-        study = read_study(recipe_dir)
-        entry = next((run for run in (study or {}).get("runs", []) if run["folder"] == folder), None)
-        if entry is None or entry["job_id"] != job_id:  # a later submission took the run over
+        try:
+            study = read_study(recipe_dir)
+        except DamagedFile as damage:
+            print(f"warning: {damage}; the run's state is not recorded (harness submit rebuilds it)", flush=True)
             return False
-        entry["state"] = state
-        entry["requeue_count"] += int(requeued)
+        entry = next((run for run in (study.runs if study else []) if run.folder == folder), None)
+        if entry is None or entry.job_id != job_id:  # a later submission took the run over
+            return False
+        entry.state = state
+        entry.requeue_count += int(requeued)
         write_study(recipe_dir, study)
         return True
 
@@ -342,18 +694,20 @@ def run_label(variant: str, seed: int | None) -> str:
     return variant if seed is None else f"{variant} (seed {seed})"
 
 
-def expected_runs(results_dir: Path) -> list[tuple[str, int | None]]:
-    """Every (variant, seed) a study expects: study.json's runs, or, for a study launched otherwise,
-    each variant that has a folder once per seed of sweep.json."""
-    study = read_study(results_dir)
+def expected_runs(results_dir: Path, study: StudyManifest | None) -> list[tuple[str, int | None]]:
+    """Every (variant, seed) a study expects: the manifest's runs, or, for a study launched otherwise (or whose
+    manifest is damaged: pass None), each variant that has a folder once per seed of sweep.json."""
     if study is not None:
-        return [(run["variant"], run["seed"]) for run in study["runs"]]
+        return [(run.variant, run.seed) for run in study.runs]
     variants = dict.fromkeys(variant_of(folder) for folder in run_folders(results_dir))
-    seeds = read_sweep(results_dir)["seeds"] or [None]
+    try:
+        seeds = read_sweep(results_dir).seeds or [None]
+    except DamagedFile:
+        seeds = sorted({seed_of(folder) for folder in run_folders(results_dir)}, key=lambda seed: seed or 0)
     return [(variant, seed) for variant in variants for seed in seeds]
 
 
-def missing_runs(results_dir: Path) -> list[str]:
+def missing_runs(results_dir: Path, study: StudyManifest | None) -> list[str]:
     """The labels of the expected runs that have not finished successfully."""
-    return [run_label(variant, seed) for variant, seed in expected_runs(results_dir)
+    return [run_label(variant, seed) for variant, seed in expected_runs(results_dir, study)
             if not finished(run_dir(results_dir, variant, seed))]

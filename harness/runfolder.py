@@ -12,18 +12,15 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import yaml
 from filelock import FileLock, Timeout
 
 from harness.recipe import (
     Recipe,
-    RecipeError,
     changed_keys,
     disallowed_changes,
     fingerprint,
-    validate,
 )
 from harness.results import (
     CHECKPOINT_DIR,
@@ -32,6 +29,10 @@ from harness.results import (
     LOCK_FILE,
     RECIPE_FILE,
     SUMMARY_FILE,
+    DamagedFile,
+    read_json,
+    read_summary,
+    read_recipe,
     remove,
     write_json,
 )
@@ -84,34 +85,36 @@ def holder_text(folder: Path) -> str:
 
 @dataclass(frozen=True)
 class History:
-    """What a run folder holds: a finished run, a checkpoint to continue, or nothing yet."""
+    """What a run folder holds: a finished run, a checkpoint to continue, or nothing yet; and its damaged files."""
 
     finished: bool
     resumable: bool
     fingerprint: str | None  # of the recipe that made it, as its summary or checkpoint recorded
-    recipe: dict[str, Any] | None  # its recipe.yaml
+    recipe: Recipe | None  # its recipe.yaml, read through today's schema
+    damaged: tuple[DamagedFile, ...] = ()  # files that could not be read: the summary, recipe.yaml, a manifest
 
 
 def history(folder: Path) -> History:
-    """Read what `folder` holds, without changing it."""
-    folder = Path(folder)
-    summary = read_json(folder / SUMMARY_FILE)
-    finished = summary.get("status") == "ok"
-    manifests = [read_json(folder / name / CHECKPOINT_MANIFEST) for name in (CHECKPOINT_DIR, CHECKPOINT_OLD_DIR)
-                 if (folder / name).is_dir()]
-    recorded = summary.get("fingerprint") if finished else next((m.get("fingerprint") for m in manifests), None)
-    recipe_path = folder / RECIPE_FILE
-    recipe = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else None
-    return History(finished, bool(manifests), recorded, recipe if isinstance(recipe, dict) else None)
+    """Read what `folder` holds, without changing it; a damaged file counts as absent and is listed."""
+    folder, damaged = Path(folder), []
 
+    def readable(path: Path, read: Callable[[Path], Any]) -> Any:
+        if not path.exists():
+            return None
+        try:
+            return read(path)
+        except DamagedFile as damage:
+            damaged.append(damage)
+            return None
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; empty when it is missing or unreadable."""
-    try:
-        loaded = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
+    summary = readable(folder / SUMMARY_FILE, lambda path: read_summary(path.parent))
+    finished = summary is not None and summary.status == "ok"
+    checkpoints = [folder / name for name in (CHECKPOINT_DIR, CHECKPOINT_OLD_DIR) if (folder / name).is_dir()]
+    manifests = [readable(checkpoint / CHECKPOINT_MANIFEST, read_json) for checkpoint in checkpoints]
+    fingerprints = [manifest.get("fingerprint") for manifest in manifests if isinstance(manifest, dict)]
+    recorded = summary.fingerprint if finished else next(iter(fingerprints), None)
+    recipe = readable(folder / RECIPE_FILE, read_recipe)
+    return History(finished, bool(checkpoints), recorded, recipe, tuple(damaged))
 
 
 def recipe_changes(past: History, recipe: Recipe, allowed: list[str]) -> list[str]:
@@ -119,14 +122,11 @@ def recipe_changes(past: History, recipe: Recipe, allowed: list[str]) -> list[st
     (--allow-change patterns) lets change.
 
     recipe.yaml, read through today's schema (so keys added since take their defaults), names the keys;
-    without it, differing fingerprints can only say that something changed.
+    without a readable one, differing fingerprints can only say that something changed.
     """
-    if past.recipe is None:
-        return [] if past.fingerprint in (None, fingerprint(recipe)) else ["<unknown: the folder has no recipe.yaml>"]
-    if past.fingerprint == fingerprint(recipe):
+    if past.fingerprint == fingerprint(recipe) or (past.recipe is None and past.fingerprint is None):
         return []
-    try:
-        before = validate(past.recipe).model_dump(mode="json")
-    except RecipeError as error:
-        return [error.key]  # a key today's schema no longer has, or no longer accepts
-    return disallowed_changes(changed_keys(before, recipe.model_dump(mode="json")), allowed)
+    if past.recipe is None:
+        return ["<unknown: the folder holds no readable recipe.yaml>"]
+    return disallowed_changes(changed_keys(past.recipe.model_dump(mode="json"), recipe.model_dump(mode="json")),
+                              allowed)

@@ -1,7 +1,8 @@
 """`harness status RESULTS_DIR`: where each run of a study stands, one line a run, then the totals.
 
-A run is pending, running (iteration, elapsed, ETA from its metrics log), finished (mIoU) or failed
-(the error's first line), and says how often it was requeued. The runs are study.json's (a study
+A run is pending, running (iteration, elapsed, ETA from its metrics log), finished (mIoU), failed
+(the error's first line) or unreadable (which file, and what is wrong with it), and says how often it
+was requeued. The runs are study.json's (a study
 submitted with `harness submit`) or, for one launched otherwise, every variant's folder once per
 seed. The scheduler (squeue, or the local executor's controller processes) tells whether a job
 still lives; when none answers, the folder alone decides.
@@ -16,14 +17,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 from submitit.core.utils import JobPaths
 
+from harness.exitcodes import guarded
 from harness.results import (
     METRICS_FILE,
     RECIPE_FILE,
+    DamagedFile,
+    StudyManifest,
+    StudyRun,
     expected_runs,
     read_metrics,
     read_study,
@@ -62,11 +66,11 @@ def local_job_alive(job_id: str) -> bool:
         return False
 
 
-def live_jobs(study: dict[str, Any]) -> set[str] | None:
+def live_jobs(study: StudyManifest) -> set[str] | None:
     """The study's jobs its scheduler says may still run; None when the scheduler does not answer."""
-    ids = {run["job_id"] for run in study["runs"]} | {study.get("report_job_id")}
+    ids = {run.job_id for run in study.runs} | {study.report_job_id}
     ids.discard(None)
-    if study["executor"] == "local":
+    if study.executor == "local":
         return {job_id for job_id in ids if local_job_alive(job_id)}
     live = slurm_live_jobs()
     return None if live is None else ids & live
@@ -98,36 +102,43 @@ def clock(seconds: float) -> str:
 def progress(folder: Path, iterations: int | None) -> str:
     """Iteration, time since the run (re)started and the ETA, from its metrics log."""
     path = folder / METRICS_FILE
-    train = [record for record in read_metrics(path) if record.get("kind") == "train"] if path.exists() else []
+    try:
+        train = [record for record in read_metrics(path) if record.kind == "train"] if path.exists() else []
+    except DamagedFile as damage:
+        return f"progress unknown ({damage})"
     if not train:
         return "starting"
-    iteration = train[-1]["iter"]
+    iteration = train[-1].iter
     elapsed = time.time() - (folder / RECIPE_FILE).stat().st_mtime  # recipe.yaml is written as each launch starts
-    steps = [record["step_time"] for record in train[-STEP_TIMES_FOR_ETA:] if record.get("step_time")]
+    steps = [record.numbers().get("step_time") for record in train[-STEP_TIMES_FOR_ETA:]]
+    steps = [step for step in steps if step]
     eta = f", ETA {clock((iterations - iteration) * statistics.median(steps))}" if steps and iterations else ""
     return f"iteration {iteration}/{iterations}, {clock(elapsed)} elapsed{eta}"
 
 
-def run_status(results_dir: Path, entry: dict[str, Any], live: set[str] | None, jobs_dir: Path | None) -> RunStatus:
+def run_status(results_dir: Path, entry: StudyRun, live: set[str] | None, jobs_dir: Path | None) -> RunStatus:
     """One run's state from its folder, its manifest entry and (when it answers) its scheduler."""
-    folder = run_dir(results_dir, entry["variant"], entry["seed"])
-    label = run_label(entry["variant"], entry["seed"])
-    summary = read_summary(folder)
-    requeues = max(entry.get("requeue_count", 0), summary.get("requeue_count") or 0)
-    if summary["status"] == "ok":
-        return RunStatus(label, "finished", f"mIoU {100 * summary['val_miou']:.2f}", requeues)
-    if summary["status"] == "failed":
-        return RunStatus(label, "failed", summary["error"].splitlines()[0], requeues)
-    job_id = entry.get("job_id")
+    folder = run_dir(results_dir, entry.variant, entry.seed)
+    label = run_label(entry.variant, entry.seed)
+    try:
+        summary = read_summary(folder)
+    except DamagedFile as damage:
+        return RunStatus(label, "unreadable", str(damage), entry.requeue_count)
+    requeues = max(entry.requeue_count, summary.requeue_count)
+    if summary.status == "ok":
+        return RunStatus(label, "finished", f"mIoU {100 * summary.miou:.2f}", requeues)
+    if summary.status == "failed":
+        return RunStatus(label, "failed", (summary.error or "").splitlines()[0] if summary.error else "", requeues)
+    job_id = entry.job_id
     job = f"job {job_id}" if job_id else ""
     if live is not None and job_id is not None and job_id not in live:
         log = f"; log: {JobPaths(jobs_dir, job_id).stdout}" if jobs_dir else ""
         return RunStatus(label, "failed", f"{job} ended before the run finished{log}", requeues)
-    state = entry.get("state")
-    if state == "requeued" or (state is None and summary["status"] == "interrupted"):
+    state = entry.state if job_id else None  # a run of a study launched without jobs has no manifest state
+    if state == "requeued" or (state is None and summary.status == "interrupted"):
         return RunStatus(label, "pending", f"{job} requeued, resumes from its checkpoint".strip(), requeues)
     if state == "running" or (state is None and (folder / METRICS_FILE).exists()):
-        return RunStatus(label, "running", f"{progress(folder, summary.get('iterations'))} {job}".strip(), requeues)
+        return RunStatus(label, "running", f"{progress(folder, summary.iterations)} {job}".strip(), requeues)
     return RunStatus(label, "pending", job, requeues)
 
 
@@ -137,21 +148,25 @@ def run_status(results_dir: Path, entry: dict[str, Any], live: set[str] | None, 
 def study_status(results_dir: Path) -> tuple[list[RunStatus], str]:
     """Every expected run's status, and where the states came from."""
     results_dir = Path(results_dir)
-    study = read_study(results_dir)
+    try:
+        study, source = read_study(results_dir), "from the folder (no study.json)"
+    except DamagedFile as damage:
+        study, source = None, f"from the folder: {damage}"
     if study is None:
-        entries = [{"variant": variant, "seed": seed} for variant, seed in expected_runs(results_dir)]
-        return [run_status(results_dir, entry, None, None) for entry in entries], "from the folder (no study.json)"
+        entries = [StudyRun(variant=variant, seed=seed, folder="") for variant, seed in expected_runs(results_dir, None)]
+        return [run_status(results_dir, entry, None, None) for entry in entries], source
     live = live_jobs(study)
     silent = ", from the folder alone: the scheduler does not answer" if live is None else ""
-    source = f"{study['executor']} jobs{silent}"
-    jobs_dir = results_dir / study["jobs_dir"]
-    return [run_status(results_dir, entry, live, jobs_dir) for entry in study["runs"]], source
+    source = f"{study.executor} jobs{silent}"
+    jobs_dir = results_dir / study.jobs_dir
+    return [run_status(results_dir, entry, live, jobs_dir) for entry in study.runs], source
 
 
 def totals(statuses: list[RunStatus]) -> str:
     """`4 runs: 2 finished, 1 running, 1 pending, 0 failed; 1 requeue`."""
     counts = ", ".join(f"{sum(s.state == state for s in statuses)} {state}"
-                       for state in ("finished", "running", "pending", "failed"))
+                       for state in ("finished", "running", "pending", "failed", "unreadable")
+                       if state != "unreadable" or any(s.state == state for s in statuses))
     requeues = sum(status.requeues for status in statuses)
     return f"{len(statuses)} runs: {counts}; {requeues} requeue{'s' * (requeues != 1)}"
 
@@ -178,4 +193,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

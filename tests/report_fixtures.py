@@ -72,7 +72,7 @@ def summary(
     """A finished variant's summary.json content; `fields` override any entry."""
     return {
         "recipe": RECIPE, "variant": variant, "seed": 0, "status": "ok", "error": None, "iterations": 40,
-        "val_miou": val_miou, "per_class_iou": [0.9, None, val_miou, 0.4, 0.3], "class_names": CLASS_NAMES,
+        "miou": val_miou, "per_class_iou": [0.9, None, val_miou, 0.4, 0.3], "class_names": CLASS_NAMES,
         "train_images_per_s": 50.0 if kind == "none" else 42.5, "s_per_iter": 0.16,
         "peak_memory_bytes": 300 * 2**20, "memory_kind": "rss", "params": 123456, "flops_per_image": 1.5e9,
         "world_size": 1, "mixed_precision": "no",
@@ -104,7 +104,7 @@ def metrics_lines(kind: str, scale: float, evals: bool = True) -> list[str]:
             record["loss_contrast"] = 0.2 * scale / it
         lines.append(json.dumps(record))
     if evals:
-        lines += [json.dumps({"kind": "eval", "iter": it, "val_miou": it / 100 / scale}) for it in (20, 40)]
+        lines += [json.dumps({"kind": "eval", "iter": it, "miou": it / 100 / scale}) for it in (20, 40)]
     return lines
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from harness import evaluate, run
 from harness.data.real import LAYOUTS, SUBMISSION_MAPS, decode_files, index_images
 from harness.engine.evaluate import predict
+from harness.exitcodes import EXIT_DAMAGED
 from harness.models import build_model
 from harness.ops import IMAGENET, normalize
 from harness.recipe import Recipe, validate
@@ -45,7 +46,7 @@ def test_the_runs_own_protocol_reproduces_its_miou_and_leaves_the_summary_alone(
     assert evaluate.main([str(finished_run)]) == 0
     result = json.loads((finished_run / "eval-whole_1.0.json").read_text())
     summary = json.loads(summary_bytes)
-    assert result["val_miou"] == summary["val_miou"] and result["per_class_iou"] == summary["per_class_iou"]
+    assert result["miou"] == summary["miou"] and result["per_class_iou"] == summary["per_class_iou"]
     assert result["protocol"]["mode"] == "whole" and result["protocol"]["scales"] == [1.0]
     assert result["seconds"] > 0 and result["model_sha256"] == summary["model_sha256"]
     assert (finished_run / "summary.json").read_bytes() == summary_bytes
@@ -56,7 +57,7 @@ def test_set_gives_another_protocol(finished_run: Path) -> None:
     assert evaluate.main([str(finished_run), *overrides]) == 0
     result = json.loads((finished_run / "eval-whole_0.75-1.0_flip.json").read_text())
     assert result["protocol"]["scales"] == [0.75, 1.0] and result["protocol"]["flip"] is True
-    assert 0.0 <= result["val_miou"] <= 1.0 and len(result["per_class_iou"]) == 11
+    assert 0.0 <= result["miou"] <= 1.0 and len(result["per_class_iou"]) == 11
     assert evaluate.main([str(finished_run), "--set", "eval.mode=slide", "--set", "eval.slide_crop=24",
                           "--set", "eval.slide_stride=16", "--name", "slid"]) == 0
     assert json.loads((finished_run / "eval-slid.json").read_text())["protocol"]["mode"] == "slide"
@@ -73,7 +74,7 @@ def test_only_eval_keys_change_and_foreign_weights_are_refused(
     for name in ("recipe.yaml", "summary.json"):
         (copy / name).write_bytes((finished_run / name).read_bytes())
     (copy / "model.safetensors").write_bytes((finished_run / "model.safetensors").read_bytes()[:-1] + b" ")
-    assert evaluate.main([str(copy)]) == 2
+    assert evaluate.main([str(copy)]) == EXIT_DAMAGED
     assert "SHA-256 differs" in capsys.readouterr().err
     # Without a summary nothing vouches for the weights: refused unless trusted explicitly.
     (copy / "summary.json").unlink()
@@ -89,7 +90,7 @@ def test_two_ranks_reproduce_the_runs_miou(finished_run: Path) -> None:
     check(subprocess.run(command, env=CPU_ENV, capture_output=True, text=True, timeout=600))
     result = json.loads((finished_run / "eval-two_ranks.json").read_text())
     summary = json.loads((finished_run / "summary.json").read_text())
-    assert result["world_size"] == 2 and result["val_miou"] == summary["val_miou"]
+    assert result["world_size"] == 2 and result["miou"] == summary["miou"]
 
 
 # ---------------------------------------------------------------- test-server exports

@@ -93,6 +93,6 @@ def test_tiny_suite_prints_its_table_and_writes_every_row(tmp_path: Path) -> Non
     assert smoke["report_md"] and Path(smoke["report_md"]).is_file()
     assert set(smoke["variants"]) == {"ce", "region"}
     for variant in smoke["variants"].values():
-        assert variant["status"] == "ok" and math.isfinite(variant["val_miou"])
+        assert variant["status"] == "ok" and math.isfinite(variant["miou"])
 
     assert [target["verdict"] in ("met", "NOT met") for target in report["targets"]] == [True]

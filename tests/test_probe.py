@@ -27,7 +27,7 @@ def finished(tmp_path: Path, name: str, **run_section: object) -> dict:
 
 def test_the_probe_leaves_no_trace_and_reports_a_paired_cost(tmp_path: Path) -> None:
     probed, unprobed = finished(tmp_path, "probed"), finished(tmp_path, "unprobed", cost_probe=False)
-    for key in ("val_miou", "per_class_iou", "bank_digest", "model_sha256"):
+    for key in ("miou", "per_class_iou", "bank_digest", "model_sha256"):
         assert probed[key] == unprobed[key], key
     assert "cost_ratio" not in unprobed
     low, high = probed["cost_ratio_ci95"]

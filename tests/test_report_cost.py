@@ -166,7 +166,7 @@ def captured_figure(monkeypatch: pytest.MonkeyPatch, report: Path) -> plots.plt.
     kept = []
     monkeypatch.setattr(plots, "save", lambda fig, path: kept.append(fig))
     plots.plot_cost_benefit(plots.cost_points(aggregate), plots.variant_colors(list(aggregate["variant"])),
-                            report.parent / "unused.png")
+                            plots.Look("val", "validation", ""), report.parent / "unused.png")
     return kept[0]
 
 

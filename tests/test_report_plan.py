@@ -41,7 +41,7 @@ def run_hours(results_dir: Path, variant: str) -> float:
 def expected_plan(results_dir: Path, variant: str, target: float) -> dict[str, float]:
     """The planning row computed straight from the summaries."""
     runs, base = finished(results_dir, variant), finished(results_dir, "ce")
-    deltas = [runs[seed]["val_miou"] - base[seed]["val_miou"] for seed in sorted(set(runs) & set(base))]
+    deltas = [runs[seed]["miou"] - base[seed]["miou"] for seed in sorted(set(runs) & set(base))]
     seeds = seeds_for(target, np.std(deltas, ddof=1))
     hours = run_hours(results_dir, variant), run_hours(results_dir, "ce")
     return {"n_pairs": len(deltas), "seeds_for_target": seeds, "seeds_to_add": max(seeds - len(deltas), 0),

@@ -137,7 +137,7 @@ def pairs_frame(deltas: list[float]) -> pd.DataFrame:
     """Finished runs of one variant with base_<field> columns: mIoU = baseline + delta, equal costs."""
     base = 0.44 + 0.005 * np.arange(len(deltas))
     return pd.DataFrame({
-        "val_miou": base + np.array(deltas), "base_val_miou": base, "s_per_iter": 0.2, "base_s_per_iter": 0.2,
+        "miou": base + np.array(deltas), "base_miou": base, "s_per_iter": 0.2, "base_s_per_iter": 0.2,
         "train_peak_memory_bytes": 1e9, "base_train_peak_memory_bytes": 1e9,
     })
 

@@ -99,7 +99,7 @@ def test_sweep_writes_results_for_every_variant(tiny_sweep: Path) -> None:
     for name, kind in [("ce", "none"), ("region", "region")]:
         summary = json.loads((root / name / "summary.json").read_text())
         assert summary["status"] == "ok" and summary["contrast_kind"] == kind
-        assert 0.0 <= summary["val_miou"] <= 1.0
+        assert 0.0 <= summary["miou"] <= 1.0
         assert len(summary["per_class_iou"]) == len(summary["class_names"]) == 11
         assert summary["s_per_iter"] > 0 and summary["train_images_per_s"] > 0
         assert summary["peak_memory_bytes"] > 0 and summary["memory_kind"] == "rss"
@@ -177,7 +177,7 @@ def test_tensorboard_events_hold_the_logged_numbers(tmp_path: Path) -> None:
     events.Reload()
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     for kind, name in [("train", "loss"), ("train", "loss_contrast"), ("train", "lr"), ("train", "step_time"),
-                       ("train", "contrast_ms"), ("eval", "val_miou")]:
+                       ("train", "contrast_ms"), ("eval", "miou")]:
         expected = [(record["iter"], record[name]) for record in records if record["kind"] == kind]
         found = [(event.step, event.value) for event in events.Scalars(f"{kind}/{name}")]
         assert [step for step, _ in found] == [step for step, _ in expected] and expected

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from benchmarks.study_jobs import ENV, PREEMPTED, job_of, logged, run_study, tiny_study, wait_until
-from harness import cli, submit
-from harness.report.build import partial_study
+from harness import cli, load_study, submit
 from harness.results import (
+    StudyManifest,
     expected_runs,
     missing_runs,
     read_metrics,
@@ -32,6 +32,11 @@ from harness.results import (
 )
 from harness.status import study_status, totals
 from tests.conftest import CPU_ENV, REPO, RUN, check, torchrun
+
+def manifest(recipe_dir: Path) -> dict:
+    """study.json as the harness reads it, as a mapping."""
+    return read_study(recipe_dir).to_json()
+
 
 STUDY_TIMEOUT_S = 1800  # a loaded 2-core machine; unloaded, a study takes a few minutes
 NO_PID = 4_000_000_000  # above any pid_max: the local "jobs" of a made-up study are long gone
@@ -75,8 +80,9 @@ def fake_study(root: Path) -> Path:
     runs = [{"variant": variant, "seed": seed, "folder": f"{variant}/seed-{seed}", "job_id": str(NO_PID + index),
              "state": "pending", "requeue_count": 0}
             for index, (variant, seed) in enumerate([("ce", 0), ("ce", 1), ("region", 0), ("region", 1)])]
-    write_study(recipe_dir, {"recipe": "x.yaml", "overrides": [], "executor": "local", "jobs_dir": ".submitit",
-                             "report_job_id": None, "runs": runs})
+    write_study(recipe_dir, StudyManifest.model_validate({
+        "recipe": "x.yaml", "overrides": [], "executor": "local", "jobs_dir": ".submitit", "report_job_id": None,
+        "runs": runs}))
     write_sweep(recipe_dir, SimpleNamespace(baseline="ce", seeds=[0, 1], target_delta=0.005,
                                             equivalence_margin=0.005))
     write_json(recipe_dir / "ce" / "seed-0" / "summary.json", {"status": "ok", "val_miou": 0.5, "requeue_count": 1})
@@ -92,7 +98,7 @@ def test_only_the_job_that_owns_a_run_changes_its_entry(tmp_path: Path) -> None:
     recipe_dir = fake_study(tmp_path)
     assert not update_study_run(recipe_dir, "ce/seed-0", "777", "running")  # a stray job
     assert update_study_run(recipe_dir, "region/seed-0", str(NO_PID + 2), "requeued", requeued=True)
-    entry = next(run for run in read_study(recipe_dir)["runs"] if run["folder"] == "region/seed-0")
+    entry = next(run for run in manifest(recipe_dir)["runs"] if run["folder"] == "region/seed-0")
     assert (entry["state"], entry["requeue_count"]) == ("requeued", 1)
 
 
@@ -108,7 +114,7 @@ def test_status_and_a_partial_report_say_what_the_folder_holds(tmp_path: Path,
     assert statuses[0].line().endswith("mIoU 50.00 (requeued 1 time)") and "NonFinite: loss" in statuses[1].detail
     assert f"job {NO_PID + 2} ended before the run finished" in statuses[2].detail
     monkeypatch.setenv("PATH", str(tmp_path))  # a SLURM study whose squeue does not answer: the manifest decides
-    write_study(recipe_dir, {**read_study(recipe_dir), "executor": "slurm"})
+    write_study(recipe_dir, StudyManifest.model_validate({**manifest(recipe_dir), "executor": "slurm"}))
     statuses, source = study_status(recipe_dir)
     assert source == "slurm jobs, from the folder alone: the scheduler does not answer"
     assert [status.state for status in statuses] == ["finished", "failed", "running", "pending"]
@@ -118,9 +124,9 @@ def test_status_and_a_partial_report_say_what_the_folder_holds(tmp_path: Path,
     assert statuses[2].state == "running" and statuses[2].detail.startswith("iteration 3/60,")
     assert "ETA 0:00:28" in statuses[2].detail  # 57 iterations at 0.5 s
     assert totals(statuses) == "4 runs: 1 finished, 1 running, 1 pending, 1 failed; 1 requeue"
-    assert expected_runs(recipe_dir) == [("ce", 0), ("ce", 1), ("region", 0), ("region", 1)]
-    assert missing_runs(recipe_dir) == ["ce (seed 1)", "region (seed 0)", "region (seed 1)"]
-    assert partial_study(recipe_dir) == "1 of 4 runs finished; missing: ce (seed 1), region (seed 0), region (seed 1)"
+    assert expected_runs(recipe_dir, None) == [("ce", 0), ("ce", 1), ("region", 0), ("region", 1)]
+    assert missing_runs(recipe_dir, None) == ["ce (seed 1)", "region (seed 0)", "region (seed 1)"]
+    assert load_study(recipe_dir).progress() == "1 of 4 runs finished"
 
 
 def test_a_bad_recipe_or_option_stops_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,9 +155,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def same_run(folder: Path, reference: Path) -> None:
     """Two runs ended alike: mIoU, bank digest and every logged loss."""
     summaries = [json.loads((path / "summary.json").read_text()) for path in (folder, reference)]
-    assert summaries[0]["val_miou"] == summaries[1]["val_miou"]
+    assert summaries[0]["miou"] == summaries[1]["miou"]
     assert summaries[0]["bank_digest"] == summaries[1]["bank_digest"]
-    losses = [[(r["iter"], r["loss"]) for r in read_metrics(path / "metrics.jsonl") if r["kind"] == "train"]
+    losses = [[(r.iter, r.numbers()["loss"]) for r in read_metrics(path / "metrics.jsonl") if r.kind == "train"]
               for path in (folder, reference)]
     assert losses[0] == losses[1] and losses[0]
 
@@ -160,7 +166,7 @@ def check_preempted_study(root: Path, uninterrupted: Path, output: str) -> None:
     """All four runs finished, the preempted one requeued once and equal to the uninterrupted one;
     status, manifest and report agree with the folder."""
     recipe_dir = root / "results" / "study"
-    study = read_study(recipe_dir)
+    study = manifest(recipe_dir)
     assert [run["state"] for run in study["runs"]] == ["finished"] * 4, output[-3000:]
     assert {run["folder"]: run["requeue_count"] for run in study["runs"]}[PREEMPTED] == 1
     assert sum(run["requeue_count"] for run in study["runs"]) == 1
@@ -208,7 +214,7 @@ def test_two_submissions_at_once_never_write_a_run_folder_twice(tmp_path: Path) 
     assert len(submitted) == len(refused) == 1, outputs
     assert refused[0].count("held by live job") == 2 and "nothing to submit" in refused[0]
     recipe_dir = tmp_path / "results" / "study"
-    study = read_study(recipe_dir)
+    study = manifest(recipe_dir)
     folder = recipe_dir / "region" / "seed-0"
     wait_until(lambda: logged(folder) >= 1, STUDY_TIMEOUT_S, "training of region (seed 0)")
     # A plain launch on the folder the job holds stops at once, naming the holder, and touches nothing.
@@ -229,10 +235,10 @@ def test_two_submissions_at_once_never_write_a_run_folder_twice(tmp_path: Path) 
     assert (folder / "recipe.yaml").stat().st_mtime_ns == recipe_written
     report = Path(tmp_path / "reports" / "study" / "report.md")
     wait_until(report.exists, STUDY_TIMEOUT_S, "report")
-    assert read_study(recipe_dir)["runs"] == [{**run, "state": "finished"} for run in study["runs"]]
+    assert manifest(recipe_dir)["runs"] == [{**run, "state": "finished"} for run in study["runs"]]
     for seed in (0, 1):  # one writer: every iteration logged once
-        train = [r["iter"] for r in read_metrics(recipe_dir / "region" / f"seed-{seed}" / "metrics.jsonl")
-                 if r["kind"] == "train"]
+        train = [r.iter for r in read_metrics(recipe_dir / "region" / f"seed-{seed}" / "metrics.jsonl")
+                 if r.kind == "train"]
         assert train == list(range(1, 61))
 
 
@@ -277,7 +283,7 @@ def test_a_slurm_study_survives_preemption_and_reports(slurm: None, tmp_path: Pa
     started = time.time()
     figures = run_study(tmp_path, "slurm", STUDY_TIMEOUT_S)
     check_preempted_study(tmp_path, uninterrupted, figures["output"])
-    study = read_study(tmp_path / "results" / "study")
+    study = manifest(tmp_path / "results" / "study")
     assert study["executor"] == "slurm" and "_" in study["runs"][0]["job_id"]  # one array, throttled
     report_log = tmp_path / "results" / "study" / ".submitit" / f"{study['report_job_id']}_0_log.out"
     assert "report.md" in report_log.read_text()  # built by the dependent job, not by the submitter

@@ -3,8 +3,7 @@ the final weights (model.safetensors; harness.saved rebuilds a model from them).
 
 from __future__ import annotations
 
-import errno
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,18 @@ from harness.results import (
     CHECKPOINT_MANIFEST,
     CHECKPOINT_OLD_DIR,
     MODEL_FILE,
+    DamagedFile,
     disk_full,
     file_sha256,
+    out_of_space,
     publish,
+    read_json,
     remove,
     write_json,
 )
 
 SCRATCH_DIR, OLD_DIR = f"{CHECKPOINT_DIR}.tmp", CHECKPOINT_OLD_DIR
+RESUME_SCRATCH_DIR = f".{CHECKPOINT_DIR}.resume"  # a damaged checkpoint's parts merged with fresh ones
 MANIFEST_HASH_BYTES = 64 * 2**20  # files up to this size are hashed too (RNG states, loop state, banks)
 SIGNAL_REASON = "signal"  # a checkpoint saved because the run was told to stop
 
@@ -55,8 +58,14 @@ def load_bank_shard(bank: Bank, directory: Path, rank: int, world_size: int) -> 
     bank.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-class IncompleteCheckpoint(RuntimeError):
+class IncompleteCheckpoint(DamagedFile):
     """A checkpoint lacks a part, or a part differs from what was saved: it cannot resume a run exactly."""
+
+
+# Parts a resume cannot do without: the model's weights and the loop's state (its iteration; the first object
+# registered for checkpointing). Any other part (optimizer, RNG states, sampler, a replicated bank) --resume-inexact
+# replaces with the fresh state of a new run.
+IRREPLACEABLE_PARTS = ("model.safetensors", "pytorch_model.bin", "custom_checkpoint_0.pkl")
 
 
 def check_finite(accelerator: Accelerator, model: torch.nn.Module, bank: Bank | None) -> None:
@@ -82,20 +91,40 @@ def write_manifest(directory: Path, fingerprint: str, iteration: int, reason: st
                {"fingerprint": fingerprint, "iteration": iteration, "reason": reason, "files": files})
 
 
-def verify_checkpoint(directory: Path) -> dict[str, Any]:
-    """The manifest of a checkpoint whose every listed file is there, whole and unchanged; IncompleteCheckpoint else."""
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """A checkpoint's manifest.json; IncompleteCheckpoint when it is missing or damaged."""
     path = directory / CHECKPOINT_MANIFEST
-    if not path.is_file():
-        raise IncompleteCheckpoint(f"{path} is missing: {directory} is not a complete checkpoint")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = read_json(path)
+    except DamagedFile as damage:
+        raise IncompleteCheckpoint(path, f"{damage.problem}: {directory} cannot be checked") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) and "bytes" in entry for entry in files.values()):
+        raise IncompleteCheckpoint(path, f"not a checkpoint manifest (no files with their sizes): {directory} cannot "
+                                         "be checked")
+    return manifest
+
+
+def damaged_parts(directory: Path, manifest: dict[str, Any]) -> list[IncompleteCheckpoint]:
+    """Every file the manifest lists that is missing, of another size or (hashed ones) other bytes."""
+    damaged = []
     for name, expected in manifest["files"].items():
         part = directory / name
         if not part.is_file():
-            raise IncompleteCheckpoint(f"{part} is missing from the checkpoint")
-        if part.stat().st_size != expected["bytes"]:
-            raise IncompleteCheckpoint(f"{part} is truncated: {part.stat().st_size} of {expected['bytes']} bytes")
-        if "sha256" in expected and file_sha256(part) != expected["sha256"]:
-            raise IncompleteCheckpoint(f"{part} differs from the file the checkpoint saved")
+            damaged.append(IncompleteCheckpoint(part, "missing from the checkpoint"))
+        elif part.stat().st_size != expected["bytes"]:
+            damaged.append(IncompleteCheckpoint(part, f"truncated: {part.stat().st_size} of {expected['bytes']} bytes"))
+        elif "sha256" in expected and file_sha256(part) != expected["sha256"]:
+            damaged.append(IncompleteCheckpoint(part, "differs from the file the checkpoint saved"))
+    return damaged
+
+
+def verify_checkpoint(directory: Path) -> dict[str, Any]:
+    """The manifest of a checkpoint whose every listed file is there, whole and unchanged; IncompleteCheckpoint else."""
+    manifest = read_manifest(directory)
+    damaged = damaged_parts(directory, manifest)
+    if damaged:
+        raise damaged[0]
     return manifest
 
 
@@ -116,7 +145,7 @@ def save_checkpoint(ctx: RunContext, out_dir: Path, model: torch.nn.Module, bank
     except BaseException as error:
         if accelerator.is_main_process:
             remove(scratch)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if out_of_space(error, scratch):
             raise disk_full(final) from error
         raise
     if accelerator.is_main_process:
@@ -146,10 +175,37 @@ def load_checkpoint(ctx: RunContext, checkpoint: Path, bank: Bank | None) -> Non
 
 @dataclass(frozen=True)
 class Resumed:
-    """Where a resumed run continues, and whether it continues exactly."""
+    """Where a resumed run continues, whether it continues exactly, and which damaged parts it replaced."""
 
     iteration: int
     exact: bool
+    replaced: tuple[str, ...] = ()
+
+
+def load_replacing(ctx: RunContext, checkpoint: Path, replaced: tuple[str, ...], bank: Bank | None) -> None:
+    """Load `checkpoint` with its `replaced` parts taken from this new run's fresh state instead: every rank saves
+    the fresh state and reads a merged copy (hard links) in one scratch folder beside the checkpoint."""
+    accelerator = ctx.accelerator
+    scratch = checkpoint.parent / RESUME_SCRATCH_DIR
+    fresh, merged = scratch / "fresh", scratch / "merged"
+    if accelerator.is_main_process:
+        remove(scratch)
+        merged.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(fresh))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for source in (checkpoint, fresh):
+            for part in source.iterdir():
+                if part.is_file() and (source == fresh) == (part.name in replaced):
+                    os.link(part, merged / part.name)
+    accelerator.wait_for_everyone()
+    try:
+        load_checkpoint(ctx, merged, bank)
+    finally:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            remove(scratch)
 
 
 def resume_from(ctx: RunContext, checkpoint: Path, progress: Progress, bank: Bank | None, inexact: bool) -> Resumed:
@@ -159,17 +215,32 @@ def resume_from(ctx: RunContext, checkpoint: Path, progress: Progress, bank: Ban
     """
     accelerator = ctx.accelerator
     try:
-        manifest, exact = verify_checkpoint(checkpoint), True
-    except IncompleteCheckpoint as error:
-        if not inexact:
-            raise IncompleteCheckpoint(f"{error}; resume anyway, not exactly, with --resume-inexact") from None
-        accelerator.print(f"warning: {error}; resuming inexactly (--resume-inexact)")
-        manifest, exact = {}, False
-    load_checkpoint(ctx, checkpoint, bank)
+        manifest = read_manifest(checkpoint)
+        damaged = damaged_parts(checkpoint, manifest)
+    except IncompleteCheckpoint as error:  # no manifest to check the parts against: load them as they are
+        manifest, damaged = {}, [error]
+    if damaged and not inexact:
+        raise IncompleteCheckpoint(damaged[0].path, f"{damaged[0].problem}; resume anyway, not exactly, with "
+                                                    "--resume-inexact (damaged parts get a fresh state)")
+    for damage in damaged:
+        if damage.path.name in IRREPLACEABLE_PARTS:
+            raise IncompleteCheckpoint(damage.path, f"{damage.problem}; it holds the model's weights or the loop's "
+                                                    "state, which no resume can replace: train the run again")
+    replaced = tuple(damage.path.name for damage in damaged if damage.path.name != CHECKPOINT_MANIFEST)
+    try:
+        if replaced:
+            load_replacing(ctx, checkpoint, replaced, bank)
+        else:
+            load_checkpoint(ctx, checkpoint, bank)
+    except Exception as error:  # noqa: BLE001 - a part no manifest vouched for
+        raise IncompleteCheckpoint(checkpoint, f"a part does not load ({type(error).__name__}: {error})") from None
+    for damage in damaged:
+        accelerator.print(f"warning: {damage}; resuming inexactly (--resume-inexact)"
+                          + (" with a fresh state in its place" if damage.path.name in replaced else ""))
     if manifest.get("reason") == SIGNAL_REASON:
         progress.requeue_count += 1
     accelerator.print(f"resuming {checkpoint.parent} at iteration {progress.iteration}")
-    return Resumed(progress.iteration, exact)
+    return Resumed(progress.iteration, not damaged, replaced)
 
 
 def remove_checkpoints(out_dir: Path) -> None:

@@ -38,13 +38,12 @@ from harness.engine.terms import region_bank_size
 from harness.engine.trackers import start_trackers, tracked
 from harness.recipe import EvalConfig, OptimConfig, Variant
 from harness.results import (
-    SUMMARY_FILE,
     VAL_CENTERS_FILE,
     VAL_SAMPLES_FILE,
     MetricsLog,
     variant_fields,
-    write_json,
     write_npz,
+    write_summary,
 )
 
 
@@ -136,7 +135,10 @@ def train_variant(
     start_trackers(accelerator, variant)
     log = MetricsLog(out_dir, accelerator.is_main_process)
     resumed = start_from(setup, out_dir, log, inexact) if resume else Resumed(0, True)
-    log.truncate_after(resumed.iteration)
+    damaged_log = log.truncate_after(resumed.iteration)
+    if damaged_log is not None:
+        accelerator.print(f"{log.path}: held lines that are not records: kept as {damaged_log.name}, its readable "
+                          "records carried over")
     # Skip warm-up iterations (allocator, caches), but keep some in very short runs.
     steady = SteadyState(trainer, progress, warmup=min(5, (recipe.optim.iterations - resumed.iteration) // 2))
     with StopSignals() as signals, measure.PeakMemory(accelerator.device) as memory:
@@ -152,14 +154,15 @@ def train_variant(
                          collect_centers=True)
         samples = qualitative_samples(setup.ctx, trainer.model, setup.eval_set, recipe.eval, setup.info)
         memory.mark("eval")
-    record(accelerator, log, {"kind": "eval", "iter": recipe.optim.iterations, "val_miou": final.miou})
+    record(accelerator, log, {"kind": "eval", "iter": recipe.optim.iterations, "miou": final.miou})
     summary = summarize(setup, variant, final, steady, memory) | {
         "model_sha256": model_sha256, "requeue_count": progress.requeue_count, "resume_exact": resumed.exact,
+        **({"resume_replaced": list(resumed.replaced)} if resumed.replaced else {}),
         **(cost.fields() if cost is not None else {})}
     if accelerator.is_main_process:
         write_npz(out_dir / VAL_CENTERS_FILE, centers=final.centers, labels=final.center_labels)
         write_npz(out_dir / VAL_SAMPLES_FILE, **samples)
-        write_json(out_dir / SUMMARY_FILE, summary)
+        write_summary(out_dir, summary)
         if not recipe.run.keep_checkpoint:
             remove_checkpoints(out_dir)
     accelerator.free_memory()
@@ -230,7 +233,7 @@ def train(
             interim = evaluate(setup.ctx, trainer.model, setup.eval_loader, interim_protocol(recipe.eval),
                                setup.info.num_classes)
             memory.mark("eval")
-            record(accelerator, log, {"kind": "eval", "iter": done, "val_miou": interim.miou})
+            record(accelerator, log, {"kind": "eval", "iter": done, "miou": interim.miou})
         checkpoint_boundary(setup, out_dir, done, watch, control.poll(), _due(done, recipe.run.checkpoint_interval),
                             control)
     progress_bar.close()
@@ -266,7 +269,7 @@ def summarize(
     bank_size = region_bank_size(contrast_cfg, len(setup.train_set)) if contrast_cfg.kind == "region" else None
     return {
         **variant_fields(variant.name, recipe), "status": "ok", "error": None,
-        "val_miou": final.miou, "per_class_iou": final.per_class.tolist(), "class_names": list(setup.info.class_names),
+        "miou": final.miou, "per_class_iou": final.per_class.tolist(), "class_names": list(setup.info.class_names),
         **throughput_and_memory(accelerator, recipe, steady.steps.median(), trainer.contrast_timer.median(), memory),
         "bank_fill": steady.bank_fill(),
         "params": measure.count_parameters(accelerator.unwrap_model(trainer.model)),

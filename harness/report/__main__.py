@@ -1,5 +1,8 @@
 """`python -m harness.report results/<recipe> [--out reports]`."""
 
+import sys
+
+from harness.exitcodes import guarded
 from harness.report.build import main
 
-main()
+sys.exit(guarded(main))

@@ -12,59 +12,58 @@ from pathlib import Path
 
 import seaborn as sns
 
-from harness.report.plots import figure_sections, make_plots
-from harness.report.tables import (
-    aggregate_frame,
-    curves_frame,
-    per_class_frame,
-    report_markdown,
-    results_frame,
-    study_summaries,
-)
-from harness.results import expected_runs, missing_runs, read_sweep, write_text
+from harness.exitcodes import EXIT_INCOMPLETE, EXIT_OK
+from harness.report.plots import Look, figure_sections, make_plots
+from harness.report.study import Study, load_study
+from harness.report.tables import per_class_frame, report_markdown, split_words
+from harness.results import write_text
 
 
-def partial_study(results_dir: Path) -> str | None:
-    """`k of n runs finished; missing: ...` while some of the study's expected runs have not finished."""
-    missing = missing_runs(results_dir)
-    if not missing:
-        return None
-    expected = len(expected_runs(results_dir))
-    return f"{expected - len(missing)} of {expected} runs finished; missing: {', '.join(missing)}"
+def look_of(study: Study) -> Look:
+    """What the figures say of the study: its split, and how much of it is in."""
+    progress = study.progress()
+    return Look(study.split, split_words(study.split), f" ({progress})" if progress else "")
 
 
 def build_report(results_dir: Path, reports_root: Path = Path("reports")) -> Path:
     """Write reports/<recipe>/ (report.md, results.csv, aggregate.csv, curves.csv, plots); returns report.md's path."""
-    results_dir = Path(results_dir)
-    recipe = results_dir.resolve().name  # resolved, so that "." or a trailing slash still names it
-    out = Path(reports_root) / recipe
+    return write_report(load_study(results_dir), reports_root)
+
+
+def write_report(study: Study, reports_root: Path) -> Path:
+    """Write a loaded study's reports/<recipe>/; report.md's path."""
+    out = Path(reports_root) / study.name
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):  # a plot the data no longer supports must not linger
         stale.unlink()
-    summaries = study_summaries(results_dir)
-    sweep = read_sweep(results_dir)
-    frame = results_frame(summaries, sweep["baseline"])
-    aggregate = aggregate_frame(frame, sweep["target_delta"], sweep["equivalence_margin"])
-    curves = curves_frame(results_dir, frame)
-    write_text(out / "results.csv", frame.convert_dtypes().to_csv(index=False))  # integral counts print as ints
-    write_text(out / "aggregate.csv", aggregate.convert_dtypes().to_csv(index=False))
-    write_text(out / "curves.csv", curves.to_csv(index=False))
+    write_text(out / "results.csv", study.runs.convert_dtypes().to_csv(index=False))  # integral counts as ints
+    write_text(out / "aggregate.csv", study.aggregate.convert_dtypes().to_csv(index=False))
+    write_text(out / "curves.csv", study.curves.to_csv(index=False))
+    look = look_of(study)
     with sns.axes_style("whitegrid"):  # a context, not set_theme: the engine's process keeps its style
-        figures = figure_sections(make_plots(frame, aggregate, curves, results_dir, out))
+        made = make_plots(study.runs, study.aggregate, study.curves, study.results_dir, out, look)
     report = out / "report.md"
-    per_class = per_class_frame(summaries)
-    partial = partial_study(results_dir)
-    write_text(report, report_markdown(recipe, results_dir, frame, aggregate, sweep, figures, per_class, partial))
+    write_text(report, report_markdown(study, figure_sections(made, look), per_class_frame(study.summaries)))
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m harness.report results/<recipe> [--out reports]."""
+def incompleteness(study: Study) -> list[str]:
+    """What a report of `study` lacks, a line each: runs not finished, runs and files that could not be read."""
+    lines = [f"{study.progress()}; missing: {', '.join(study.missing)}"] if study.missing else []
+    return lines + [f"unreadable: {problem}" for problem in [*study.unreadable, *map(str, study.damaged)]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: python -m harness.report results/<recipe> [--out reports]; exit code 6 when the study is incomplete."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path, help="results/<recipe>, one sub-folder per variant (or seed)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
     args = parser.parse_args(argv)
-    print(build_report(args.results_dir, args.out))
-    partial = partial_study(args.results_dir)
-    if partial:
-        print(partial)
+    if not args.results_dir.is_dir():
+        parser.error(f"no such folder: {args.results_dir}")
+    study = load_study(args.results_dir)
+    print(write_report(study, args.out))
+    lacking = incompleteness(study)
+    for line in lacking:
+        print(line)
+    return EXIT_INCOMPLETE if lacking else EXIT_OK

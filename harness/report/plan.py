@@ -8,9 +8,12 @@ seen in the pilot, and the training hours a study of that many seeds of the vari
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from harness.exitcodes import guarded
 from harness.report.stats import ALPHA, POWER
+from harness.report.study import load_study
 from harness.report.tables import (
     aggregate_frame,
     machine_text,
@@ -18,24 +21,20 @@ from harness.report.tables import (
     plan_frame,
     plan_table,
     pp_text,
-    results_frame,
-    study_summaries,
 )
-from harness.results import read_sweep
 
 
 def plan_text(results_dir: Path, target_delta: float | None = None) -> str:
     """The planning table of a study, after a line saying what it plans for; `target_delta` overrides sweep.json's."""
-    sweep = read_sweep(results_dir)
-    target = sweep["target_delta"] if target_delta is None else target_delta
-    frame = results_frame(study_summaries(Path(results_dir)), sweep["baseline"])
-    plan = plan_frame(aggregate_frame(frame, target, sweep["equivalence_margin"]))
+    study = load_study(results_dir)
+    target = study.sweep.target_delta if target_delta is None else target_delta
+    plan = plan_frame(aggregate_frame(study.runs, target, study.sweep.equivalence_margin))
     if plan.empty:
         return f"{results_dir}: no variant has two seeds paired with a baseline: no SD of Δ to plan from"
     return (
         f"{results_dir}: seeds for {percent_text(POWER)} power against a true Δ of {pp_text(target)} (paired "
         f"t-test, two-sided α = {ALPHA:.2f}, at each variant's SD of Δ); hours of training, wall-clock on "
-        f"{machine_text(frame)}\n\n{plan_table(plan, target)}"
+        f"{machine_text(study.runs)}\n\n{plan_table(plan, target)}"
     )
 
 
@@ -52,4 +51,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

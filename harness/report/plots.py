@@ -40,13 +40,13 @@ CURVE_PANELS = {
     "loss_aux": "auxiliary CE loss",
     "loss_contrast": "contrastive loss",
     "lr": "learning rate",
-    "val_miou": "val mIoU (%)",
+    "miou": "{split} mIoU (%)",
 }
 # file -> (heading, one-line caption); captions are filled per report.
 PLOTS = {
     "miou.png": (
         "mIoU per variant",
-        "Validation mIoU of each variant: one dot per seed; black bar and whiskers: the mean over seeds with "
+        "{Split} mIoU of each variant: one dot per seed; black bar and whiskers: the mean over seeds with "
         "its Student-t 95 % confidence interval (none for one seed); black diamonds: the paper's number for "
         "the row a variant reproduces; dashed line: the CE baseline's mean.",
     ),
@@ -61,7 +61,7 @@ PLOTS = {
     ),
     "miou_vs_bank.png": (
         "mIoU vs memory bank size",
-        "Validation mIoU (mean over seeds; whiskers: 95 % CI) of the RegionContrast variants against their "
+        "{Split} mIoU (mean over seeds; whiskers: 95 % CI) of the RegionContrast variants against their "
         "region memory bank size (the paper's Table 3); bank size 0 contrasts within the batch only.",
     ),
     "throughput_memory.png": (
@@ -71,21 +71,29 @@ PLOTS = {
     ),
     "curves.png": (
         "Training curves",
-        "Losses and learning rate at each logged iteration, and validation mIoU at each evaluation; with "
+        "Losses and learning rate at each logged iteration, and {split} mIoU at each evaluation; with "
         "several seeds, the line is their mean and the band ± one standard deviation.",
     ),
     "tsne.png": (
         "Region centers (t-SNE)",
-        "t-SNE of the validation region centers (one point per class per image), CE baseline {ce} "
+        "t-SNE of the {split} region centers (one point per class per image), CE baseline {ce} "
         "vs RegionContrast {region} (each its first finished seed), coloured by class (the paper's Fig. 3).",
     ),
     "qualitative.png": (
         "Qualitative results",
-        "The first validation images: input, CE {ce}, RegionContrast {region}, ground truth; "
+        "The first {split} images: input, CE {ce}, RegionContrast {region}, ground truth; "
         "ignored pixels are {ignore} (the paper's Fig. 4).",
     ),
 }
 
+
+
+class Look(NamedTuple):
+    """What every figure says of its study: the split scored, and how much of it is in."""
+
+    split: str  # "test", "val", or "val / test" for a study that mixes them
+    split_words: str  # the same in a caption's words: "test", "validation"
+    progress: str  # "" for a complete study, else e.g. " (interim: 25 of 50 runs)"
 
 
 class Shown(NamedTuple):
@@ -142,7 +150,7 @@ def ci_whiskers(low: pd.Series, mean: pd.Series, high: pd.Series) -> np.ndarray:
     return np.nan_to_num(np.vstack([mean - low, high - mean]))
 
 
-def plot_miou(frame: pd.DataFrame, aggregate: pd.DataFrame, colors: dict[str, Any], path: Path) -> None:
+def plot_miou(frame: pd.DataFrame, aggregate: pd.DataFrame, colors: dict[str, Any], look: Look, path: Path) -> None:
     """Each seed's mIoU as a dot, each variant's mean with its 95 % CI as whiskers, the CE baseline as a
     line, the paper's numbers as diamonds."""
     order = list(aggregate["variant"])
@@ -150,7 +158,7 @@ def plot_miou(frame: pd.DataFrame, aggregate: pd.DataFrame, colors: dict[str, An
     mean, low, high = (aggregate[column] * 100 for column in ("miou_mean", "miou_ci95_low", "miou_ci95_high"))
     fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(order), 4.5))
     sns.stripplot(
-        frame, x="variant", y="val_miou_pct", hue="variant", order=order, palette=colors, legend=False,
+        frame, x="variant", y="miou_pct", hue="variant", order=order, palette=colors, legend=False,
         jitter=0.15, size=6, alpha=0.75, ax=ax,
     )
     ax.errorbar(x, mean, yerr=ci_whiskers(low, mean, high), fmt="_", color="black", markersize=22,
@@ -174,7 +182,7 @@ def plot_miou(frame: pd.DataFrame, aggregate: pd.DataFrame, colors: dict[str, An
         handles.append(Line2D([], [], ls="--", color="grey", lw=1, label="CE baseline mean (ours)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
     rotate_variant_names(ax)
-    ax.set(ylabel="val mIoU (%)", title="Validation mIoU per variant")
+    ax.set(ylabel=f"{look.split} mIoU (%)", title=f"{look.split.capitalize()} mIoU per variant{look.progress}")
     save(fig, path)
 
 
@@ -193,7 +201,7 @@ def bank_points(aggregate: pd.DataFrame) -> pd.DataFrame:
     return region[region["center_variant"] == shared_center].sort_values("bank_size")
 
 
-def plot_miou_vs_bank(aggregate: pd.DataFrame, path: Path) -> None:
+def plot_miou_vs_bank(aggregate: pd.DataFrame, look: Look, path: Path) -> None:
     """Mean mIoU (95 % CI whiskers) against region bank size (paper Table 3), with the paper's curve when known."""
     points = bank_points(aggregate)
     mean, low, high = (points[column] * 100 for column in ("miou_mean", "miou_ci95_low", "miou_ci95_high"))
@@ -210,12 +218,14 @@ def plot_miou_vs_bank(aggregate: pd.DataFrame, path: Path) -> None:
     ax.legend()
     ax.set(
         xlabel="region memory bank size (entries; 0 = in-batch contrast only)",
-        ylabel="val mIoU (%)", title="mIoU vs memory bank size (paper Table 3)",
+        ylabel=f"{look.split} mIoU (%)", title=f"mIoU vs memory bank size (paper Table 3){look.progress}",
     )
     save(fig, path)
 
 
-def plot_throughput_memory(aggregate: pd.DataFrame, memory: str, colors: dict[str, Any], path: Path) -> None:
+def plot_throughput_memory(
+    aggregate: pd.DataFrame, memory: str, colors: dict[str, Any], look: Look, path: Path
+) -> None:
     """Two panels: mean training images/s and mean peak memory per variant."""
     shown = aggregate.assign(peak_memory_mib=aggregate["peak_memory_bytes_mean"] / MIB)
     fig, (speed, peak) = plt.subplots(1, 2, figsize=(4.0 + 2.2 * len(shown), 4.5))
@@ -225,6 +235,7 @@ def plot_throughput_memory(aggregate: pd.DataFrame, memory: str, colors: dict[st
         headroom(ax, shown[column])
     speed.set(ylabel="training throughput (images/s)", title="Training throughput")
     peak.set(ylabel=f"peak memory (MiB, {memory})", title="Peak memory")
+    fig.suptitle(f"Throughput and memory{look.progress}")
     fig.tight_layout()
     save(fig, path)
 
@@ -258,7 +269,7 @@ def cost_sources_text(frame: pd.DataFrame, points: pd.DataFrame) -> str:
     return " ".join(sentences)
 
 
-def plot_cost_benefit(points: pd.DataFrame, colors: dict[str, Any], path: Path) -> None:
+def plot_cost_benefit(points: pd.DataFrame, colors: dict[str, Any], look: Look, path: Path) -> None:
     """Δ mIoU (pp, 95 % CI whiskers) against extra time (%, 95 % CI whiskers) and extra memory, one point per
     contrast variant; hollow where the cost is the wall clock's, not paired in-run."""
     delta, low, high = (points[column] * 100 for column in DELTA_COLUMNS)
@@ -284,7 +295,7 @@ def plot_cost_benefit(points: pd.DataFrame, colors: dict[str, Any], path: Path) 
         ax.axvline(0, color="grey", lw=0.8, ls=":")
         ax.set(xlabel=xlabel, title=title)
     axes[0].set_ylabel("Δ mIoU vs CE (pp; mean over seeds, 95 % CI)")
-    fig.suptitle("What each contrast variant gains, and what it costs")
+    fig.suptitle(f"What each contrast variant gains, and what it costs{look.progress}")
     shown = set(points["cost_source"])
     handles = [
         Line2D([], [], marker="o", ls="none", color="grey", mfc=face, mew=1.5, label=label)
@@ -310,8 +321,8 @@ def spread_labels(point_labels: list[Any]) -> None:
         placed.append(box)
 
 
-def plot_curves(curves: pd.DataFrame, colors: dict[str, Any], path: Path) -> None:
-    """One panel per logged quantity (losses, lr, val mIoU) over iterations, hue = variant, mean over seeds."""
+def plot_curves(curves: pd.DataFrame, colors: dict[str, Any], look: Look, path: Path) -> None:
+    """One panel per logged quantity (losses, lr, mIoU) over iterations, hue = variant, mean over seeds."""
     metrics = [metric for metric in CURVE_PANELS if metric in set(curves["metric"])]
     ncols = min(3, len(metrics))
     nrows = -(-len(metrics) // ncols)
@@ -320,12 +331,13 @@ def plot_curves(curves: pd.DataFrame, colors: dict[str, Any], path: Path) -> Non
     )
     for ax, metric in zip(axes.flat, metrics):
         rows = curves[curves["metric"] == metric]
-        scale = 100.0 if metric == "val_miou" else 1.0
+        scale = 100.0 if metric == "miou" else 1.0
         sns.lineplot(  # errorbar="sd": a band across seeds, cheap and deterministic (no bootstrap)
             rows.assign(value=rows["value"] * scale), x="iter", y="value", hue="variant", palette=colors,
-            errorbar="sd", marker="o" if metric == "val_miou" else None, legend=False, ax=ax,
+            errorbar="sd", marker="o" if metric == "miou" else None, legend=False, ax=ax,
         )
-        ax.set(title=CURVE_PANELS[metric], xlabel="iteration", ylabel=CURVE_PANELS[metric])
+        name = CURVE_PANELS[metric].format(split=look.split)
+        ax.set(title=name, xlabel="iteration", ylabel=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelbottom=True)  # sharex hides them on upper rows; every panel stands alone
     for ax in axes.flat[len(metrics):]:
@@ -333,6 +345,7 @@ def plot_curves(curves: pd.DataFrame, colors: dict[str, Any], path: Path) -> Non
     shown = [variant for variant in colors if variant in set(curves["variant"])]
     handles = [Line2D([], [], color=colors[variant], lw=2) for variant in shown]
     fig.legend(handles, shown, loc="outside lower center", ncols=min(4, len(shown)), title="variant")
+    fig.suptitle(f"Training curves{look.progress}")
     save(fig, path)
 
 
@@ -401,8 +414,8 @@ def pair_caption(pair: tuple[Shown, Shown]) -> dict[str, str]:
     return {key: f"`{run.variant}`{seed_suffix(run.seed)}" for key, run in zip(("ce", "region"), pair)}
 
 
-def plot_tsne(pair: tuple[Shown, Shown], path: Path) -> dict[str, str] | None:
-    """Side-by-side t-SNE of val region centers, CE vs RegionContrast (paper Fig. 3);
+def plot_tsne(pair: tuple[Shown, Shown], look: Look, path: Path) -> dict[str, str] | None:
+    """Side-by-side t-SNE of the evaluated split's region centers, CE vs RegionContrast (paper Fig. 3);
     its caption's values, or None with too few centers."""
     loaded = [load_centers(run.folder / VAL_CENTERS_FILE) for run in pair]
     if min(len(centers) for centers, _ in loaded) < TSNE_MIN_POINTS:
@@ -418,6 +431,7 @@ def plot_tsne(pair: tuple[Shown, Shown], path: Path) -> dict[str, str] | None:
         ax.tick_params(labelleft=False, labelbottom=False)
     present = np.unique(np.concatenate([labels for _, labels in loaded]))
     class_legend(fig, palette, names, present, [])
+    fig.suptitle(f"Region centers of the {look.split_words} images (t-SNE){look.progress}")
     save(fig, path)
     return pair_caption(pair)
 
@@ -435,7 +449,7 @@ def colorize(labels: np.ndarray, palette: np.ndarray, ignore: np.ndarray) -> np.
 
 
 def matched_samples(pair: tuple[Shown, Shown]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Baseline samples and the partner's predictions, aligned on the val indices both hold."""
+    """Baseline samples and the partner's predictions, aligned on the evaluated images both hold."""
     base, other = (np.load(run.folder / VAL_SAMPLES_FILE) for run in pair)
     _, rows, other_rows = np.intersect1d(base["indices"], other["indices"], return_indices=True)
     arrays = {key: base[key][rows] for key in ("images", "labels", "preds", "indices")}
@@ -443,8 +457,8 @@ def matched_samples(pair: tuple[Shown, Shown]) -> tuple[dict[str, np.ndarray], n
     return arrays, other["preds"][other_rows]
 
 
-def plot_qualitative(pair: tuple[Shown, Shown], path: Path) -> dict[str, str] | None:
-    """Image / CE / RegionContrast / ground truth for the first val images (paper Fig. 4);
+def plot_qualitative(pair: tuple[Shown, Shown], look: Look, path: Path) -> dict[str, str] | None:
+    """Image / CE / RegionContrast / ground truth for the first evaluated images (paper Fig. 4);
     its caption's values, or None without common images."""
     samples, region_preds = matched_samples(pair)
     count = len(samples["indices"])
@@ -461,13 +475,14 @@ def plot_qualitative(pair: tuple[Shown, Shown], path: Path) -> dict[str, str] | 
         for col, panel in enumerate(panels):
             axes[row, col].imshow(panel, interpolation="nearest")
             axes[row, col].set(xticks=[], yticks=[])
-        axes[row, 0].set_ylabel(f"val image {samples['indices'][row]}")
+        axes[row, 0].set_ylabel(f"{look.split} image {samples['indices'][row]}")
     for col, title in enumerate(titles):
         axes[0, col].set_title(title)
     shown = np.unique(np.concatenate([samples["labels"].ravel(), samples["preds"].ravel(), region_preds.ravel()]))
     names = [str(name) for name in samples["class_names"]]
     ignore_patch = Patch(facecolor=ignore, edgecolor="grey", label="ignore")
     class_legend(fig, palette, names, shown, [ignore_patch])  # it leaves out ids that name no class
+    fig.suptitle(f"Predictions on the first {look.split_words} images{look.progress}")
     save(fig, path)
     return {**pair_caption(pair), "ignore": ignore_name}
 
@@ -476,37 +491,38 @@ def plot_qualitative(pair: tuple[Shown, Shown], path: Path) -> dict[str, str] | 
 
 
 def make_plots(
-    frame: pd.DataFrame, aggregate: pd.DataFrame, curves: pd.DataFrame, results_dir: Path, out: Path
+    frame: pd.DataFrame, aggregate: pd.DataFrame, curves: pd.DataFrame, results_dir: Path, out: Path, look: Look
 ) -> dict[str, dict[str, str]]:
     """Draw every plot the data supports; file name -> the values its caption names."""
     colors = variant_colors(list(aggregate["variant"]))
-    plot_miou(frame, aggregate, colors, out / "miou.png")
-    plot_throughput_memory(aggregate, memory_label(frame), colors, out / "throughput_memory.png")
+    plot_miou(frame, aggregate, colors, look, out / "miou.png")
+    plot_throughput_memory(aggregate, memory_label(frame), colors, look, out / "throughput_memory.png")
     made = {"miou.png": {}, "throughput_memory.png": {"memory": memory_label(frame)}}
     points = cost_points(aggregate)
     if len(points):
-        plot_cost_benefit(points, colors, out / "cost_benefit.png")
+        plot_cost_benefit(points, colors, look, out / "cost_benefit.png")
         made["cost_benefit.png"] = {"sources": cost_sources_text(frame, points)}
     if bank_points(aggregate)["bank_size"].nunique() >= 2:
-        plot_miou_vs_bank(aggregate, out / "miou_vs_bank.png")
+        plot_miou_vs_bank(aggregate, look, out / "miou_vs_bank.png")
         made["miou_vs_bank.png"] = {}
     if len(curves):
-        plot_curves(curves, colors, out / "curves.png")
+        plot_curves(curves, colors, look, out / "curves.png")
         made["curves.png"] = {}
     for filename, inputs, plot in (
         ("tsne.png", VAL_CENTERS_FILE, plot_tsne), ("qualitative.png", VAL_SAMPLES_FILE, plot_qualitative)
     ):
         pair = region_partner(frame, aggregate, results_dir, inputs)
-        caption = plot(pair, out / filename) if pair else None
+        caption = plot(pair, look, out / filename) if pair else None
         if caption is not None:
             made[filename] = caption
     return made
 
 
-def figure_sections(made: dict[str, dict[str, str]]) -> list[str]:
+def figure_sections(made: dict[str, dict[str, str]], look: Look) -> list[str]:
     """report.md's lines for the figures `make_plots` drew, in PLOTS order: heading, caption, image."""
-    lines = []
+    lines, split = [], look.split_words
     for filename, (heading, caption) in PLOTS.items():
         if filename in made:
-            lines += ["", f"## {heading}", "", caption.format(**made[filename]), "", f"![{heading}]({filename})"]
+            text = caption.format(split=split, Split=split.capitalize(), **made[filename])
+            lines += ["", f"## {heading}", "", text, "", f"![{heading}]({filename})"]
     return lines

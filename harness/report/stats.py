@@ -89,14 +89,14 @@ def sign_flip_floor(pairs: int) -> float:
 def paired_stats(ok: pd.DataFrame, is_baseline: bool, target_delta: float) -> dict[str, float]:
     """Δ mIoU over the seeds both the variant and the baseline finished (mean, SD, CIs, tests, what it can
     detect), and the extra time and memory paired the same way."""
-    pairs = ok.dropna(subset=["val_miou", "base_val_miou"])
-    deltas = pairs["val_miou"] - pairs["base_val_miou"]
+    pairs = ok.dropna(subset=["miou", "base_miou"])
+    deltas = pairs["miou"] - pairs["base_miou"]
     count = 0 if is_baseline else len(pairs)  # the baseline paired with itself: Δ is 0, its CI degenerate
     tested = deltas.iloc[:count]
     low, high = t_interval(tested)
     low90, high90 = t_interval(tested, TOST_CONFIDENCE)
     sd = tested.std(ddof=1)
-    p_value = stats.ttest_rel(pairs["val_miou"], pairs["base_val_miou"]).pvalue if count >= 2 else np.nan
+    p_value = stats.ttest_rel(pairs["miou"], pairs["base_miou"]).pvalue if count >= 2 else np.nan
     return {
         "n_pairs": count, "delta_mean": deltas.mean(), "delta_std": sd, "delta_ci95_low": low,
         "delta_ci95_high": high, "delta_ci90_low": low90, "delta_ci90_high": high90, "p_value": p_value,

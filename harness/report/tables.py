@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,17 @@ from harness.report.stats import (
     t_interval,
     verdict,
 )
-from harness.results import METRIC_FIELDS, METRICS_FILE, SWEEP_DEFAULTS, read_metrics, read_summary, run_folders
+from harness.results import (
+    METRICS_FILE,
+    DamagedFile,
+    SweepRecord,
+    finished_only_fields,
+    read_metrics,
+    study_runs,
+)
+
+if TYPE_CHECKING:
+    from harness.report.study import Study
 
 MIB = 2**20
 HOUR = 3600.0
@@ -35,18 +45,16 @@ INTERVAL_FIELDS = {"cost_ratio_ci95"}
 MEMORY_KINDS = {"cuda_max_allocated": "GPU max allocated", "rss": "process RSS"}
 MULTI_SEED_STUDY = "recipes/digit_scenes_ablations.yaml"
 MULTI_SEED_REPORT = "reports/digit_scenes_ablations/"
-# Newer summaries add these; older ones lack them, so every column built from them may be blank. The cost
-# probe's (cost_ratio ... contrast_extra_memory_bytes) are in runs with a contrast term only.
-OPTIONAL_METRICS = (
-    "contrast_ms_per_iter", "bank_fill", "train_peak_memory_bytes", "eval_peak_memory_bytes", "cost_ratio",
-    "cost_ratio_ci95_low", "cost_ratio_ci95_high", "cost_probe_rounds", "contrast_ms_per_step",
-    "contrast_extra_memory_bytes",
-)
-RUN_METRICS = list(dict.fromkeys([*METRIC_FIELDS, *OPTIONAL_METRICS]))  # once each, should results.py list them
+# The numbers only a finished run has (blank for any other run): the contract's numeric metric fields, an interval
+# as its two ends. Older summaries lack some (the cost probe's, the training-only peak): their columns may be blank.
+RUN_METRICS = [
+    column for name in finished_only_fields(numeric=True)
+    for column in ([f"{name}_low", f"{name}_high"] if name in INTERVAL_FIELDS else [name])
+]
 # What a variant is: the same for all its seeds, so aggregate.csv takes the first known value.
 CONFIG_FIELDS = ["contrast_kind", "center_variant", "bank_size", "paper_miou"]
 # Run fields compared with the baseline's run of the same seed (Δ mIoU, extra time, extra memory).
-PAIRED_FIELDS = ("val_miou", "s_per_iter", "train_peak_memory_bytes")
+PAIRED_FIELDS = ("miou", "s_per_iter", "train_peak_memory_bytes")
 # Run fields averaged over a variant's finished seeds, as aggregate.csv's <field>_mean.
 MEAN_FIELDS = (
     "s_per_iter", "contrast_ms_per_iter", "train_peak_memory_bytes", "eval_peak_memory_bytes",
@@ -70,7 +78,7 @@ TABLE_COLUMNS = (
     ("bank size", "bank_size_text", str),
     ("precision", "mixed_precision", str),
     ("world size", "world_size", "{:.0f}".format),
-    ("val mIoU (%)", "val_miou_pct", "{:.2f}".format),
+    ("{split} mIoU (%)", "miou_pct", "{:.2f}".format),
     ("Δ mIoU vs CE (pp)", "delta_miou_pp", signed),
     ("paper mIoU (%)", "paper_miou", "{:.1f}".format),
     ("paper row", "paper_ref", str),
@@ -100,7 +108,7 @@ PLAN_HOURS = (
     ("study hours", "study_hours", "{:.2f}".format),
 )
 DERIVED_COLUMNS = {
-    "bank_size_text", "val_miou_pct", "delta_miou_pp", "peak_memory_mib", "bank_mib", "paper_ref", "status_text",
+    "bank_size_text", "miou_pct", "delta_miou_pp", "peak_memory_mib", "bank_mib", "paper_ref", "status_text",
     "cost_ratio_text",
 }
 
@@ -115,9 +123,9 @@ def flat_scalars(summary: dict[str, Any]) -> dict[str, Any]:
     for key, value in summary.items():
         if isinstance(value, dict):
             flat.update({f"{key}_{child}": item for child, item in value.items()})
-        elif key in INTERVAL_FIELDS and isinstance(value, list):
+        elif key in INTERVAL_FIELDS and isinstance(value, (list, tuple)):
             flat[f"{key}_low"], flat[f"{key}_high"] = value
-        elif key not in NON_SCALAR_FIELDS and not isinstance(value, list):
+        elif key not in NON_SCALAR_FIELDS and not isinstance(value, (list, tuple)):
             flat[key] = value
     return flat
 
@@ -165,9 +173,9 @@ def baseline_values(frame: pd.DataFrame, column: str) -> np.ndarray:
 def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     """Columns in the units the report shows: %, percentage points, MiB."""
     frame["bank_size_text"] = [bank_size_text(*pair) for pair in zip(frame["contrast_kind"], frame["bank_size"])]
-    frame["val_miou_pct"] = frame["val_miou"] * 100
+    frame["miou_pct"] = frame["miou"] * 100
     frame["is_baseline"] = frame["variant"] == baseline
-    frame["delta_miou_pp"] = (frame["val_miou"] - baseline_values(frame, "val_miou")) * 100
+    frame["delta_miou_pp"] = (frame["miou"] - baseline_values(frame, "miou")) * 100
     frame["peak_memory_mib"] = frame["peak_memory_bytes"] / MIB
     frame["bank_mib"] = frame["bank_bytes"] / MIB
     frame["train_hours"] = frame["s_per_iter"] * frame["iterations"] / HOUR  # the planning view's unit of cost
@@ -185,14 +193,12 @@ def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
 
 
 def study_summaries(results_dir: Path) -> list[dict[str, Any]]:
-    """Every run's summary (or its stand-in) with its folder relative to `results_dir` as run_folder."""
-    summaries = [
-        {**read_summary(folder), "run_folder": folder.relative_to(results_dir).as_posix()}
-        for folder in run_folders(results_dir)
-    ]
-    if not summaries:
+    """Every run's summary (its stand-in where it has none, or an unreadable one) as a mapping, with its folder
+    relative to `results_dir` as run_folder."""
+    runs = study_runs(results_dir)
+    if not runs:
         raise FileNotFoundError(f"no variant folders under {results_dir}")
-    return summaries
+    return [{**run.model_dump(), "run_folder": folder.relative_to(results_dir).as_posix()} for folder, run in runs]
 
 
 def results_frame(summaries: list[dict[str, Any]], named_baseline: str | None = None) -> pd.DataFrame:
@@ -213,10 +219,10 @@ def results_frame(summaries: list[dict[str, Any]], named_baseline: str | None = 
 def variant_stats(runs: pd.DataFrame, has_baseline: bool, target_delta: float, margin: float) -> dict[str, Any]:
     """aggregate.csv's numbers for one variant; `runs` carry base_<field>, the baseline's run of the same seed."""
     ok = runs[runs["status"] == "ok"]
-    miou_low, miou_high = t_interval(ok["val_miou"])
+    miou_low, miou_high = t_interval(ok["miou"])
     row = {
         "is_baseline": bool(runs["is_baseline"].iloc[0]), "runs": status_counts(runs), "n_seeds": len(ok),
-        "miou_mean": ok["val_miou"].mean(), "miou_std": ok["val_miou"].std(ddof=1),
+        "miou_mean": ok["miou"].mean(), "miou_std": ok["miou"].std(ddof=1),
         "miou_ci95_low": miou_low, "miou_ci95_high": miou_high,
     }
     row.update(paired_stats(ok, row["is_baseline"], target_delta))
@@ -227,11 +233,11 @@ def variant_stats(runs: pd.DataFrame, has_baseline: bool, target_delta: float, m
 
 
 def aggregate_frame(
-    frame: pd.DataFrame, target_delta: float = SWEEP_DEFAULTS["target_delta"],
-    equivalence_margin: float = SWEEP_DEFAULTS["equivalence_margin"],
+    frame: pd.DataFrame, target_delta: float = SweepRecord().target_delta,
+    equivalence_margin: float = SweepRecord().equivalence_margin,
 ) -> pd.DataFrame:
     """One row per variant, in the runs' order: means over finished seeds and the paired comparison
-    with the baseline (mIoU, Δ, its SD, MDE and margin as fractions, like val_miou)."""
+    with the baseline (mIoU, Δ, its SD, MDE and margin as fractions, like miou)."""
     runs = frame.assign(  # runs that predate the training-only peak: their overall peak is the closest measure
         train_peak_memory_bytes=frame["train_peak_memory_bytes"].fillna(frame["peak_memory_bytes"])
     )
@@ -244,18 +250,20 @@ def aggregate_frame(
     return pd.concat([groups[CONFIG_FIELDS].first().reset_index(), numbers], axis=1)
 
 
-def curves_frame(results_dir: Path, frame: pd.DataFrame) -> pd.DataFrame:
-    """Tidy curves (variant, seed, iter, metric, value) from every run's metrics.jsonl."""
-    rows = []
+def curves_frame(results_dir: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[DamagedFile]]:
+    """Tidy curves (variant, seed, iter, metric, value) from every run's metrics.jsonl; the logs that could not be
+    read, whose runs have no curve."""
+    rows, damaged = [], []
     for variant, seed, folder in zip(frame["variant"], frame["seed"], frame["run_folder"]):
         path = results_dir / folder / METRICS_FILE
-        for record in read_metrics(path) if path.exists() else []:
-            rows += [
-                (variant, seed, record["iter"], metric, float(value))
-                for metric, value in record.items()
-                if metric not in ("kind", "iter") and isinstance(value, (int, float))
-            ]
-    return pd.DataFrame(rows, columns=["variant", "seed", "iter", "metric", "value"])
+        try:
+            records = read_metrics(path) if path.exists() else []
+        except DamagedFile as damage:
+            damaged.append(damage)
+            continue
+        rows += [(variant, seed, record.iter, metric, value) for record in records
+                 for metric, value in record.numbers().items()]
+    return pd.DataFrame(rows, columns=["variant", "seed", "iter", "metric", "value"]), damaged
 
 
 def per_class_frame(summaries: list[dict[str, Any]]) -> pd.DataFrame:
@@ -300,15 +308,28 @@ def probed(frame: pd.DataFrame) -> pd.DataFrame:
 
 def comparison_table(frame: pd.DataFrame) -> str:
     """The runs table; the paper's columns only when some variant reproduces a paper row, the cost ratio only
-    when some run has a probe."""
+    when some run has a probe; the score named for the split it was scored on."""
     has_paper, has_probe = frame["paper_miou"].notna().any(), len(probed(frame)) > 0
     left_out = (() if has_paper else PAPER_COLUMNS) + (() if has_probe else ("cost_ratio_text",))
     spec = [entry for entry in TABLE_COLUMNS if entry[1] not in left_out]
+    split = split_of(frame)
     cells = pd.DataFrame({
-        header: [format_cell(value, formatter) for value in frame[column]]
+        header.format(split=split): [format_cell(value, formatter) for value in frame[column]]
         for header, column, formatter in spec
     })
-    return markdown_table(cells, {header for header, _, formatter in spec if formatter is not str})
+    return markdown_table(cells, {header.format(split=split) for header, _, formatter in spec if formatter is not str})
+
+
+def split_of(frame: pd.DataFrame) -> str:
+    """The split the finished runs were scored on: 'test', 'val', or 'val / test' for a study that mixes them
+    (summaries that predate the field were scored on val)."""
+    scored = frame.loc[frame["status"] == "ok", "eval_split"].fillna("val")
+    return " / ".join(sorted(scored.unique())) or "val"
+
+
+def split_words(split: str) -> str:
+    """A split in a caption's words: 'validation' for val."""
+    return split.replace("val", "validation")
 
 
 def mean_std_text(mean: float, std: float) -> str:
@@ -606,29 +627,27 @@ def planning_section(frame: pd.DataFrame, aggregate: pd.DataFrame, target_delta:
     )]
 
 
-def report_markdown(
-    recipe: str, results_dir: Path, frame: pd.DataFrame, aggregate: pd.DataFrame, sweep: dict[str, Any],
-    figures: list[str], per_class: pd.DataFrame, partial: str | None,
-) -> str:
-    """The whole report.md: header (and what a partial study lacks), variants, what they can detect, planning,
-    runs, the figures, per-class IoU."""
-    baseline, why = baseline_choice(frame, sweep["baseline"])
+def report_markdown(study: Study, figures: list[str], per_class: pd.DataFrame) -> str:
+    """The whole report.md: header (the split scored, and what a partial study lacks), variants, what they can
+    detect, planning, runs, the figures, per-class IoU."""
+    frame, aggregate, sweep = study.runs, study.aggregate, study.sweep
+    baseline, why = baseline_choice(frame, sweep.baseline)
     lines = [
-        f"# Report: {recipe}",
+        f"# Report: {study.name}, scored on the {study.split} split",
         "",
-        f"From `{results_dir}`: {len(frame)} runs of {len(aggregate)} variants ({status_counts(frame)}; "
-        f"{seeds_text(frame)}); "
+        f"From `{relative_path(study.results_dir)}`: {len(frame)} runs of {len(aggregate)} variants "
+        f"({status_counts(frame)}; {seeds_text(frame)}); every mIoU here is {split_words(study.split)} mIoU; "
         + (f"CE baseline: `{baseline}` ({why})." if baseline else
            f"CE baseline: none ({why}), so there is no Δ, no verdict and no cost-benefit figure."),
         "",
-        *([f"**Partial study: {partial}.**", ""] if partial else []),
+        *lacking_lines(study),
         "## Variants",
         "",
         variant_table(aggregate),
         "",
-        *comparison_notes(frame, aggregate, sweep["equivalence_margin"]),
-        *detection_section(aggregate, sweep["equivalence_margin"]),
-        *planning_section(frame, aggregate, sweep["target_delta"]),
+        *comparison_notes(frame, aggregate, sweep.equivalence_margin),
+        *detection_section(aggregate, sweep.equivalence_margin),
+        *planning_section(frame, aggregate, sweep.target_delta),
         "",
         "## Runs",
         "",
@@ -646,3 +665,22 @@ def report_markdown(
         lines += ["", "## Per-class IoU (%)", "", "Mean over a variant's finished seeds.", "",
                   per_class_table(per_class)]
     return "\n".join(lines) + "\n"
+
+
+def relative_path(path: Path) -> str:
+    """A path as the report names it: relative to the working folder where it lies below it (a report is
+    committed and read elsewhere), else as given."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(Path.cwd()).as_posix() if resolved.is_relative_to(Path.cwd()) else str(path)
+
+
+def lacking_lines(study: Study) -> list[str]:
+    """What a partial or damaged study lacks, before any number: runs not finished, runs and files unreadable."""
+    lines = []
+    if study.missing:
+        lines += [f"**Partial study: {study.progress()}; missing: {', '.join(study.missing)}.**", ""]
+    unreadable = [*study.unreadable, *map(str, study.damaged)]
+    if unreadable:
+        lines += ["**Unreadable, left out of every number** (moved aside and rerun by `harness submit`):", "",
+                  *(f"- {problem}" for problem in unreadable), ""]
+    return lines
