@@ -306,9 +306,15 @@ class SweepSpec(Strict):
     # The CE variant deltas are paired against; unset: the only variant without a contrastive loss.
     baseline: str | None = None
     # The smallest Δ mIoU (a fraction: 0.005 = 0.5 pp) the study means to detect, for its power and planning;
-    # and the margin inside which a variant counts as equivalent to the baseline (TOST on the 90 % CI).
+    # and the margin inside which a variant counts as equivalent to the baseline.
     target_delta: float = Field(0.005, gt=0)
     equivalence_margin: float = Field(0.005, gt=0)
+    # fixed: every variant runs every seed, and the report decides once all have finished. sequential: seeds in
+    # the order `seeds` lists them, looked at after `looks` of them (seed counts, the last = max_seeds, default
+    # len(seeds)); a variant stops at the first look that decides it (README: "Sequential studies").
+    design: Literal["fixed", "sequential"] = "fixed"
+    max_seeds: int | None = Field(None, ge=3)
+    looks: list[int] | None = None
 
     @field_validator("seeds")
     @classmethod
@@ -316,6 +322,29 @@ class SweepSpec(Strict):
         if len(set(value)) != len(value):
             raise ValueError("seeds must be distinct")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_seeds_default_to_the_seeds_listed(cls, tree: Any) -> Any:
+        if isinstance(tree, dict) and tree.get("design") == "sequential" and tree.get("max_seeds") is None:
+            return {**tree, "max_seeds": len(tree.get("seeds") or [])}
+        return tree
+
+    @model_validator(mode="after")
+    def _a_sequential_design_is_planned(self) -> "SweepSpec":
+        if self.design == "fixed":
+            if self.max_seeds is not None or self.looks is not None:
+                raise ValueError("max_seeds and looks belong to design: sequential")
+            return self
+        max_seeds = self.max_seeds
+        if not self.seeds or max_seeds > len(self.seeds):
+            raise ValueError(f"a sequential design lists its seeds in order, at least max_seeds ({max_seeds}) of them")
+        looks = self.looks or []
+        if not looks or looks != sorted(set(looks)) or looks[0] < 3 or looks[-1] != max_seeds:
+            raise ValueError(f"a sequential design names its looks: increasing seed counts from 3 on, the last "
+                             f"{max_seeds} (max_seeds), e.g. [5, 10, {max_seeds}]; `harness plan --design sequential` "
+                             "suggests some")
+        return self
 
 
 # Where a run writes, not what it computes: never part of its fingerprint.
