@@ -23,6 +23,10 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
     # data.py or models.py would shadow any top-level module of the same name.
     sys.path.pop(0)
 
+from harness.process import share_the_machine  # noqa: E402
+
+share_the_machine()  # before anything loads torch: its OpenMP reads the environment once, as it loads
+
 from harness.recipe import (  # noqa: E402
     CHANGEABLE_MID_RUN,
     DataConfig,

@@ -264,11 +264,6 @@ def submit_runs(args: argparse.Namespace, runs: list[Variant], recipe_dir: Path,
         return RunJob(args.recipe.resolve(), tuple(args.overrides), variant.name, variant.seed, launch_config,
                       not args.gpus_per_node, recipe_dir, after)
 
-    if not args.gpus_per_node:
-        # CPU jobs share a node's cores: OpenMP threads that wait should sleep, not spin. Two 2-thread tiny
-        # runs at once on 2 cores took 18 s instead of 29 (47 with spinning forced), the same numbers. The
-        # jobs inherit this environment (the local executor's processes, sbatch's --export=ALL).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.executor == "slurm":
         with executor.batch():  # one array, throttled to --max-parallel
             jobs = [executor.submit(job(variant)) for variant in runs]

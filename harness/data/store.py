@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from harness.data.info import keyed_table
 from harness.data.real import LABEL_MAPS, decode_files, image_size
+from harness.process import usable_cores  # noqa: F401 - its one home; data, prepare and run import it from here
 from harness.recipe import DataConfig
 from harness.results import publish
 
@@ -45,11 +46,6 @@ IMAGES, LABELS, INDEX, MANIFEST = "images.npy", "labels.npy", "index.npy", "mani
 # A spawned decoding process costs about as much CPU as decoding 70 Cityscapes pairs (importing torch
 # and datasets, ~4 s), so a build starts one per this many images, up to the workers it is given.
 _IMAGES_PER_WORKER = 64
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cache_dir(cfg: DataConfig) -> Path:
