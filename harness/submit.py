@@ -22,7 +22,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from harness.status import live_jobs, local_job_alive, print_status
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS_DIR = ".submitit"  # inside results/<recipe>/: submitit's pickles and the jobs' logs
+CONTROLLERS_LOG = "local_controllers.log"  # in JOBS_DIR: what the local executor's job controllers print
 # At most this many requeues at a job's time limit (preemptions are not counted): a run longer than --time-min
 # resumes after each, a local job still waiting for its turn waits on.
 MAX_TIMEOUTS = 20
@@ -236,11 +238,42 @@ def default_launch_config(gpus_per_node: int, nodes: int) -> Path:
     return REPO / "launch" / ("multi_gpu.yaml" if gpus_per_node > 1 else "gpu.yaml")
 
 
+@contextmanager
+def streams_to(log: Path) -> Iterator[None]:
+    """While entered, the processes we start read nothing and write `log` instead of our stdout and stderr."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ours = [os.dup(fd) for fd in (0, 1, 2)]  # copies no child inherits
+    try:
+        with open(os.devnull, "rb") as nothing, log.open("ab") as out:
+            for fd, target in ((0, nothing), (1, out), (2, out)):
+                os.dup2(target.fileno(), fd)
+            yield
+    finally:
+        for fd, saved in enumerate(ours):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+class LocalExecutor(submitit.LocalExecutor):
+    """submitit's local executor, whose job controllers hold none of our standard streams.
+
+    submitit starts a job's controller with our stdin, stdout and stderr, and the controller outlives us:
+    `harness submit ... | tee log` returned only when the whole study had ended. Each task already writes
+    its own log in the jobs folder, as a SLURM job does; a controller's own lines (only ever a crash) go
+    to CONTROLLERS_LOG there.
+    """
+
+    def _submit_command(self, command: str) -> submitit.LocalJob:
+        with streams_to(self.folder / CONTROLLERS_LOG):
+            return super()._submit_command(command)
+
+
 def executor_for(args: argparse.Namespace, jobs_dir: Path, name: str, nodes: int, tasks: int, gpus: int,
                  time_min: int, **slurm: Any) -> submitit.Executor:
     """A submitit executor for jobs of this shape; `slurm` adds sbatch options (array throttle, dependency)."""
     if args.executor == "local":
-        executor = submitit.LocalExecutor(jobs_dir, max_num_timeout=MAX_TIMEOUTS)
+        executor = LocalExecutor(jobs_dir, max_num_timeout=MAX_TIMEOUTS)
         executor.update_parameters(timeout_min=time_min, tasks_per_node=tasks, gpus_per_node=gpus,
                                    stderr_to_stdout=True)  # one log a task, progress lines among the prints
         return executor

@@ -8,10 +8,16 @@ Ranks agree over a gloo group on the host, never the device: each boundary waits
 previous boundary's all-reduce (long finished, in the background) and posts its own, so a
 step never waits for the network and no GPU stream ever waits for the host. Every rank reads
 the same reduced flags, one step after they were raised.
+
+DataLoader workers ignore the stop signals while their main process lives, and end when it ends,
+however it ends (end_loader_workers).
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers its exit hook before ours (below)
 import signal
 import threading
 import time
@@ -30,10 +36,30 @@ def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
     A scheduler signals every process of a job step (SLURM's `scancel --signal`, Ctrl-C's process
     group), and a worker's default (SIGUSR1/2) or PyTorch's (SIGTERM from any process but its
     parent) is to die, which fails the step it is feeding. The main process ends its workers
-    itself once it has saved.
+    itself: once it has saved, or as it exits (end_loader_workers).
     """
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def end_loader_workers() -> None:
+    """At exit: kill this process's daemonic children, its DataLoader workers, before multiprocessing joins them.
+
+    multiprocessing's own exit hook sends each daemonic child SIGTERM and then joins it; a worker ignores
+    SIGTERM (above), so that join waited forever after a second Ctrl-C, an uncaught exception or a script
+    ending with a live loader iterator. A worker holds nothing to save: SIGKILL loses nothing. (Where the
+    main process is killed outright, PyTorch's worker watchdog sees its parent gone within 5 s.)
+    """
+    # Else PyTorch's SIGCHLD handler reports each as a failure ("DataLoader worker (pid N) is killed by signal")
+    # from a later exit hook.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+# atexit runs the hooks registered last first: this one before multiprocessing's, registered at its import.
+atexit.register(end_loader_workers)
 
 
 class Interrupted(Exception):
