@@ -2,10 +2,11 @@
 
 Per committed study (one family: its variants against its CE baseline), the true Δ of each variant is its
 measured mean Δ and its SD the measured SD of Δ; both designs are planned from the same SD (the study's largest)
-for 80 % power at a target Δ of 0.5 pp with a family-wise error of 5 %: the fixed design's n per variant (Holm)
-and the sequential design's max_seeds (Bonferroni, repeated confidence intervals). Both are simulated through
-harness.report.design on the same studies; the baseline trains while any variant needs it. Then the same for
-every variant at Δ = 0, target and 2 x target, as `harness plan --design sequential` will show them.
+for 80 % power at a target Δ of 0.5 pp with a family-wise error of 5 %: the fixed design's n per variant (its
+t-test at alpha / V, the level its Holm-Shaffer family first tests at) and the sequential design's max_seeds
+(Bonferroni, repeated confidence intervals). Both are simulated through harness.report.design on the same studies;
+the baseline trains while any variant needs it. Then the same for every variant at Δ = 0, target and 2 x target,
+as `harness plan --design sequential` shows them.
 
     python -m benchmarks.study_design [--replications 4000] [--shared-baseline] [--compare]
 
@@ -113,10 +114,10 @@ CLAIMS_HEADER = f"{'claims fix/seq':>16}{'wrong fix/seq':>16}"
 
 
 def headline(args: argparse.Namespace) -> None:
-    """The default design at the committed studies, then at Δ = 0 / target / 2 x target as `harness plan` will
-    print them."""
+    """The default design at the committed studies, then at Δ = 0 / target / 2 x target as `harness plan --design
+    sequential` prints them."""
     model = "shared baseline (corr 0.5)" if args.shared_baseline else "independent variants"
-    print(f"Fixed (Holm) vs sequential ({design.DEFAULT_SPENDING} spending, looks {design.DEFAULT_LOOKS}) designs, "
+    print(f"Fixed (Holm-Shaffer) vs sequential ({design.DEFAULT_SPENDING} spending, looks {design.DEFAULT_LOOKS}) designs, "
           f"both planned for 80 % power at Δ = {TARGET * 100:.1f} pp, family α = {design.ALPHA}, margin "
           f"{MARGIN * 100:.1f} pp; {args.replications} simulated studies each, {model}.\n"
           "n: the fixed design's seeds per variant; runs: (V + 1) x n; max: the sequential max_seeds; "

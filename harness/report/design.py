@@ -1,6 +1,7 @@
-"""What a study decides, and when: the fixed design (every variant at its planned seeds, Holm across the family)
-and the group-sequential one (repeated confidence intervals at a few planned looks), with their simulation and
-planning. Torch-free, pandas-free: the report, `harness plan` and `harness submit --until-decided` call it alike.
+"""What a study decides, and when: the fixed design (every variant at its planned seeds, its 2V claims one family
+under Holm's step-down with Shaffer's restriction) and the group-sequential one (repeated confidence intervals at
+a few planned looks), with their simulation and planning. Torch-free, pandas-free: the report, `harness plan` and
+`harness submit --until-decided` call it alike.
 
 Why group-sequential and not an anytime-valid confidence sequence: with at most a few dozen seeds a t confidence
 sequence is far wider than a fixed-n t interval, while a group-sequential design with a few planned looks pays
@@ -50,7 +51,7 @@ class Decision(IntEnum):
     WORSE = 2
     EQUIVALENT = 3
     INCONCLUSIVE = 4  # fixed: no claim at its n; sequential: none at the last look
-    SUGGESTIVE = 5  # fixed: the 95 % CI excludes 0, Holm does not keep it
+    SUGGESTIVE = 5  # fixed: the unadjusted 95 % CI excludes 0, the family's adjusted p does not
     NO_PAIR = 6
     ONE_PAIR = 7
 
@@ -98,10 +99,10 @@ class FixedDecisions:
     sd: np.ndarray
     low: np.ndarray  # the unadjusted (1 - alpha) t interval
     high: np.ndarray
-    p_value: np.ndarray  # paired t
-    p_holm: np.ndarray
-    tost_low: np.ndarray  # the (1 - 2 alpha / tested variants) t interval: TOST at Bonferroni alpha
-    tost_high: np.ndarray
+    p_value: np.ndarray  # paired t, H0: Δ = 0
+    p_family: np.ndarray  # p_value adjusted over the family of 2V claims
+    p_tost: np.ndarray  # two one-sided t-tests, H0: |Δ| >= margin: the larger one-sided p
+    p_tost_family: np.ndarray  # p_tost adjusted over the same family
 
     def table(self, variants: list[str]) -> dict[str, dict[str, Any]]:
         """One study's reading ([V] fields) per variant name, for a report."""
@@ -111,33 +112,44 @@ class FixedDecisions:
             name: {
                 "decision": LABELS[Decision(self.code[v])], "n_pairs": int(self.pairs[v]),
                 "delta_mean": float(self.mean[v]), "delta_std": float(self.sd[v]), "ci_low": float(self.low[v]),
-                "ci_high": float(self.high[v]), "p_value": float(self.p_value[v]), "p_holm": float(self.p_holm[v]),
-                "tost_low": float(self.tost_low[v]), "tost_high": float(self.tost_high[v]),
+                "ci_high": float(self.high[v]), "p_value": float(self.p_value[v]),
+                "p_family": float(self.p_family[v]), "p_tost": float(self.p_tost[v]),
+                "p_tost_family": float(self.p_tost_family[v]),
             }
             for v, name in enumerate(variants)
         }
 
 
-def holm_adjusted(p_values: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment along the last axis; NaN stays NaN and is no member of the family."""
-    order = np.argsort(p_values, axis=-1)  # NaN sorts last, so the cumulative maximum never reaches it early
-    ranked = np.take_along_axis(p_values, order, axis=-1)
-    tested = (~np.isnan(p_values)).sum(axis=-1, keepdims=True)
-    factors = tested - np.arange(p_values.shape[-1])  # m for the smallest p, down to 1 for the largest tested
-    adjusted = np.minimum(1.0, np.maximum.accumulate(ranked * factors, axis=-1))
+def family_adjusted(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down over the 2V claims of [..., V, 2] p-values (each variant's superiority and TOST p) with
+    Shaffer's logical restriction (Shaffer 1986, method S1); a variant with NaN p-values is no member.
+
+    A variant cannot both equal the baseline (superiority null true) and lie a margin from it (TOST null true), so
+    of the 2T claims of T tested variants at most T nulls hold at once, and once j - 1 claims are rejected at most
+    min(T, 2T - j + 1) remain true: the j-th smallest p is multiplied by T for the first T + 1 steps, then by
+    T - 1, ..., 1. Bonferroni over the true nulls at the first wrong rejection bounds the family error by alpha.
+    """
+    shape = p_values.shape
+    flat = p_values.reshape(*shape[:-2], -1)  # [..., 2V]: variant v's claims at 2v, 2v + 1
+    order = np.argsort(flat, axis=-1)  # NaN sorts last, so the cumulative maximum never reaches it early
+    ranked = np.take_along_axis(flat, order, axis=-1)
+    tested = (~np.isnan(p_values[..., 0])).sum(axis=-1, keepdims=True)
+    divisors = np.minimum(tested, 2 * tested - np.arange(flat.shape[-1]))  # T, ..., T (T + 1 times), T - 1, ..., 1
+    adjusted = np.minimum(1.0, np.maximum.accumulate(ranked * divisors, axis=-1))
     unsorted = np.empty_like(adjusted)
     np.put_along_axis(unsorted, order, adjusted, axis=-1)
-    return unsorted
+    return unsorted.reshape(shape)
 
 
 def fixed_decisions(deltas: np.ndarray, margin: float, alpha: float = ALPHA) -> FixedDecisions:
-    """Read a fixed design: per variant over its non-NaN pairs of deltas [..., V, N], better / worse where Holm
-    keeps p < alpha, else equivalent where TOST at alpha / (tested variants) holds, else suggestive where the
-    unadjusted CI excludes 0, else inconclusive; fewer than two pairs have no CI.
+    """Read a fixed design: per variant over its non-NaN pairs of deltas [..., V, N], better / worse where the
+    family's adjusted superiority p < alpha, else equivalent where its adjusted TOST p < alpha, else suggestive
+    where the unadjusted (1 - alpha) CI excludes 0, else inconclusive; fewer than two pairs have no CI and are
+    no member of the family.
 
-    Holm bounds the better / worse claims' family error by alpha, Bonferroni the equivalent ones' by alpha, but
-    not both together: when some variants have Δ = 0 and others |Δ| = margin, Holm's later steps (up to alpha)
-    and the equivalence tests (alpha / V each) add up, to 7-8 % in simulation. The sequential design has no such gap.
+    One family holds every tested variant's two claims (family_adjusted), so better, worse and equivalent claims
+    together err in at most alpha of studies, also where variants at Δ = 0 and at |Δ| = margin mix (Holm over the
+    superiority tests beside a separate Bonferroni TOST erred in 7-8 % of such studies).
     """
     deltas = np.asarray(deltas, dtype=float)
     present = ~np.isnan(deltas)
@@ -149,20 +161,19 @@ def fixed_decisions(deltas: np.ndarray, margin: float, alpha: float = ALPHA) -> 
         sd = np.sqrt(squares.sum(axis=-1) / df)
         se = sd / np.sqrt(pairs)
         p_value = 2 * stats.t.sf(np.abs(mean / se), df)
-    tested = (pairs >= 2).sum(axis=-1, keepdims=True)
-    p_holm = holm_adjusted(p_value)
+        # H0: Δ <= -margin is rejected by a large T above it, H0: Δ >= margin by a small T below it
+        p_tost = np.maximum(stats.t.sf((mean + margin) / se, df), stats.t.cdf((mean - margin) / se, df))
+    p_family, p_tost_family = np.moveaxis(family_adjusted(np.stack([p_value, p_tost], axis=-1)), -1, 0)
     half = stats.t.ppf(1 - alpha / 2, df) * se
-    tost_half = stats.t.ppf(1 - alpha / np.maximum(tested, 1), df) * se
     low, high = mean - half, mean + half
-    tost_low, tost_high = mean - tost_half, mean + tost_half
     code = np.select(
-        [pairs == 0, pairs == 1, (p_holm < alpha) & (mean > 0), (p_holm < alpha) & (mean < 0),
-         (-margin < tost_low) & (tost_high < margin), (low > 0) | (high < 0)],
+        [pairs == 0, pairs == 1, (p_family < alpha) & (mean > 0), (p_family < alpha) & (mean < 0),
+         p_tost_family < alpha, (low > 0) | (high < 0)],
         [Decision.NO_PAIR, Decision.ONE_PAIR, Decision.BETTER, Decision.WORSE, Decision.EQUIVALENT,
          Decision.SUGGESTIVE],
         Decision.INCONCLUSIVE,
     )
-    return FixedDecisions(code, pairs, mean, sd, low, high, p_value, p_holm, tost_low, tost_high)
+    return FixedDecisions(code, pairs, mean, sd, low, high, p_value, p_family, p_tost, p_tost_family)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -352,7 +363,7 @@ def sequential_decisions(deltas: np.ndarray, design: SequentialDesign, margin: f
 
 @dataclass(frozen=True)
 class FixedDesign:
-    """Every variant trained on its planned seeds (one count for all, or one per variant), Holm across them."""
+    """Every variant trained on its planned seeds (one count for all, or one per variant), read by fixed_decisions."""
 
     seeds: int | tuple[int, ...]
     alpha: float = ALPHA
@@ -458,6 +469,7 @@ class RunsComparison:
     sequential_runs: float
     sequential_runs_se: float  # Monte-Carlo standard error of the mean
     decided_early: float  # share of variants decided before the last look
+    variant_seeds: float  # mean seeds one variant took to its sequential decision
 
     @property
     def fewer(self) -> float:
@@ -488,7 +500,8 @@ def runs_comparison(true_delta: float, fixed: SimulatedStudies, sequential: Simu
     runs = sequential.runs
     return RunsComparison(true_delta, int(fixed.runs.mean()), float(runs.mean()),
                           float(runs.std(ddof=1) / math.sqrt(len(runs))),
-                          float(np.mean(sequential.variant_runs < design.max_seeds)))
+                          float(np.mean(sequential.variant_runs < design.max_seeds)),
+                          float(sequential.variant_runs.mean()))
 
 
 def plan_sequential(target: float, sd: float, variants: int, margin: float, alpha: float = ALPHA,
