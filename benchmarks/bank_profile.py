@@ -1,7 +1,7 @@
-"""Bank memory profile: predicted and measured bytes, update and loss time of the contrastive banks.
+"""`harness banks [--out reports/banks] [--max-bytes N] [--datasets a,b] [--device cpu|cuda]`: the banks' memory
+profile, predicted and measured. Bytes, update and loss time of the contrastive banks.
 
-`python -m benchmarks.bank_profile [--out reports/banks] [--max-bytes N] [--datasets a,b] [--device cpu|cuda]`
-writes banks.md, banks.csv and bank_memory.png. Predictions come only from the cost
+`python -m benchmarks.bank_profile` runs the same; it writes banks.md, banks.csv and bank_memory.png. Predictions come only from the cost
 functions in harness.contrast.banks, the ones whose constructors size the banks at run time.
 A bank is built and measured only when its prediction fits under --max-bytes.
 """
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from benchmarks.common import GEOMETRIES, GEOMETRY_NOTES, TAU, Geometry, fill_queues
 from harness import contrast
+from harness.command import parser as command_parser
 from harness.measure import PeakMemory, SpanTimer
 from harness.recipe import ContrastConfig
 from harness.report import markdown_table, save
@@ -537,14 +538,16 @@ def default_max_bytes(device: torch.device) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("reports/banks"))
+    parser = command_parser("banks", __doc__)
+    parser.add_argument("--out", type=Path, default=Path("reports/banks"),
+                        help="where banks.md, banks.csv and bank_memory.png go (default: reports/banks)")
     # argparse %-formats help texts: a percentage needs %%.
     parser.add_argument("--max-bytes", type=int, default=None,
                         help="build only banks predicted under this (default: 8 GB or half the free RAM; "
                              f"{CUDA_FREE_FRACTION:.0%}% of free GPU memory on CUDA)")
     parser.add_argument("--datasets", default=",".join(GEOMETRIES), help="comma-separated: " + ", ".join(GEOMETRIES))
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the banks are built and timed (default: cuda where there is one)")
     return parser.parse_args(argv)
 
 

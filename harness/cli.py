@@ -1,16 +1,7 @@
-"""The `harness` command: one entry point to the harness's command-line modules.
+"""`harness COMMAND [...]`: one entry point to the harness's commands; `harness COMMAND --help` for each one's options.
 
-    harness run RECIPE [...]           train a recipe's sweep (harness/run.py); on several processes
-                                       the documented way stays `accelerate launch harness/run.py RECIPE`
-    harness evaluate RESULTS_DIR [...] re-evaluate or export a finished run (harness/evaluate.py)
-    harness report RESULTS_DIR [...]   tables and plots of a recipe's results (harness/report/)
-    harness plan RESULTS_DIR [...]     seeds and training hours a study needs, from a pilot (harness/report/plan.py)
-    harness prepare RECIPE [...]       decode a recipe's real dataset once into its prepared store (harness/prepare.py)
-    harness submit RECIPE [...]        a study as scheduler jobs, one per run, and its report (harness/submit.py)
-    harness status RESULTS_DIR         where each run of a study stands (harness/status.py)
-    harness banks [...]                the banks' memory profile (benchmarks/bank_profile.py)
-
-Everything after the subcommand goes to that module's own options (`harness run --help`).
+`python -m harness.<module>` runs the same command (the module is in COMMANDS); runs on several processes start with
+`accelerate launch harness/run.py RECIPE` (README: Launching).
 """
 
 from __future__ import annotations
@@ -19,22 +10,35 @@ import argparse
 import importlib
 import sys
 
-from harness.exitcodes import guarded
+from harness.command import guarded
 
-COMMANDS: dict[str, str] = {
-    "run": "harness.run", "evaluate": "harness.evaluate", "report": "harness.report", "banks": "benchmarks.bank_profile",
-    "plan": "harness.report.plan", "submit": "harness.submit", "status": "harness.status",
-    "prepare": "harness.prepare",
+# command -> (the module whose main() it runs, what it does: the summary line of that module's docstring). The
+# summaries are checked against the docstrings (tests/test_cli.py), and README's list of commands against these.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("harness.run", "train a recipe's sweep, each run in its folder"),
+    "submit": ("harness.submit", "a study as scheduler jobs, one per run, and its report"),
+    "status": ("harness.status", "where each run of a study stands, one line a run, then the totals"),
+    "report": ("harness.report.build", "a study's report.md, tables and figures"),
+    "plan": ("harness.report.plan", "a finished study as the pilot of the next one"),
+    "evaluate": ("harness.evaluate", "evaluate a finished run's model again, or export its predictions"),
+    "prepare": ("harness.prepare", "decode a recipe's real dataset once into its prepared stores"),
+    "banks": ("benchmarks.bank_profile", "the banks' memory profile, predicted and measured"),
 }
 
 
+def listing() -> str:
+    """The commands and what each does, for `harness --help`."""
+    width = max(map(len, COMMANDS))
+    return "commands:\n" + "\n".join(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__,
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__, epilog=listing(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=COMMANDS)
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="the subcommand's own arguments")
+    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="one of the commands below")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
     args = parser.parse_args(argv)
-    return guarded(importlib.import_module(COMMANDS[args.command]).main, args.args)
+    return guarded(importlib.import_module(COMMANDS[args.command][0]).main, args.args)
 
 
 if __name__ == "__main__":

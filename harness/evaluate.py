@@ -1,5 +1,5 @@
-"""CLI: `[accelerate launch] python -m harness.evaluate RESULTS_DIR [--set eval.KEY=VALUE ...] [--name NAME]
-[--export DIR [--split FOLDER]]`.
+"""`harness evaluate RUN_DIR [--set eval.KEY=VALUE ...] [--name NAME] [--export DIR [--split FOLDER]]`: evaluate a
+finished run's model again, or export its predictions. On several processes: `accelerate launch -m harness.evaluate`.
 
 Rebuilds one finished run's model from the folder's recipe.yaml and model.safetensors, evaluates it on
 the split its recipe scores (eval.split) with the run's own protocol, or with the one `--set eval.*` gives (whole or slide,
@@ -23,7 +23,8 @@ from harness.process import share_the_machine
 
 share_the_machine()  # before anything loads torch: its OpenMP reads the environment once, as it loads
 
-from harness.exitcodes import EXIT_BAD_INPUT, EXIT_DAMAGED, guarded  # noqa: E402
+from harness.command import EXIT_BAD_INPUT, EXIT_DAMAGED, guarded
+from harness.command import parser as command_parser  # noqa: E402
 from harness.recipe import EvalConfig, Recipe, RecipeError, parse_override, set_dotted, validate  # noqa: E402
 from harness.results import (  # noqa: E402
     EVAL_PREFIX,
@@ -32,15 +33,14 @@ from harness.results import (  # noqa: E402
     SUMMARY_FILE,
     DamagedFile,
     file_sha256,
-    read_summary,
     read_recipe,
+    read_summary,
     write_json,
 )
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("evaluate", __doc__)
     parser.add_argument("results_dir", type=Path, help="one run's folder: results/<recipe>/<variant>[/seed-<k>]")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
                         help="change the protocol, e.g. --set eval.scales=[0.75,1.0,1.25] --set eval.flip=true")

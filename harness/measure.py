@@ -115,6 +115,10 @@ class SpanTimer:
         """Median span in seconds: robust to the odd evaluation or checkpoint stall."""
         return statistics.median(self.seconds) if self.seconds else None
 
+    def mean(self) -> float | None:
+        """Mean span in seconds: what a run's spans cost in all, stalls included (planning's unit)."""
+        return statistics.fmean(self.seconds) if self.seconds else None
+
 
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters (trainable or not)."""

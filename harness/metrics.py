@@ -20,6 +20,29 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes)  # [N*N] -> [N, N]
 
 
+# One class predicted on at least this share of the labelled pixels (where the truth gives it less) is a model
+# that learned to say one thing: e.g. background everywhere, every other class at IoU 0.
+COLLAPSE_SHARE = 0.98
+# An mIoU this close to what predicting the truth's most common class everywhere scores is no better than it.
+FLOOR_MARGIN = 0.005
+
+
+def collapse(cm: torch.Tensor, class_names: list[str]) -> str | None:
+    """Why a confusion matrix [N,N] (rows truth) shows a model that learned nothing, or None when it learned."""
+    cm = cm.double()
+    total = cm.sum()
+    predicted, truth = cm.sum(0) / total, cm.sum(1) / total  # [N] shares of the labelled pixels
+    top = int(predicted.argmax())
+    if predicted[top] >= COLLAPSE_SHARE and truth[top] < COLLAPSE_SHARE:
+        return (f"'{class_names[top]}' predicted on {predicted[top]:.1%} of the labelled pixels "
+                f"(it covers {truth[top]:.1%})")
+    miou, _ = iou_from_confusion(cm)
+    floor = float(truth.max() / (truth > 0).sum())  # IoU of the majority class alone, over the classes present
+    if miou <= floor + FLOOR_MARGIN:
+        return f"mIoU {miou:.1%} at the floor of predicting '{class_names[int(truth.argmax())]}' everywhere ({floor:.1%})"
+    return None
+
+
 def iou_from_confusion(cm: torch.Tensor) -> tuple[float, torch.Tensor]:
     """(mIoU, per-class IoU); classes with an empty union are NaN and left out of the mean."""
     cm = cm.double()

@@ -14,16 +14,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.command import EXIT_BAD_INPUT, guarded
+from harness.command import parser as command_parser
 from harness.data import DataError, prepare_splits
 from harness.data.store import usable_cores
-from harness.exitcodes import EXIT_BAD_INPUT, guarded
 from harness.recipe import RecipeError, load
 
 
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="harness prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", type=Path)
+    parser = command_parser("prepare", __doc__)
+    parser.add_argument("recipe", type=Path, help="recipe YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (repeatable), e.g. --set data.root=/data/cityscapes")
     parser.add_argument("--workers", type=int, default=usable_cores(),

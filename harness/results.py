@@ -242,7 +242,8 @@ class RunSummary(Record):
     global_batch_size: int | None = metric()
     per_process_batch: int | None = metric()
     grad_accum_steps: int | None = metric()
-    s_per_iter: float | None = metric()
+    s_per_iter: float | None = metric()  # the median timed step: robust to stalls, the pace of a typical step
+    s_per_iter_mean: float | None = metric()  # the mean timed step: what the steps cost in all
     train_images_per_s: float | None = metric()
     contrast_ms_per_iter: float | None = metric()
     train_peak_memory_bytes: int | None = metric()
@@ -268,6 +269,7 @@ class RunSummary(Record):
     contrast_ms_per_step: float | None = metric()
     contrast_extra_memory_bytes: int | None = metric()
     contrast_extra_memory_kind: str | None = metric()
+    cost_probe_skipped: str | None = metric()  # why a finished run has no probe: no contrast term, or switched off
 
     @model_validator(mode="after")
     def _finished_runs_have_a_score(self) -> "RunSummary":
@@ -336,6 +338,7 @@ class StudyManifest(Record):
     executor: Literal["slurm", "local"]
     jobs_dir: str
     report_job_id: str | None = None
+    controller_job_id: str | None = None  # a sequential study's controller (harness submit --until-decided)
     runs: list[StudyRun] = []
 
 

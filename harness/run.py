@@ -1,4 +1,6 @@
-"""CLI: `accelerate launch harness/run.py recipes/x.yaml [--set key=value ...]`.
+"""`harness run RECIPE [--set KEY=VALUE ...] [--only VARIANT ...]`: train a recipe's sweep, each run in its folder.
+
+On several processes, `accelerate launch [--config_file CONFIG] harness/run.py RECIPE [...]` runs the same.
 
 Every variant of the recipe's sweep is validated before anything is written; then each is
 trained in turn. A variant that fails is recorded as failed and the sweep goes on. A stop
@@ -16,7 +18,7 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if __name__ == "__main__" and sys.path and Path(sys.path[0]).name == "harness":
     # Run as a script, Python puts harness/ itself first on sys.path, where our
@@ -27,6 +29,15 @@ from harness.process import share_the_machine  # noqa: E402
 
 share_the_machine()  # before anything loads torch: its OpenMP reads the environment once, as it loads
 
+from harness.command import (  # noqa: E402
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_FAILED_VARIANT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    guarded,
+)
+from harness.command import parser as command_parser  # noqa: E402
 from harness.recipe import (  # noqa: E402
     CHANGEABLE_MID_RUN,
     DataConfig,
@@ -36,16 +47,26 @@ from harness.recipe import (  # noqa: E402
     load_sweep,
     with_batch_plan,
 )
-from harness.results import SUMMARY_FILE, run_dir, write_json, write_recipe, write_sweep  # noqa: E402
+from harness.results import (  # noqa: E402
+    SUMMARY_FILE,
+    DamagedFile,
+    read_summary,
+    run_dir,
+    run_label,
+    set_aside,
+    set_run_aside,
+    write_recipe,
+    write_summary,
+    write_sweep,
+)
 from harness.runfolder import FolderBusy, FolderLock, history, recipe_changes  # noqa: E402
 
 if TYPE_CHECKING:
     from accelerate import Accelerator, PartialState
 
-EXIT_OK, EXIT_FAILED_VARIANT, EXIT_BAD_RECIPE, EXIT_INTERRUPTED, EXIT_BUSY = 0, 1, 2, 3, 4
 # When runs end differently, the sweep's exit code is the most urgent: a stop, then a changed recipe, a busy
 # folder, a failure.
-URGENCY = (EXIT_INTERRUPTED, EXIT_BAD_RECIPE, EXIT_BUSY, EXIT_FAILED_VARIANT, EXIT_OK)
+URGENCY = (EXIT_INTERRUPTED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED_VARIANT, EXIT_OK)
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -58,7 +79,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("run", __doc__)
     add_recipe_arguments(parser, "run")
     parser.add_argument("--seed", dest="seeds", action="append", default=[], type=int, metavar="K",
                         help="run only these seeds of a seeded sweep (repeatable); a scheduler job runs one")
@@ -72,6 +93,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume-inexact", action="store_true",
                         help="with --resume: continue from a checkpoint with a missing or damaged part "
                              "(the summary then says resume_exact: false)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train runs that already finished again, setting each old run aside first "
+                             "(<folder>.replaced-<time>); without it a finished run is skipped, and one made by a "
+                             "different recipe stops with exit code 2, naming the keys")
     parser.add_argument("--no-report", action="store_true", help="do not build reports/<recipe>/ at the end")
     return parser.parse_args(argv)
 
@@ -131,20 +156,27 @@ def select(variants: list[Variant], names: list[str], seeds: list[int] = ()) -> 
             if (not names or variant.name in names) and (not seeds or variant.seed in seeds)]
 
 
-def write_report(recipe_dir: Path, reports_dir: Path) -> None:
-    """Build reports/<recipe>/; a plotting problem must not turn a finished sweep into a failure."""
-    from harness.report import build_report
+def report_and_answer(recipe_dir: Path, reports_dir: Path | None) -> None:
+    """Build reports/<recipe>/ (unless `reports_dir` is None) and print the study's answer; a plotting problem
+    must not turn a finished sweep into a failure."""
+    from harness.report.answer import answer_lines
+    from harness.report.build import write_report
+    from harness.report.study import load_study
 
     try:
-        print(f"report: {build_report(recipe_dir, reports_dir)}")
+        study = load_study(recipe_dir)
+        report = write_report(study, reports_dir) if reports_dir is not None else None
+        print("\n".join(answer_lines(study, report)))
     except Exception as error:  # noqa: BLE001 - the results are safe on disk either way
         print(f"warning: report not built ({type(error).__name__}: {error}); "
               f"retry with: python -m harness.report {recipe_dir}", file=sys.stderr)
 
 
-def run_variant(state: PartialState, variant: Variant, out_dir: Path, args: argparse.Namespace) -> int:
-    """Claim the run's folder, check what it holds, then train; the run's exit code (failures are recorded in
-    its summary instead of ending the sweep)."""
+def run_variant(
+    state: PartialState, variant: Variant, out_dir: Path, args: argparse.Namespace, claimed: Callable[[], None]
+) -> int:
+    """Claim the run's folder, check what it holds, call `claimed` (on the main process), then train; the run's
+    exit code (failures are recorded in its summary instead of ending the sweep)."""
     from accelerate.utils import broadcast_object_list
 
     lock = FolderLock(out_dir)
@@ -155,6 +187,8 @@ def run_variant(state: PartialState, variant: Variant, out_dir: Path, args: argp
         print(message, file=sys.stderr if code else sys.stdout)
     if code != EXIT_OK or message:  # refused, or nothing left to do
         return code
+    if state.is_main_process:
+        claimed()
     try:
         return train_claimed(variant, out_dir, args)
     finally:
@@ -165,22 +199,31 @@ def run_variant(state: PartialState, variant: Variant, out_dir: Path, args: argp
 def claim(lock: FolderLock, variant: Variant, out_dir: Path, args: argparse.Namespace) -> tuple[int, str]:
     """On the main process: lock the folder and decide from what it holds; (exit code, what to say).
 
-    (0, "") means train; a message with code 0 means the run is finished already. Only a run that
-    goes ahead keeps the lock, and only then is recipe.yaml written.
+    (0, "") means train; a message with code 0 means the run is finished already. A finished run is never
+    replaced by a different recipe, and only --overwrite trains it again (setting the old run aside). Only a run
+    that goes ahead keeps the lock, and only then is anything written: damaged files set aside, recipe.yaml.
     """
-    label = variant.name if variant.seed is None else f"{variant.name} (seed {variant.seed})"
+    label = run_label(variant.name, variant.seed)
     try:
         lock.acquire()
     except FolderBusy as error:
         return EXIT_BUSY, f"error: run {label}: {error}"
     past = history(out_dir)
     changed = recipe_changes(past, variant.recipe, args.allow_change) if past.finished or past.resumable else []
-    if args.resume and changed:
-        code, message = EXIT_BAD_RECIPE, (f"error: run {label}: the recipe differs from the one that made {out_dir} "
-                                          f"in {', '.join(changed)}; not touching it")
-    elif args.resume and past.finished:
-        code, message = EXIT_OK, f"run {label} already finished: skipped"
+    overwrite = past.finished and args.overwrite
+    if changed and (args.resume or past.finished) and not overwrite:
+        again = "" if args.resume else " (--overwrite trains it again, setting the old run aside)"
+        code, message = EXIT_BAD_INPUT, (f"error: run {label}: the recipe differs from the one that made {out_dir} "
+                                         f"in {', '.join(changed)}; not touching it{again}")
+    elif past.finished and not overwrite:
+        code, message = EXIT_OK, f"run {label} already finished: skipped (--overwrite trains it again)"
     else:
+        notes = [f"{damage}: set aside as {set_aside(damage.path).name}" for damage in past.damaged
+                 if damage.path.parent == out_dir]  # a damaged checkpoint part is the resume's to judge
+        if overwrite:
+            notes.append(f"run {label}: the finished run was set aside in {set_run_aside(out_dir)}")
+        for note in notes:
+            print(note, file=sys.stderr)
         write_recipe(out_dir, variant.recipe)
         return EXIT_OK, ""
     lock.release()
@@ -201,8 +244,9 @@ def train_claimed(variant: Variant, out_dir: Path, args: argparse.Namespace) -> 
         record_end(accelerator, out_dir, engine.interrupted_summary(accelerator, variant, stop))
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - one bad variant must not end the sweep
-        accelerator.print(traceback.format_exc())
-        accelerator.print(f"variant {variant.name} failed: {type(error).__name__}: {error}")
+        if not isinstance(error, DamagedFile):  # a damaged file is said in one line; a bug needs its traceback
+            accelerator.print(traceback.format_exc())
+        accelerator.print(f"run {run_label(variant.name, variant.seed)} failed: {type(error).__name__}: {error}")
         record_end(accelerator, out_dir, engine.failed_summary(accelerator, variant, error))
         return EXIT_FAILED_VARIANT
     finally:
@@ -215,15 +259,24 @@ def record_end(accelerator: Accelerator, out_dir: Path, summary: dict) -> None:
     if not accelerator.is_main_process:
         return
     try:
-        write_json(out_dir / SUMMARY_FILE, summary)
+        write_summary(out_dir, summary)
     except OSError as error:
         print(f"error: could not write {out_dir / SUMMARY_FILE} ({error}); the sweep goes on", file=sys.stderr)
+
+
+def failure(folder: Path) -> str:
+    """A failed run's error as its summary records it (the first line)."""
+    try:
+        error = read_summary(folder).error
+    except DamagedFile as damage:
+        error = f"its summary is unreadable: {damage}"
+    return (error or "no error recorded").splitlines()[0]
 
 
 def bad_recipe(error: RecipeError, path: Path) -> int:
     """Say what is wrong with the recipe, where, and return the exit code for it."""
     print(f"error: {error.located(path) if error.source is None else error}", file=sys.stderr)
-    return EXIT_BAD_RECIPE
+    return EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,22 +301,23 @@ def main(argv: list[str] | None = None) -> int:
         return bad_recipe(error, args.recipe)
     run_cfg = variants[0].recipe.run
     recipe_dir = run_cfg.output_dir / run_cfg.name
-    if state.is_main_process:
-        write_sweep(recipe_dir, sweep)
-    codes = {}
+    codes, folders = {}, {}
     for variant in variants:
-        label = variant.name if variant.seed is None else f"{variant.name} (seed {variant.seed})"
-        codes[label] = run_variant(state, variant, run_dir(recipe_dir, variant.name, variant.seed), args)
+        label = run_label(variant.name, variant.seed)
+        folders[label] = out_dir = run_dir(recipe_dir, variant.name, variant.seed)
+        codes[label] = run_variant(state, variant, out_dir, args, lambda: write_sweep(recipe_dir, sweep))
         if codes[label] == EXIT_INTERRUPTED:
             break  # a stop request ends the sweep, not only the run
-    if state.is_main_process and not args.no_report:
-        write_report(recipe_dir, run_cfg.reports_dir)
+    refused_only = set(codes.values()) <= {EXIT_BUSY, EXIT_BAD_INPUT}  # a refused launch writes nothing at all
+    if state.is_main_process and not refused_only:
+        report_and_answer(recipe_dir, None if args.no_report else run_cfg.reports_dir)
     failed = [label for label, code in codes.items() if code == EXIT_FAILED_VARIANT]
-    if failed:
-        state.print(f"{len(failed)} of {len(variants)} runs failed: {', '.join(failed)}")
+    if failed:  # the last line says which, and why (each failure was printed with its run)
+        state.print(f"{len(failed)} of {len(variants)} runs failed: " + "; ".join(
+            f"{label} ({failure(folders[label])})" for label in failed))
     state.wait_for_everyone()
     return next(code for code in URGENCY if code in codes.values() or code == EXIT_OK)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -31,8 +31,8 @@ from harness.results import (
     SUMMARY_FILE,
     DamagedFile,
     read_json,
-    read_summary,
     read_recipe,
+    read_summary,
     remove,
     write_json,
 )

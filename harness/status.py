@@ -21,7 +21,8 @@ from pathlib import Path
 import psutil
 from submitit.core.utils import JobPaths
 
-from harness.exitcodes import guarded
+from harness.command import guarded
+from harness.command import parser as command_parser
 from harness.results import (
     METRICS_FILE,
     RECIPE_FILE,
@@ -68,7 +69,7 @@ def local_job_alive(job_id: str) -> bool:
 
 def live_jobs(study: StudyManifest) -> set[str] | None:
     """The study's jobs its scheduler says may still run; None when the scheduler does not answer."""
-    ids = {run.job_id for run in study.runs} | {study.report_job_id}
+    ids = {run.job_id for run in study.runs} | {study.report_job_id, study.controller_job_id}
     ids.discard(None)
     if study.executor == "local":
         return {job_id for job_id in ids if local_job_alive(job_id)}
@@ -183,7 +184,7 @@ def print_status(results_dir: Path) -> list[RunStatus]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: harness status RESULTS_DIR."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("status", __doc__)
     parser.add_argument("results_dir", type=Path, help="results/<recipe> of a study")
     args = parser.parse_args(argv)
     if not args.results_dir.is_dir():

@@ -1,4 +1,4 @@
-"""A study as scheduler jobs: `harness submit RECIPE --executor {slurm,local} [...]` (or `python -m harness.submit`).
+"""`harness submit RECIPE --executor {slurm,local} [...]`: a study as scheduler jobs, one per run, and its report.
 
 One submitit job per (variant, seed) of the expanded sweep runs what `accelerate launch harness/run.py
 RECIPE --only NAME --seed K --resume` runs, on every GPU of its node(s): one task per GPU (or per CPU
@@ -33,13 +33,20 @@ from submitit.helpers import Checkpointable
 from tqdm.auto import tqdm
 
 from harness import run
-from harness.recipe import RecipeError, Variant, load_sweep
+from harness.command import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED_VARIANT, EXIT_INTERRUPTED, EXIT_OK, guarded
+from harness.command import parser as command_parser
+from harness.recipe import RecipeError, SweepSpec, Variant, load_sweep
 from harness.results import (
+    DamagedFile,
+    StudyManifest,
+    StudyRun,
     finished,
     missing_runs,
     read_study,
+    read_summary,
     run_dir,
     run_label,
+    set_aside,
     study_lock,
     update_study_run,
     write_study,
@@ -155,7 +162,7 @@ class RunJob(Checkpointable):
         if main_rank:
             update_study_run(self.recipe_dir, self.folder, job.job_id, "running")
         code = run.main(self.argv())
-        if code == run.EXIT_INTERRUPTED:
+        if code == EXIT_INTERRUPTED:
             if main_rank:
                 update_study_run(self.recipe_dir, self.folder, job.job_id, "requeued", requeued=True)
             for signum in (signal.SIGTERM, preempted):  # the checkpoint is saved: later warnings change nothing
@@ -164,7 +171,7 @@ class RunJob(Checkpointable):
             # the other ranks leave without a result, and the requeued job starts them again.
             requeue(preempted, None)
             sys.exit(0)
-        if main_rank and code != run.EXIT_BUSY:  # a busy folder is another launch's: so is its entry
+        if main_rank and code != EXIT_BUSY:  # a busy folder is another launch's: so is its entry
             update_study_run(self.recipe_dir, self.folder, job.job_id, "finished" if code == 0 else "failed")
         if code != 0:
             sys.exit(code)  # run.py said why (a busy folder's holder, a failure's error in its summary)
@@ -188,6 +195,88 @@ class ReportJob(Checkpointable):
         report_main([str(self.recipe_dir), "--out", str(self.reports_dir)])
 
 
+@dataclass(frozen=True)
+class ControllerJob(Checkpointable):
+    """A sequential study's controller (`--until-decided`): it submits the next look's runs of every undecided
+    variant (and the baseline's, as far as any variant needs them), waits for them, decides again, and ends with
+    the report once every variant is decided or at max_seeds.
+
+    It keeps no state of its own: what to run next follows from the run folders through the report's decision
+    code. Requeued on preemption or at its time limit, as a run is, it simply looks again; so does a new one that
+    `harness submit --until-decided` starts after it ended.
+    """
+
+    args: argparse.Namespace
+    recipe_dir: Path
+    reports_dir: Path
+
+    def __call__(self) -> int:
+        every_run, sweep = load_sweep(self.args.recipe, self.args.overrides)
+        return until_decided(self.args, run.select(every_run, self.args.only), sweep, self.recipe_dir,
+                             self.reports_dir)
+
+
+def seeds_wanted(sweep: SweepSpec, recipe_dir: Path, variants: list[str]) -> dict[str, int]:
+    """How many of the sweep's seeds (in its order) each variant needs now: an undecided variant those of its next
+    look, a decided one (or one at max_seeds) none more, the baseline as many as any variant needs."""
+    from harness.report.study import load_study  # pandas: the controller's alone
+
+    try:
+        aggregate = load_study(recipe_dir).aggregate.set_index("variant")
+    except FileNotFoundError:  # not one run folder yet
+        aggregate = None
+    wanted = {}
+    for name in variants:
+        if name != sweep.baseline:
+            ran = aggregate is not None and name in aggregate.index
+            look = aggregate.at[name, "next_look"] if ran else sweep.looks[0]
+            wanted[name] = 0 if look != look else int(look)  # NaN: decided, nothing more to run
+    wanted[sweep.baseline] = max(wanted.values(), default=0)
+    return wanted
+
+
+def until_decided(args: argparse.Namespace, runs: list[Variant], sweep: SweepSpec, recipe_dir: Path,
+                  reports_dir: Path) -> int:
+    """Submit look after look until every variant is decided; the report at the end. 0, or EXIT_FAILED_VARIANT
+    when a run a look needs failed (the study waits for a person: submitting again retries it)."""
+    while True:
+        wanted = seeds_wanted(sweep, recipe_dir, list(dict.fromkeys(variant.name for variant in runs)))
+        look = [variant for variant in runs if variant.seed in sweep.seeds[:wanted[variant.name]]]
+        todo = [variant for variant in look if not finished(run_dir(recipe_dir, variant.name, variant.seed))]
+        if not todo:
+            break
+        print(f"next look: {', '.join(f'{name} {count} seeds' for name, count in wanted.items() if count)}",
+              flush=True)
+        with study_lock(recipe_dir):
+            submit_study(args, todo, recipe_dir, reports_dir, report=False)
+        wait_for_runs(recipe_dir, todo)
+        failed = [variant for variant in todo if not finished(run_dir(recipe_dir, variant.name, variant.seed))]
+        if failed:
+            print(f"{len(failed)} runs of the look did not finish: "
+                  f"{', '.join(run_label(variant.name, variant.seed) for variant in failed)}; the study waits: "
+                  "fix them and submit again (finished runs are kept)", flush=True)
+            return report_and_answer(recipe_dir, reports_dir, EXIT_FAILED_VARIANT)
+    return report_and_answer(recipe_dir, reports_dir, EXIT_OK)
+
+
+def wait_for_runs(recipe_dir: Path, runs: list[Variant]) -> None:
+    """Block until no job of the manifest holds one of `runs` any more."""
+    folders = {run_dir(Path(), variant.name, variant.seed).as_posix() for variant in runs}
+    while True:
+        study = read_study(recipe_dir)
+        jobs = {entry.job_id for entry in study.runs if entry.folder in folders and entry.job_id is not None}
+        live = live_jobs(study)
+        if live is not None and not jobs & live:
+            return
+        time.sleep(POLL_S)
+
+
+def report_and_answer(recipe_dir: Path, reports_dir: Path, code: int) -> int:
+    """Build the study's report and print its answer; `code`."""
+    run.report_and_answer(recipe_dir, reports_dir)
+    return code
+
+
 # ---------------------------------------------------------------- submitting
 
 
@@ -199,18 +288,32 @@ def key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """argparse type of a count option: an integer of at least `low`, else a one-line error naming the option."""
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return count
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("submit", __doc__)
     run.add_recipe_arguments(parser, "submit")
     parser.add_argument("--executor", choices=("slurm", "local"), required=True,
                         help="slurm: sbatch; local: submitit's local executor on this machine")
-    parser.add_argument("--nodes", type=int, default=1, help="nodes per run (default 1)")
-    parser.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one task each (default 0: CPU)")
-    parser.add_argument("--tasks-per-node", type=int, default=None,
+    parser.add_argument("--nodes", type=at_least(1), default=1, help="nodes per run (default 1)")
+    parser.add_argument("--gpus-per-node", type=at_least(0), default=0, help="GPUs per node, one task each (default 0: CPU)")
+    parser.add_argument("--tasks-per-node", type=at_least(1), default=None,
                         help="CPU ranks per node when there are no GPUs (default 1)")
-    parser.add_argument("--time-min", type=int, default=24 * 60,
+    parser.add_argument("--time-min", type=at_least(1), default=24 * 60,
                         help="time limit of a job in minutes (default 1440); a run longer than it is requeued")
-    parser.add_argument("--max-parallel", type=int, default=None, metavar="K",
+    parser.add_argument("--max-parallel", type=at_least(1), default=None, metavar="K",
                         help="runs at once (SLURM: the array's throttle; default: all on SLURM, 1 locally)")
     parser.add_argument("--partition", help="SLURM partition")
     parser.add_argument("--account", help="SLURM account")
@@ -220,6 +323,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--launch-config", type=Path, default=None,
                         help="Accelerate config of each run (default: README's for the device: "
                              "accelerate_config.yaml, launch/gpu.yaml, multi_gpu.yaml or multi_node.yaml)")
+    parser.add_argument("--until-decided", action="store_true",
+                        help="a sequential study (sweep.design: sequential): a controller job submits each look's "
+                             "runs of the variants still undecided, until every one is decided or at max_seeds")
     parser.add_argument("--wait", action="store_true", help="follow the jobs until the report is built")
     args = parser.parse_args(argv)
     if args.gpus_per_node and args.tasks_per_node not in (None, args.gpus_per_node):
@@ -319,63 +425,104 @@ def submit_report(args: argparse.Namespace, recipe_dir: Path, reports_dir: Path,
     return executor.submit(ReportJob(recipe_dir, reports_dir, tuple(after))).job_id
 
 
-def submit_study(args: argparse.Namespace, runs: list[Variant], recipe_dir: Path, reports_dir: Path) -> int:
-    """Submit the runs neither finished nor held by a live job, then the report job; write study.json.
+def current_manifest(recipe_dir: Path, args: argparse.Namespace) -> StudyManifest:
+    """study.json as the submission finds it; a damaged one is set aside and rebuilt from the run folders (the
+    folders are the truth: the jobs it named are looked up again by nobody, so their runs count as not held)."""
+    try:
+        study = read_study(recipe_dir)
+    except DamagedFile as damage:
+        print(f"{damage}: set aside as {set_aside(damage.path).name}; rebuilt from the run folders")
+        study = None
+    return study or StudyManifest(recipe=str(args.recipe.resolve()), executor=args.executor, jobs_dir=JOBS_DIR)
+
+
+def run_is_finished(folder: Path) -> bool:
+    """Whether a run finished; a damaged summary is set aside (never deleted), so that its run is done again."""
+    try:
+        return read_summary(folder).status == "ok"
+    except DamagedFile as damage:
+        print(f"{damage}: set aside as {set_aside(damage.path).name}; the run resumes or trains again")
+        return False
+
+
+def submit_study(
+    args: argparse.Namespace, runs: list[Variant], recipe_dir: Path, reports_dir: Path, report: bool = True
+) -> int:
+    """Submit the runs neither finished nor held by a live job, then (with `report`) the report job; write study.json.
 
     Returns how many runs were submitted.
     """
     name = runs[0].recipe.run.name
-    study = read_study(recipe_dir) or {"runs": [], "report_job_id": None}
-    live = live_jobs(study) if study["runs"] else set()
-    entries = {entry["folder"]: entry for entry in study["runs"]}
+    study = current_manifest(recipe_dir, args)
+    live = live_jobs(study) if study.runs else set()
+    entries = {entry.folder: entry for entry in study.runs}
     todo, held = [], []
     for variant in runs:
         folder = run_dir(Path(), variant.name, variant.seed).as_posix()
-        entry = entries.setdefault(folder, {"variant": variant.name, "seed": variant.seed, "folder": folder,
-                                            "job_id": None, "state": "pending", "requeue_count": 0})
-        if finished(recipe_dir / folder):
-            entry["state"] = "finished"
-        elif entry["job_id"] is not None and entry["state"] in ("pending", "running", "requeued") and (
-                live is None or entry["job_id"] in live):  # with no answer from the scheduler, assume it lives
-            held.append(entry["job_id"])
-            print(f"{run_label(variant.name, variant.seed)}: held by live job {entry['job_id']}, not submitted again")
+        entry = entries.setdefault(folder, StudyRun(variant=variant.name, seed=variant.seed, folder=folder))
+        if run_is_finished(recipe_dir / folder):
+            entry.state = "finished"
+        elif entry.job_id is not None and entry.state in ("pending", "running", "requeued") and (
+                live is None or entry.job_id in live):  # with no answer from the scheduler, assume it lives
+            held.append(entry.job_id)
+            print(f"{run_label(variant.name, variant.seed)}: held by live job {entry.job_id}, not submitted again")
         else:
             todo.append(variant)
-    report_id = study["report_job_id"]
+    report_id = study.report_job_id
     if todo:
         ids = submit_runs(args, todo, recipe_dir, name)
         for variant, job_id in zip(todo, ids, strict=True):
-            entries[run_dir(Path(), variant.name, variant.seed).as_posix()].update(job_id=job_id, state="pending")
+            entry = entries[run_dir(Path(), variant.name, variant.seed).as_posix()]
+            entry.job_id, entry.state = job_id, "pending"
             print(f"{run_label(variant.name, variant.seed)}: job {job_id}")
-        report_id = submit_report(args, recipe_dir, reports_dir, name, held + ids)
-        print(f"report: job {report_id} builds {reports_dir / recipe_dir.name}/ once they have ended")
+        if report:
+            report_id = submit_report(args, recipe_dir, reports_dir, name, held + ids)
+            print(f"report: job {report_id} builds {reports_dir / recipe_dir.name}/ once they have ended")
     else:
         print(f"nothing to submit: {len(runs) - len(held)} of {len(runs)} runs finished, {len(held)} held")
-    write_study(recipe_dir, {
+    write_study(recipe_dir, study.model_copy(update={
         "recipe": str(args.recipe.resolve()), "overrides": args.overrides, "executor": args.executor,
         "jobs_dir": JOBS_DIR, "report_job_id": report_id, "runs": list(entries.values()),
-    })
+    }))
     return len(todo)
 
 
+def submit_controller(args: argparse.Namespace, recipe_dir: Path, reports_dir: Path, name: str) -> int:
+    """Start the controller job of a sequential study unless a live one holds it; 1 if it started one, else 0."""
+    study = current_manifest(recipe_dir, args)
+    live = live_jobs(study) if study.controller_job_id else set()
+    if study.controller_job_id is not None and (live is None or study.controller_job_id in live):
+        print(f"held by live controller job {study.controller_job_id}, not submitted again")
+        return 0
+    executor = executor_for(args, recipe_dir / JOBS_DIR, f"{name}-controller", 1, 1, 0, args.time_min)
+    job_id = executor.submit(ControllerJob(args, recipe_dir, reports_dir)).job_id
+    print(f"controller: job {job_id} submits each look's runs until every variant is decided, then the report")
+    write_study(recipe_dir, study.model_copy(update={
+        "recipe": str(args.recipe.resolve()), "overrides": args.overrides, "executor": args.executor,
+        "jobs_dir": JOBS_DIR, "controller_job_id": job_id,
+    }))
+    return 1
+
+
 def follow(recipe_dir: Path, report: Path) -> int:
-    """A bar of finished runs until the report job has ended; 0 when every run finished and the report exists."""
-    study = read_study(recipe_dir)
-    total, shown, on_terminal = len(study["runs"]), 0, sys.stderr.isatty()
-    with tqdm(total=total, desc="runs finished", unit="run", disable=not on_terminal) as bar:
+    """A bar of finished runs until the study's last job (its controller, else its report job) has ended; 0 when
+    every submitted run finished and the report exists."""
+    shown, on_terminal = 0, sys.stderr.isatty()
+    with tqdm(desc="runs finished", unit="run", disable=not on_terminal) as bar:
         while True:
-            done = total - len(missing_runs(recipe_dir))
+            study = read_study(recipe_dir)  # a controller adds each look's runs as it goes
+            bar.total, done = len(study.runs), len(study.runs) - len(missing_runs(recipe_dir, study))
             if done != shown:
                 bar.update(done - shown)
                 if not on_terminal:  # a log file gets a line per change, not a redrawn bar
-                    print(f"{done} of {total} runs finished", flush=True)
+                    print(f"{done} of {len(study.runs)} runs finished", flush=True)
                 shown = done
             live = live_jobs(study)
-            if live is not None and study["report_job_id"] not in live:
+            if live is not None and (study.controller_job_id or study.report_job_id) not in live:
                 break
             time.sleep(POLL_S)
     print_status(recipe_dir)
-    return 0 if report.exists() and not missing_runs(recipe_dir) else run.EXIT_FAILED_VARIANT
+    return 0 if report.exists() and not missing_runs(recipe_dir, study) else EXIT_FAILED_VARIANT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,9 +537,17 @@ def main(argv: list[str] | None = None) -> int:
     recipe_dir = (run_cfg.output_dir / run_cfg.name).resolve()  # the manifest's jobs may start anywhere
     reports_dir = run_cfg.reports_dir.resolve()
     started = time.time()
+    if (sweep.design == "sequential") != args.until_decided:
+        print(f"error: {args.recipe}: sweep.design is {sweep.design}: "
+              + ("submit it with --until-decided" if sweep.design == "sequential" else
+                 "--until-decided needs sweep.design: sequential (with its looks)"), file=sys.stderr)
+        return EXIT_BAD_INPUT
     write_sweep(recipe_dir, sweep)
     with study_lock(recipe_dir):  # a second submission waits here, then finds these runs held
-        submitted = submit_study(args, runs, recipe_dir, reports_dir)
+        if args.until_decided:
+            submitted = submit_controller(args, recipe_dir, reports_dir, run_cfg.name)
+        else:
+            submitted = submit_study(args, runs, recipe_dir, reports_dir)
     print(f"results: {recipe_dir}  (harness status {recipe_dir}; logs in {recipe_dir / JOBS_DIR})")
     if not args.wait or not submitted:
         return 0
@@ -403,4 +558,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Jobs must pickle RunJob as harness.submit.RunJob, importable in the job, not as this __main__'s copy.
-    sys.exit(importlib.import_module("harness.submit").main())
+    sys.exit(guarded(importlib.import_module("harness.submit").main))

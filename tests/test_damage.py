@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import exitcodes, results, run
+
+from harness import results, run
+from harness.command import EXIT_BAD_INPUT, EXIT_FAILED_VARIANT, EXIT_INTERRUPTED
 from harness.engine import checkpoint
 from harness.recipe import Recipe
 from harness.results import (
@@ -176,7 +178,7 @@ def test_a_finished_run_is_not_replaced_by_another_recipe(tmp_path: Path, capsys
     before = {item.name: item.read_bytes() for item in folder_of(tmp_path).iterdir() if item.is_file()}
     assert run.main([str(path), "--no-report"]) == 0  # the same recipe: skipped
     assert "already finished: skipped" in capsys.readouterr().out
-    assert run.main([str(path), "--no-report", "--set", "optim.lr=0.05"]) == exitcodes.EXIT_BAD_INPUT
+    assert run.main([str(path), "--no-report", "--set", "optim.lr=0.05"]) == EXIT_BAD_INPUT
     assert "optim.lr" in capsys.readouterr().err
     after = {item.name: item.read_bytes() for item in folder_of(tmp_path).iterdir() if item.is_file()}
     assert {name: data for name, data in after.items() if not name.startswith(".lock")} == {
@@ -217,7 +219,7 @@ def interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tiny run stopped by a signal at iteration 4, its checkpoint on disk; its recipe file."""
     path = recipe_file(tmp_path)
     signal_at(monkeypatch, 3)
-    assert run.main([str(path), "--no-report"]) == exitcodes.EXIT_INTERRUPTED
+    assert run.main([str(path), "--no-report"]) == EXIT_INTERRUPTED
     monkeypatch.undo()
     return path
 
@@ -225,7 +227,7 @@ def interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_resume_inexact_replaces_a_truncated_optimizer_state(tmp_path: Path, interrupted: Path) -> None:
     part = folder_of(tmp_path) / "checkpoint" / "optimizer.bin"
     damage(part, "truncated")
-    assert run.main([str(interrupted), "--no-report", "--resume"]) == exitcodes.EXIT_FAILED_VARIANT
+    assert run.main([str(interrupted), "--no-report", "--resume"]) == EXIT_FAILED_VARIANT
     failed = summary(tmp_path)
     assert failed["status"] == "failed" and str(part) in failed["error"] and "--resume-inexact" in failed["error"]
     assert run.main([str(interrupted), "--no-report", "--resume", "--resume-inexact"]) == 0
@@ -240,7 +242,7 @@ def test_resume_inexact_refuses_damaged_weights_naming_them(
 ) -> None:
     part = folder_of(tmp_path) / "checkpoint" / "model.safetensors"
     damage(part, "flipped_byte")
-    assert run.main([str(interrupted), "--no-report", "--resume", "--resume-inexact"]) == exitcodes.EXIT_FAILED_VARIANT
+    assert run.main([str(interrupted), "--no-report", "--resume", "--resume-inexact"]) == EXIT_FAILED_VARIANT
     output = capsys.readouterr()
     last = (output.out + output.err).strip().splitlines()[-1]
     assert str(part) in last and "Traceback" not in output.out + output.err

@@ -20,7 +20,8 @@ import pytest
 import torch
 import yaml
 
-from harness import engine, exitcodes, run
+from harness import engine, run
+from harness.command import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED_VARIANT, EXIT_INTERRUPTED
 from harness.engine import checkpoint, loop
 from harness.engine.step import Trainer
 from harness.results import publish
@@ -100,7 +101,7 @@ def test_a_stop_signal_saves_and_resume_continues_exactly(
     path = recipe_file(tmp_path)  # no checkpoint interval: the signal alone makes the checkpoint
     handler = signal.getsignal(signum)
     signal_at(monkeypatch, 3, signum)
-    assert run.main([str(path), "--no-report"]) == exitcodes.EXIT_INTERRUPTED
+    assert run.main([str(path), "--no-report"]) == EXIT_INTERRUPTED
     stopped = summary(tmp_path)
     assert stopped["status"] == "interrupted" and stopped["iteration"] == 4
     assert stopped["signal"] == signal.Signals(signum).name
@@ -174,7 +175,7 @@ def test_ranks_agree_to_stop_when_one_rank_is_signalled(tmp_path: Path) -> None:
 def interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A run stopped by SIGTERM at iteration 4, with its checkpoint."""
     signal_at(monkeypatch, 3)
-    assert run.main([str(recipe_file(tmp_path)), "--no-report"]) == exitcodes.EXIT_INTERRUPTED
+    assert run.main([str(recipe_file(tmp_path)), "--no-report"]) == EXIT_INTERRUPTED
     monkeypatch.undo()
     return tmp_path
 
@@ -193,7 +194,7 @@ def test_resume_with_a_changed_recipe_stops_naming_the_keys(
 ) -> None:
     before = snapshot(folder_of(interrupted))
     path = interrupted / "recipe.yaml"
-    assert run.main([str(path), "--no-report", "--resume", "--set", override]) == exitcodes.EXIT_BAD_INPUT
+    assert run.main([str(path), "--no-report", "--resume", "--set", override]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and key in err[0] and "differs" in err[0]
     assert snapshot(folder_of(interrupted)) == before  # recipe.yaml, checkpoint and log untouched
@@ -203,9 +204,9 @@ def test_safe_changes_are_allowed_explicitly_and_unsafe_ones_never(
     interrupted: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = interrupted / "recipe.yaml"
-    assert run.main([str(path), "--no-report", "--resume", "--set", "run.log_interval=2"]) == exitcodes.EXIT_BAD_INPUT
+    assert run.main([str(path), "--no-report", "--resume", "--set", "run.log_interval=2"]) == EXIT_BAD_INPUT
     assert run.main([str(path), "--no-report", "--resume", "--set", "optim.lr=0.05",
-                     "--allow-change", "optim.lr"]) == exitcodes.EXIT_BAD_INPUT
+                     "--allow-change", "optim.lr"]) == EXIT_BAD_INPUT
     assert "--allow-change: optim.lr cannot change mid-run" in capsys.readouterr().err
     assert run.main([str(path), "--no-report", "--resume", "--set", "run.log_interval=2",
                      "--allow-change", "run.log_interval"]) == 0
@@ -219,7 +220,7 @@ def test_a_finished_run_is_skipped_only_for_its_own_recipe(
     before = snapshot(folder_of(uninterrupted))
     assert run.main([str(path), "--no-report", "--resume"]) == 0
     assert "already finished: skipped" in capsys.readouterr().out
-    assert run.main([str(path), "--no-report", "--resume", "--set", "optim.lr=0.05"]) == exitcodes.EXIT_BAD_INPUT
+    assert run.main([str(path), "--no-report", "--resume", "--set", "optim.lr=0.05"]) == EXIT_BAD_INPUT
     assert "optim.lr" in capsys.readouterr().err
     assert snapshot(folder_of(uninterrupted)) == before
 
@@ -248,7 +249,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(interrupted: Path, dama
     else:
         states.write_bytes(states.read_bytes()[:-10])
     path = str(interrupted / "recipe.yaml")
-    assert run.main([path, "--no-report", "--resume"]) == exitcodes.EXIT_FAILED_VARIANT
+    assert run.main([path, "--no-report", "--resume"]) == EXIT_FAILED_VARIANT
     failed = summary(interrupted)
     assert failed["status"] == "failed" and str(states) in failed["error"] and "--resume-inexact" in failed["error"]
     assert run.main([path, "--no-report", "--resume", "--resume-inexact"]) == 0
@@ -262,7 +263,7 @@ def test_a_folder_another_launch_holds_is_not_touched(
     lock = FolderLock(folder)
     lock.acquire()  # as another launch on this folder would
     try:
-        assert run.main([str(recipe_file(tmp_path)), "--no-report"]) == exitcodes.EXIT_BUSY
+        assert run.main([str(recipe_file(tmp_path)), "--no-report"]) == EXIT_BUSY
     finally:
         lock.release()
     err = capsys.readouterr().err
@@ -285,7 +286,7 @@ def test_non_finite_state_is_never_checkpointed(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(Trainer, "step", poison)
     path = recipe_file(tmp_path, run={"checkpoint_interval": 2})
-    assert run.main([str(path), "--no-report"]) == exitcodes.EXIT_FAILED_VARIANT
+    assert run.main([str(path), "--no-report"]) == EXIT_FAILED_VARIANT
     failed = summary(tmp_path)
     assert "NonFinite" in failed["error"] and "running_var" in failed["error"]
     manifest = json.loads((folder_of(tmp_path) / "checkpoint" / "manifest.json").read_text())
@@ -312,7 +313,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_the_sweep(
     tree = yaml.safe_load(recipe_file(tmp_path, run={"checkpoint_interval": 2}).read_text())
     tree["sweep"] = {"variants": {"first": {}, "second": {"loss.contrast.kind": "none"}}}
     path = write(tmp_path, tree)
-    assert run.main([str(path), "--no-report"]) == exitcodes.EXIT_FAILED_VARIANT
+    assert run.main([str(path), "--no-report"]) == EXIT_FAILED_VARIANT
     first = tmp_path / "results" / "tiny" / "first"
     failed = json.loads((first / "summary.json").read_text())
     assert "no space left on" in failed["error"] and str(first / "checkpoint") in failed["error"]
@@ -334,7 +335,7 @@ def test_a_summary_that_cannot_be_written_is_reported_and_the_sweep_goes_on(
     monkeypatch.setattr(run, "write_summary", no_space)
     tree = yaml.safe_load(recipe_file(tmp_path).read_text())
     tree["sweep"] = {"variants": {"first": {}, "second": {}}}
-    assert run.main([str(write(tmp_path, tree)), "--no-report"]) == exitcodes.EXIT_FAILED_VARIANT
+    assert run.main([str(write(tmp_path, tree)), "--no-report"]) == EXIT_FAILED_VARIANT
     err = capsys.readouterr().err
     assert err.count("could not write") == 2 and "the sweep goes on" in err
 
@@ -355,7 +356,7 @@ def test_weights_are_written_before_the_final_evaluation(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(loop, "evaluate", broken_evaluation)
     path = recipe_file(tmp_path)
-    assert run.main([str(path), "--no-report"]) == exitcodes.EXIT_FAILED_VARIANT
+    assert run.main([str(path), "--no-report"]) == EXIT_FAILED_VARIANT
     folder = folder_of(tmp_path)
     assert (folder / "model.safetensors").is_file()
     assert json.loads((folder / "checkpoint" / "manifest.json").read_text())["reason"] == "final"

@@ -30,7 +30,7 @@ from tests.report_fixtures import (
     table_under,
 )
 
-from harness.exitcodes import EXIT_INCOMPLETE
+from harness.command import EXIT_INCOMPLETE
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -22,10 +22,11 @@ import json
 import math
 import os
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import datasets
 import filelock
@@ -36,7 +37,7 @@ from harness.data.info import keyed_table
 from harness.data.real import LABEL_MAPS, decode_files, image_size
 from harness.process import usable_cores  # noqa: F401 - its one home; data, prepare and run import it from here
 from harness.recipe import DataConfig
-from harness.results import publish
+from harness.results import DamagedFile, publish, set_aside
 
 Row = dict[str, Any]
 
@@ -159,6 +160,36 @@ def _build(folder: Path, table: datasets.Dataset, files: list[list[Any]], worker
         raise
 
 
+def _build_once(folder: Path, build: Callable[[Path], None]) -> None:
+    """Publish the store at `folder` unless another process (a rank) built it first."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(folder.with_name(f"{folder.name}.lock")):  # other ranks wait, then find it built
+        if not folder.is_dir():
+            publish(folder, build)
+
+
+def store_index(folder: Path, images: int) -> np.ndarray:
+    """A built store's index.npy [N,3] (offset, height, width), checked to tile its arrays' pixels; DamagedFile
+    naming it otherwise."""
+    path = folder / INDEX
+    try:
+        index = np.load(path)
+        pixels = [np.load(folder / name, mmap_mode="r").shape[0] for name in (IMAGES, LABELS)]
+    except FileNotFoundError as error:
+        raise DamagedFile(Path(error.filename or path), "missing") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise DamagedFile(path, f"not a readable store array ({error})") from None
+    if index.shape != (images, 3) or index.dtype != np.int64:
+        raise DamagedFile(path, f"not this store's index: {index.dtype} {list(index.shape)}, expected int64 "
+                                f"[{images}, 3]")
+    offsets, heights, widths = index.T
+    ends = offsets + heights * widths
+    if (heights <= 0).any() or (widths <= 0).any() or offsets[0] != 0 or (offsets[1:] != ends[:-1]).any() \
+            or pixels != [ends[-1]] * 2:
+        raise DamagedFile(path, "its offsets and sizes do not tile the store's pixels")
+    return index
+
+
 def prepared(
     cfg: DataConfig, split: str, table: datasets.Dataset, workers: int
 ) -> tuple[datasets.Dataset, PreparedSplit]:
@@ -169,13 +200,17 @@ def prepared(
     files = file_list(table, Path(cfg.root))
     key = store_key(files)
     folder = cache_dir(cfg) / f"{cfg.dataset}-{split}-{key}"
+    description = f"prepare {cfg.dataset} {split}"
     if not folder.is_dir():  # a built store needs no lock: it may lie where this process cannot write
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(folder.with_name(f"{folder.name}.lock")):  # other ranks wait, then find it built
-            if not folder.is_dir():
-                description = f"prepare {cfg.dataset} {split}"
-                publish(folder, lambda scratch: _build(scratch, table, files, workers, description))
-    index = np.load(folder / INDEX)  # [N,3]: offset, height, width
+        _build_once(folder, lambda scratch: _build(scratch, table, files, workers, description))
+    try:
+        index = store_index(folder, len(files))
+    except DamagedFile as damage:  # derived data: set the damaged store aside, never delete it, and build it again
+        with filelock.FileLock(folder.with_name(f"{folder.name}.lock")):
+            if folder.is_dir():
+                print(f"{damage}: the store is set aside as {set_aside(folder).name} and built again", file=sys.stderr)
+        _build_once(folder, lambda scratch: _build(scratch, table, files, workers, description))
+        index = store_index(folder, len(files))
     columns = {**table.to_dict(), "offset": index[:, 0].tolist(), "height": index[:, 1].tolist(),
                "width": index[:, 2].tolist()}
     return keyed_table(columns, f"{cfg.dataset}-{split}-prepared-{key}"), PreparedSplit(folder)

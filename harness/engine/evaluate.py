@@ -147,6 +147,7 @@ def predict(
 class Evaluation:
     miou: float
     per_class: torch.Tensor
+    confusion: torch.Tensor  # [N,N] counts over the split, rows = ground truth
     centers: np.ndarray | None = None  # [M, C] ground-truth region centers of the val set
     center_labels: np.ndarray | None = None  # [M]
 
@@ -183,12 +184,13 @@ def evaluate(
             centers.append(vectors[present].float())
             center_labels.append(vector_labels[present])
     model.train()
-    miou, per_class = iou_from_confusion(total.cpu())
+    confusion = total.cpu()
+    miou, per_class = iou_from_confusion(confusion)
     if not collect_centers:
-        return Evaluation(miou, per_class)
+        return Evaluation(miou, per_class, confusion)
     if not centers:  # no unscaled view in the protocol: nothing to tap
-        return Evaluation(miou, per_class, np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
-    return Evaluation(miou, per_class, torch.cat(centers).numpy(), torch.cat(center_labels).numpy())
+        return Evaluation(miou, per_class, confusion, np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
+    return Evaluation(miou, per_class, confusion, torch.cat(centers).numpy(), torch.cat(center_labels).numpy())
 
 
 @torch.no_grad()

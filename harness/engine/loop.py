@@ -36,6 +36,7 @@ from harness.engine.summary import (
 )
 from harness.engine.terms import region_bank_size
 from harness.engine.trackers import start_trackers, tracked
+from harness.metrics import collapse
 from harness.recipe import EvalConfig, OptimConfig, Variant
 from harness.results import (
     VAL_CENTERS_FILE,
@@ -158,7 +159,7 @@ def train_variant(
     summary = summarize(setup, variant, final, steady, memory) | {
         "model_sha256": model_sha256, "requeue_count": progress.requeue_count, "resume_exact": resumed.exact,
         **({"resume_replaced": list(resumed.replaced)} if resumed.replaced else {}),
-        **(cost.fields() if cost is not None else {})}
+        **(cost.fields() if cost is not None else {"cost_probe_skipped": probe_skipped(setup)})}
     if accelerator.is_main_process:
         write_npz(out_dir / VAL_CENTERS_FILE, centers=final.centers, labels=final.center_labels)
         write_npz(out_dir / VAL_SAMPLES_FILE, **samples)
@@ -167,6 +168,11 @@ def train_variant(
             remove_checkpoints(out_dir)
     accelerator.free_memory()
     return summary
+
+
+def probe_skipped(setup: Setup) -> str:
+    """Why a run has no cost probe."""
+    return "no contrast term" if setup.trainer.contrast is None else "run.cost_probe: false"
 
 
 def probe_cost(setup: Setup, out_dir: Path) -> Cost | None:
@@ -270,7 +276,9 @@ def summarize(
     return {
         **variant_fields(variant.name, recipe), "status": "ok", "error": None,
         "miou": final.miou, "per_class_iou": final.per_class.tolist(), "class_names": list(setup.info.class_names),
+        "collapsed": collapse(final.confusion, list(setup.info.class_names)),
         **throughput_and_memory(accelerator, recipe, steady.steps.median(), trainer.contrast_timer.median(), memory),
+        "s_per_iter_mean": steady.steps.mean(),
         "bank_fill": steady.bank_fill(),
         "params": measure.count_parameters(accelerator.unwrap_model(trainer.model)),
         "flops_per_image": setup.training.flops_per_image, "backbone_weights": setup.training.weights,

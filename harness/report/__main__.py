@@ -2,7 +2,7 @@
 
 import sys
 
-from harness.exitcodes import guarded
+from harness.command import guarded
 from harness.report.build import main
 
 sys.exit(guarded(main))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import seaborn as sns
 
-from harness.exitcodes import EXIT_INCOMPLETE, EXIT_OK
+from harness.command import EXIT_INCOMPLETE, EXIT_OK
 from harness.report.plots import Look, figure_sections, make_plots
 from harness.report.study import Study, load_study
 from harness.report.tables import per_class_frame, report_markdown, split_words

@@ -1,4 +1,4 @@
-"""The exit codes every harness command shares, and where a damaged file becomes one line and a code.
+"""What every harness command shares: its exit codes, its parser, and where a damaged file becomes one line.
 
     0  done: every run finished, the report or status is complete
     1  a run failed (its summary says why); the sweep went on
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -19,6 +20,12 @@ from harness.results import DamagedFile
 
 EXIT_OK, EXIT_FAILED_VARIANT, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BUSY = 0, 1, 2, 3, 4
 EXIT_DAMAGED, EXIT_INCOMPLETE = 5, 6
+
+
+def parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of `harness NAME`: its usage and errors name the subcommand, its help is the module's docstring."""
+    return argparse.ArgumentParser(prog=f"harness {name}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def guarded(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

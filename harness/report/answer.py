@@ -1,0 +1,50 @@
+"""A study's answer in a few lines, printed where a sweep or a study ends: per variant the mIoU of the split it was
+scored on, its Δ against the baseline, its verdict and its cost, and where the report is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report.study import Study
+from harness.report.tables import relative_path
+
+HEADLINE_REPORT = "reports/digit_scenes_headline/report.md"
+
+
+def number(value: float, template: str) -> str:
+    """A value formatted, or '-' where there is none."""
+    return "-" if pd.isna(value) else template.format(value)
+
+
+def variant_line(row: pd.Series, baseline: str | None, width: int) -> str:
+    """One variant's answer: mIoU and seeds, then Δ with its interval, the verdict and the cost (not for the baseline)."""
+    seeds = f"{row['n_seeds']:.0f} seed{'s' * (row['n_seeds'] != 1)}"
+    line = f"  {row['variant']:<{width}} {number(row['miou_mean'] * 100, '{:6.2f}')} % ({seeds})"
+    if row["is_baseline"] or baseline is None:
+        return line + ("   baseline" if row["is_baseline"] else "")
+    interval = ("" if pd.isna(row["delta_ci95_low"]) else
+                f" [{row['delta_ci95_low'] * 100:+.2f}, {row['delta_ci95_high'] * 100:+.2f}]")
+    cost = ("" if pd.isna(row["cost_ratio_mean"]) else
+            f"   step time x{row['cost_ratio_mean']:.3f}" + ("" if pd.isna(row["cost_ratio_ci95_low"]) else
+                                                         f" [{row['cost_ratio_ci95_low']:.3f}, "
+                                                         f"{row['cost_ratio_ci95_high']:.3f}]"))
+    return (f"{line}   Δ {number(row['delta_mean'] * 100, '{:+.2f}')} pp{interval} vs {baseline}"
+            f"   {row['verdict']}{cost}")
+
+
+def answer_lines(study: Study, report: Path | None) -> list[str]:
+    """What the study found so far, in lines for a terminal or a job log."""
+    aggregate = study.aggregate
+    baseline = next(iter(aggregate.loc[aggregate["is_baseline"], "variant"]), None)
+    progress = study.progress() or f"{study.expected} of {study.expected} runs finished"
+    lines = [f"answer: {study.split} mIoU of {study.name}, {progress}"]
+    width = max(len(name) for name in aggregate["variant"])
+    lines += [variant_line(row, baseline, width) for _, row in aggregate.iterrows()]
+    if aggregate["n_seeds"].max() <= 1:
+        lines.append(f"  one seed: each Δ is a single paired difference with no interval, which cannot be told from "
+                     f"seed-to-seed noise; {HEADLINE_REPORT} is a ten-seed study")
+    if report is not None:
+        lines.append(f"report: {relative_path(report)}")
+    return lines
