@@ -55,6 +55,9 @@ class RunConfig(Strict):
     seed: int = 0
     output_dir: Path = Path("results")
     reports_dir: Path = Path("reports")
+    # A committed results folder of this recipe (the quickstart's) whose numbers the report and the run's last lines
+    # set beside these, e.g. results/quickstart_reference: what another machine got.
+    reference: Path | None = None
     deterministic: bool = False
     log_interval: int = Field(10, ge=1)
     checkpoint_interval: int = Field(0, ge=0)  # iterations between checkpoints; 0 = none
@@ -348,7 +351,7 @@ class SweepSpec(Strict):
 
 
 # Where a run writes, not what it computes: never part of its fingerprint.
-RUN_MANAGEMENT_KEYS = ("run.output_dir", "run.reports_dir")
+RUN_MANAGEMENT_KEYS = ("run.output_dir", "run.reports_dir", "run.reference")
 # What a resumed run may change, each only when --allow-change names it: how the run is watched, saved,
 # fed or scored, never what it trains.
 CHANGEABLE_MID_RUN = (

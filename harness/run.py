@@ -156,9 +156,10 @@ def select(variants: list[Variant], names: list[str], seeds: list[int] = ()) -> 
             if (not names or variant.name in names) and (not seeds or variant.seed in seeds)]
 
 
-def report_and_answer(recipe_dir: Path, reports_dir: Path | None) -> None:
-    """Build reports/<recipe>/ (unless `reports_dir` is None) and print the study's answer; a plotting problem
-    must not turn a finished sweep into a failure."""
+def report_and_answer(recipe_dir: Path, reports_dir: Path | None, reference: Path | None = None) -> None:
+    """Build reports/<recipe>/ (unless `reports_dir` is None) and print the study's answer, beside a reference
+    run's (run.reference) where the recipe names one; a plotting problem must not turn a finished sweep into a
+    failure."""
     from harness.report.answer import answer_lines
     from harness.report.build import write_report
     from harness.report.study import load_study
@@ -166,7 +167,8 @@ def report_and_answer(recipe_dir: Path, reports_dir: Path | None) -> None:
     try:
         study = load_study(recipe_dir)
         report = write_report(study, reports_dir) if reports_dir is not None else None
-        print("\n".join(answer_lines(study, report)))
+        compared = load_study(reference) if reference is not None and reference.is_dir() else None
+        print("\n".join(answer_lines(study, report, compared)))
     except Exception as error:  # noqa: BLE001 - the results are safe on disk either way
         print(f"warning: report not built ({type(error).__name__}: {error}); "
               f"retry with: python -m harness.report {recipe_dir}", file=sys.stderr)
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             break  # a stop request ends the sweep, not only the run
     refused_only = set(codes.values()) <= {EXIT_BUSY, EXIT_BAD_INPUT}  # a refused launch writes nothing at all
     if state.is_main_process and not refused_only:
-        report_and_answer(recipe_dir, None if args.no_report else run_cfg.reports_dir)
+        report_and_answer(recipe_dir, None if args.no_report else run_cfg.reports_dir, run_cfg.reference)
     failed = [label for label, code in codes.items() if code == EXIT_FAILED_VARIANT]
     if failed:  # the last line says which, and why (each failure was printed with its run)
         state.print(f"{len(failed)} of {len(variants)} runs failed: " + "; ".join(

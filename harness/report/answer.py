@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report.study import Study
-from harness.report.tables import relative_path
+from harness.report.tables import machine_text, relative_path
 
 HEADLINE_REPORT = "reports/digit_scenes_headline/report.md"
 
@@ -34,8 +34,23 @@ def variant_line(row: pd.Series, baseline: str | None, width: int) -> str:
             f"   {row['verdict']}{cost}")
 
 
-def answer_lines(study: Study, report: Path | None) -> list[str]:
-    """What the study found so far, in lines for a terminal or a job log."""
+def reference_lines(study: Study, reference: Study) -> list[str]:
+    """Each variant's mIoU beside a committed reference run's of the same recipe, and why the two may differ."""
+    theirs = reference.aggregate.set_index("variant")["miou_mean"]
+    lines = [f"reference: {relative_path(reference.results_dir)} (committed; {machine_text(reference.runs)})"]
+    for variant, mine in zip(study.aggregate["variant"], study.aggregate["miou_mean"]):
+        other = theirs.get(variant, float("nan"))
+        lines.append(f"  {variant}: yours {number(mine * 100, '{:.2f}')} %, reference {number(other * 100, '{:.2f}')} %"
+                     f" ({number((mine - other) * 100, '{:+.2f}')} pp)")
+    lines.append("  one seed each: another machine's CPU kernels, thread count and library versions sum in another "
+                 "order, so the same recipe and seed land apart by about the spread between seeds (points, not "
+                 "hundredths; BENCHMARKS.md, Quickstart); only a multi-seed study says anything about the method")
+    return lines
+
+
+def answer_lines(study: Study, report: Path | None, reference: Study | None = None) -> list[str]:
+    """What the study found so far (beside a reference run's where one is given), in lines for a terminal or a job
+    log."""
     aggregate = study.aggregate
     baseline = next(iter(aggregate.loc[aggregate["is_baseline"], "variant"]), None)
     progress = study.progress() or f"{study.expected} of {study.expected} runs finished"
@@ -45,6 +60,8 @@ def answer_lines(study: Study, report: Path | None) -> list[str]:
     if aggregate["n_seeds"].max() <= 1:
         lines.append(f"  one seed: each Δ is a single paired difference with no interval, which cannot be told from "
                      f"seed-to-seed noise; {HEADLINE_REPORT} is a ten-seed study")
+    if reference is not None:
+        lines += reference_lines(study, reference)
     if report is not None:
         lines.append(f"report: {relative_path(report)}")
     return lines
