@@ -17,11 +17,11 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from harness.data.digit_scenes import build_digit_scenes, digit_scenes_key
 from harness.models import image_statistics
 from harness.ops import normalize
+from harness.progress import bar
 from harness.recipe import DigitScenesConfig
 from harness.results import publish
 
@@ -72,7 +72,8 @@ def _train_classifier(backbone: str, data_seed: int) -> dict[str, torch.Tensor]:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     statistics = image_statistics(backbone)  # as the segmentation model will normalise its images
     model.train()
-    progress = tqdm(total=steps, desc=f"pretraining {backbone} on train-split digits (once; cached)")
+    print(f"pretraining {backbone} on train-split digits (once; cached)", flush=True)
+    progress = bar(total=steps, desc=f"pretraining {backbone}")
     for _ in range(EPOCHS):
         order = torch.randperm(len(images))
         for start in range(0, len(order) - BATCH + 1, BATCH):

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from harness.progress import quiet_libraries
+
 if TYPE_CHECKING:
     from accelerate import PartialState
 
@@ -44,6 +46,11 @@ def process_state() -> PartialState:
     from accelerate.utils import parse_flag_from_env
 
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    quiet_libraries()
+    if state.device.type == "cpu":
+        # DeepSpeed's accelerator detection, which Accelerate wakes even in runs without DeepSpeed (unwrap_model
+        # imports it), warns on every CPU run that it found no GPU: this run knows it runs on the CPU.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     use_the_cores(state.device.type == "cpu")
     return state
 

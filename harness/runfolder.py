@@ -6,6 +6,7 @@ No torch: a launcher, a scheduler job or `harness status` can ask before anythin
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -13,8 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-
-from filelock import FileLock, Timeout
 
 from harness.recipe import (
     Recipe,
@@ -47,30 +46,51 @@ class FolderBusy(RuntimeError):
 class FolderLock:
     """The run folder's lock, held by one launch (its main process) while it writes the folder.
 
-    An OS lock (fcntl) on <folder>/.lock: released when the process ends however it ends, so a killed
-    job never leaves the folder locked. .lock.json says who holds it.
+    An OS lock (flock) on <folder>/.lock: released when the process ends however it ends, so a killed job never
+    leaves the folder locked. .lock.json says who holds it. Both files go when the lock is released: the lock
+    file is removed while still held, and a launch that locked a file since removed tries the new one, so two
+    launches never hold the folder at once.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.lock = FileLock(str(self.folder / LOCK_FILE), timeout=0)
+        self.path = self.folder / LOCK_FILE
+        self.fd: int | None = None
 
     def acquire(self) -> None:
         """Take the lock at once, or raise FolderBusy naming who holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        try:
-            self.lock.acquire()
-        except Timeout:
-            raise FolderBusy(f"{self.folder} is being written by {holder_text(self.folder)}: not touching it") from None
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FolderBusy(f"{self.folder} is being written by {holder_text(self.folder)}: "
+                                 "not touching it") from None
+            if same_file(fd, self.path):
+                self.fd = fd
+            else:  # its holder removed it as we opened it: lock the file that now stands there
+                os.close(fd)
         write_json(self.folder / HOLDER_FILE, {
             "host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
 
     def release(self) -> None:
-        """Let the next launch have the folder."""
+        """Let the next launch have the folder, leaving no lock file behind."""
         remove(self.folder / HOLDER_FILE)
-        self.lock.release()
+        remove(self.path)
+        os.close(self.fd)  # closing the descriptor releases the lock
+        self.fd = None
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether an open descriptor is still the file at `path`."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def holder_text(folder: Path) -> str:

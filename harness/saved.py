@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from harness.data import DatasetInfo, build_datasets, build_unlabeled
 from harness.engine.context import RunContext, make_context
 from harness.engine.evaluate import Evaluation, evaluate, predict
 from harness.engine.setup import make_eval_loader
 from harness.models import SegmentationModel, batchnorm_in_float32, build_model
+from harness.progress import bar
 from harness.recipe import Recipe
 from harness.results import write_png
 
@@ -64,8 +64,8 @@ def export_saved(accelerator: Accelerator, recipe: Recipe, path: Path, split: st
     model = prepare_saved_model(ctx, info.num_classes, path)
     model.eval()
     images = dataset.table["image"]
-    for batch in tqdm(accelerator.prepare(make_eval_loader(dataset, ctx)), desc="export",
-                      disable=not accelerator.is_main_process):
+    for batch in bar(accelerator.prepare(make_eval_loader(dataset, ctx)), desc="export",
+                     enabled=accelerator.is_main_process):
         preds = predict(model, ctx.model_input(batch["image"]), recipe.eval, align_corners=ctx.align_corners).argmax(1)
         for index, pred in zip(batch["index"].tolist(), preds.cpu().numpy().astype(np.uint8)):
             write_png(out_dir / submission.file_name(Path(images[index])), submission.table[pred])

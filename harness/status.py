@@ -10,7 +10,6 @@ still lives; when none answers, the folder alone decides.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,9 @@ from harness.results import (
     read_metrics,
     read_study,
     read_summary,
+    read_sweep,
     run_dir,
+    run_folders,
     run_label,
 )
 
@@ -82,16 +83,24 @@ def live_jobs(study: StudyManifest) -> set[str] | None:
 
 @dataclass(frozen=True)
 class RunStatus:
-    """One run's line: its label, its state (pending, running, finished, failed), what to add, its requeues."""
+    """One run's row: its label, its state (pending, running, finished, failed, unreadable), what to add, its job and
+    its requeues."""
 
     label: str
     state: str
     detail: str
-    requeues: int
+    job: str = ""
+    requeues: int = 0
 
-    def line(self) -> str:
-        requeued = f" (requeued {self.requeues} time{'s' * (self.requeues != 1)})" if self.requeues else ""
-        return f"{self.label:<28} {self.state:<9} {self.detail}{requeued}".rstrip()
+
+COLUMNS = ("run", "state", "detail", "job", "requeues")
+
+
+def table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells as aligned columns, a header first; the last column unpadded."""
+    widths = [max(len(row[index]) for row in [COLUMNS, *rows]) for index in range(len(COLUMNS) - 1)]
+    return [" ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip()
+            for row in [COLUMNS, *rows]]
 
 
 def clock(seconds: float) -> str:
@@ -120,34 +129,40 @@ def progress(folder: Path, iterations: int | None) -> str:
 def run_status(results_dir: Path, entry: StudyRun, live: set[str] | None, jobs_dir: Path | None) -> RunStatus:
     """One run's state from its folder, its manifest entry and (when it answers) its scheduler."""
     folder = run_dir(results_dir, entry.variant, entry.seed)
-    label = run_label(entry.variant, entry.seed)
+    label, job = run_label(entry.variant, entry.seed), entry.job_id or ""
     try:
         summary = read_summary(folder)
     except DamagedFile as damage:
-        return RunStatus(label, "unreadable", str(damage), entry.requeue_count)
+        return RunStatus(label, "unreadable", str(damage), job, entry.requeue_count)
     requeues = max(entry.requeue_count, summary.requeue_count)
     if summary.status == "ok":
-        return RunStatus(label, "finished", f"mIoU {100 * summary.miou:.2f}", requeues)
+        return RunStatus(label, "finished", f"{summary.eval_split} mIoU {100 * summary.miou:.2f}", job, requeues)
     if summary.status == "failed":
-        return RunStatus(label, "failed", (summary.error or "").splitlines()[0] if summary.error else "", requeues)
-    job_id = entry.job_id
-    job = f"job {job_id}" if job_id else ""
-    if live is not None and job_id is not None and job_id not in live:
-        log = f"; log: {JobPaths(jobs_dir, job_id).stdout}" if jobs_dir else ""
-        return RunStatus(label, "failed", f"{job} ended before the run finished{log}", requeues)
-    state = entry.state if job_id else None  # a run of a study launched without jobs has no manifest state
+        return RunStatus(label, "failed", (summary.error or "no error recorded").splitlines()[0], job, requeues)
+    if live is not None and entry.job_id is not None and entry.job_id not in live:
+        log = f"; log: {JobPaths(jobs_dir, entry.job_id).stdout}" if jobs_dir else ""
+        return RunStatus(label, "failed", f"its job ended before the run finished{log}", job, requeues)
+    state = entry.state if entry.job_id else None  # a run of a study launched without jobs has no manifest state
     if state == "requeued" or (state is None and summary.status == "interrupted"):
-        return RunStatus(label, "pending", f"{job} requeued, resumes from its checkpoint".strip(), requeues)
+        return RunStatus(label, "pending", "requeued, resumes from its checkpoint", job, requeues)
     if state == "running" or (state is None and (folder / METRICS_FILE).exists()):
-        return RunStatus(label, "running", f"{progress(folder, summary.iterations)} {job}".strip(), requeues)
-    return RunStatus(label, "pending", job, requeues)
+        return RunStatus(label, "running", progress(folder, summary.iterations), job, requeues)
+    return RunStatus(label, "pending", "", job, requeues)
+
+
+def job_status(role: str, job_id: str | None, live: set[str] | None, what: str) -> RunStatus | None:
+    """The row of a study's own job (its report job, its controller): running or ended, per its scheduler."""
+    if job_id is None:
+        return None
+    state = "unknown" if live is None else "running" if job_id in live else "ended"
+    return RunStatus(role, state, what, job_id)
 
 
 # ---------------------------------------------------------------- a study
 
 
-def study_status(results_dir: Path) -> tuple[list[RunStatus], str]:
-    """Every expected run's status, and where the states came from."""
+def study_status(results_dir: Path) -> tuple[list[RunStatus], list[RunStatus], str]:
+    """Every expected run's status, the study's own jobs' (controller, report), and where the states came from."""
     results_dir = Path(results_dir)
     try:
         study, source = read_study(results_dir), "from the folder (no study.json)"
@@ -155,12 +170,14 @@ def study_status(results_dir: Path) -> tuple[list[RunStatus], str]:
         study, source = None, f"from the folder: {damage}"
     if study is None:
         entries = [StudyRun(variant=variant, seed=seed, folder="") for variant, seed in expected_runs(results_dir, None)]
-        return [run_status(results_dir, entry, None, None) for entry in entries], source
+        return [run_status(results_dir, entry, None, None) for entry in entries], [], source
     live = live_jobs(study)
     silent = ", from the folder alone: the scheduler does not answer" if live is None else ""
-    source = f"{study.executor} jobs{silent}"
     jobs_dir = results_dir / study.jobs_dir
-    return [run_status(results_dir, entry, live, jobs_dir) for entry in study.runs], source
+    runs = [run_status(results_dir, entry, live, jobs_dir) for entry in study.runs]
+    jobs = [job_status("controller", study.controller_job_id, live, "submits each look's runs until decided"),
+            job_status("report", study.report_job_id, live, "builds the report once the runs have ended")]
+    return runs, [job for job in jobs if job is not None], f"{study.executor} jobs{silent}"
 
 
 def totals(statuses: list[RunStatus]) -> str:
@@ -172,13 +189,34 @@ def totals(statuses: list[RunStatus]) -> str:
     return f"{len(statuses)} runs: {counts}; {requeues} requeue{'s' * (requeues != 1)}"
 
 
+def decision_lines(results_dir: Path) -> list[str]:
+    """A sequential study's decisions so far, a line per variant; none for a fixed design."""
+    try:
+        sequential = read_sweep(results_dir).design == "sequential"
+    except DamagedFile:
+        return []
+    if not sequential or not run_folders(results_dir):
+        return []
+    from harness.report.study import load_study  # pandas, for sequential studies only
+
+    aggregate = load_study(results_dir).aggregate
+    rows = aggregate[~aggregate["is_baseline"]]
+    width = max(len(name) for name in rows["variant"])
+    return ["decisions (sequential design):", *(f"  {name:<{width}}  {verdict}"
+                                                for name, verdict in zip(rows["variant"], rows["verdict"]))]
+
+
 def print_status(results_dir: Path) -> list[RunStatus]:
-    """Print the study's lines and totals; its statuses."""
-    statuses, source = study_status(results_dir)
+    """Print the study's table (its runs, then its own jobs), the totals and a sequential study's decisions; the
+    runs' statuses."""
+    statuses, jobs, source = study_status(results_dir)
     print(f"{results_dir} ({source})")
-    for status in statuses:
-        print(status.line())
+    rows = [(status.label, status.state, status.detail, status.job, str(status.requeues) if status.requeues else "")
+            for status in [*statuses, *jobs]]
+    print("\n".join(table(rows)))
     print(totals(statuses))
+    for line in decision_lines(results_dir):
+        print(line)
     return statuses
 
 

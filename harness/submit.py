@@ -20,6 +20,7 @@ import argparse
 import importlib
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +31,11 @@ from typing import Any
 
 import submitit
 from submitit.helpers import Checkpointable
-from tqdm.auto import tqdm
 
 from harness import run
 from harness.command import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED_VARIANT, EXIT_INTERRUPTED, EXIT_OK, guarded
 from harness.command import parser as command_parser
+from harness.progress import bar, on_terminal
 from harness.recipe import RecipeError, SweepSpec, Variant, load_sweep
 from harness.results import (
     DamagedFile,
@@ -218,7 +219,8 @@ class ControllerJob(Checkpointable):
 
 def seeds_wanted(sweep: SweepSpec, recipe_dir: Path, variants: list[str]) -> dict[str, int]:
     """How many of the sweep's seeds (in its order) each variant needs now: an undecided variant those of its next
-    look, a decided one (or one at max_seeds) none more, the baseline as many as any variant needs."""
+    look, a decided one none more, one the design cannot read yet (no finished pair) its first look's; the baseline
+    as many as any variant needs."""
     from harness.report.study import load_study  # pandas: the controller's alone
 
     try:
@@ -227,10 +229,15 @@ def seeds_wanted(sweep: SweepSpec, recipe_dir: Path, variants: list[str]) -> dic
         aggregate = None
     wanted = {}
     for name in variants:
-        if name != sweep.baseline:
-            ran = aggregate is not None and name in aggregate.index
-            look = aggregate.at[name, "next_look"] if ran else sweep.looks[0]
-            wanted[name] = 0 if look != look else int(look)  # NaN: decided, nothing more to run
+        if name == sweep.baseline:
+            continue
+        row = aggregate.loc[name] if aggregate is not None and name in aggregate.index else None
+        if row is not None and row["next_look"] > 0:  # NaN compares false
+            wanted[name] = int(row["next_look"])
+        elif row is not None and isinstance(row["stopped"], str) and row["stopped"]:  # decided, or at max_seeds
+            wanted[name] = 0
+        else:
+            wanted[name] = sweep.looks[0]
     wanted[sweep.baseline] = max(wanted.values(), default=0)
     return wanted
 
@@ -425,6 +432,17 @@ def submit_report(args: argparse.Namespace, recipe_dir: Path, reports_dir: Path,
     return executor.submit(ReportJob(recipe_dir, reports_dir, tuple(after))).job_id
 
 
+def private_folder(recipe_dir: Path) -> None:
+    """Create the study's results folder writable by its owner alone: its .submitit/ holds the jobs' pickles,
+    which run as code. An existing folder others may write to is left as it is, with a warning."""
+    if not recipe_dir.exists():
+        recipe_dir.parent.mkdir(parents=True, exist_ok=True)
+        recipe_dir.mkdir(mode=0o700)
+    elif recipe_dir.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        print(f"warning: others may write to {recipe_dir}, and its .submitit/ pickles run as code in every job: "
+              f"chmod go-w {recipe_dir}", file=sys.stderr)
+
+
 def current_manifest(recipe_dir: Path, args: argparse.Namespace) -> StudyManifest:
     """study.json as the submission finds it; a damaged one is set aside and rebuilt from the run folders (the
     folders are the truth: the jobs it named are looked up again by nobody, so their runs count as not held)."""
@@ -507,14 +525,14 @@ def submit_controller(args: argparse.Namespace, recipe_dir: Path, reports_dir: P
 def follow(recipe_dir: Path, report: Path) -> int:
     """A bar of finished runs until the study's last job (its controller, else its report job) has ended; 0 when
     every submitted run finished and the report exists."""
-    shown, on_terminal = 0, sys.stderr.isatty()
-    with tqdm(desc="runs finished", unit="run", disable=not on_terminal) as bar:
+    shown = 0
+    with bar(desc="runs finished", unit="run") as progress:
         while True:
             study = read_study(recipe_dir)  # a controller adds each look's runs as it goes
-            bar.total, done = len(study.runs), len(study.runs) - len(missing_runs(recipe_dir, study))
+            progress.total, done = len(study.runs), len(study.runs) - len(missing_runs(recipe_dir, study))
             if done != shown:
-                bar.update(done - shown)
-                if not on_terminal:  # a log file gets a line per change, not a redrawn bar
+                progress.update(done - shown)
+                if not on_terminal():  # a log file gets a line per change, not a redrawn bar
                     print(f"{done} of {len(study.runs)} runs finished", flush=True)
                 shown = done
             live = live_jobs(study)
@@ -542,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
               + ("submit it with --until-decided" if sweep.design == "sequential" else
                  "--until-decided needs sweep.design: sequential (with its looks)"), file=sys.stderr)
         return EXIT_BAD_INPUT
+    private_folder(recipe_dir)
     write_sweep(recipe_dir, sweep)
     with study_lock(recipe_dir):  # a second submission waits here, then finds these runs held
         if args.until_decided:

@@ -8,6 +8,7 @@ line printed, and what the run folder holds afterwards.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from harness.command import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED_VARIANT, EXIT
 from harness.engine import checkpoint, loop
 from harness.engine.step import Trainer
 from harness.results import publish
-from harness.runfolder import FolderLock
+from harness.runfolder import FolderBusy, FolderLock
 from tests.conftest import CPU_ENV, RUN, check, torchrun
 from tests.test_run import tiny_recipe, write
 
@@ -269,6 +270,25 @@ def test_a_folder_another_launch_holds_is_not_touched(
     err = capsys.readouterr().err
     assert f"pid {os.getpid()}" in err and "being written by" in err
     assert snapshot(folder) == {}
+    assert not (tmp_path / "results" / "tiny" / "sweep.json").exists()  # a refused launch writes nothing at all
+
+
+def test_a_released_folder_keeps_no_lock_file_and_one_holder_at_a_time(tmp_path: Path) -> None:
+    first, second = FolderLock(tmp_path), FolderLock(tmp_path)
+    first.acquire()
+    with pytest.raises(FolderBusy):
+        second.acquire()
+    stale = os.open(tmp_path / ".lock", os.O_RDWR)  # a launch that opened the file just before its holder left
+    first.release()
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it locks the removed file...
+    second.acquire()  # ...which does not keep the folder from the next launch, which locks the file that stands
+    try:
+        with pytest.raises(FolderBusy):
+            FolderLock(tmp_path).acquire()
+    finally:
+        second.release()
+        os.close(stale)
 
 
 # ---------------------------------------------------------------- failure paths keep what exists

@@ -106,20 +106,20 @@ def test_status_and_a_partial_report_say_what_the_folder_holds(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     recipe_dir = fake_study(tmp_path)
     update_study_run(recipe_dir, "region/seed-0", str(NO_PID + 2), "running")
-    statuses, source = study_status(recipe_dir)  # the local scheduler answers: every job has ended
+    statuses, _, source = study_status(recipe_dir)  # the local scheduler answers: every job has ended
     assert source == "local jobs"
     assert [(status.label, status.state) for status in statuses] == [
         ("ce (seed 0)", "finished"), ("ce (seed 1)", "failed"), ("region (seed 0)", "failed"),
         ("region (seed 1)", "failed")]
-    assert statuses[0].line().endswith("mIoU 50.00 (requeued 1 time)") and "NonFinite: loss" in statuses[1].detail
-    assert f"job {NO_PID + 2} ended before the run finished" in statuses[2].detail
+    assert (statuses[0].detail, statuses[0].requeues) == ("val mIoU 50.00", 1) and "NonFinite: loss" in statuses[1].detail
+    assert statuses[2].job == str(NO_PID + 2) and "ended before the run finished" in statuses[2].detail
     monkeypatch.setenv("PATH", str(tmp_path))  # a SLURM study whose squeue does not answer: the manifest decides
     write_study(recipe_dir, StudyManifest.model_validate({**manifest(recipe_dir), "executor": "slurm"}))
-    statuses, source = study_status(recipe_dir)
+    statuses, _, source = study_status(recipe_dir)
     assert source == "slurm jobs, from the folder alone: the scheduler does not answer"
     assert [status.state for status in statuses] == ["finished", "failed", "running", "pending"]
     (recipe_dir / "study.json").unlink()  # launched otherwise: the folder alone decides
-    statuses, source = study_status(recipe_dir)
+    statuses, _, source = study_status(recipe_dir)
     assert source == "from the folder (no study.json)"
     assert statuses[2].state == "running" and statuses[2].detail.startswith("iteration 3/60,")
     assert "ETA 0:00:28" in statuses[2].detail  # 57 iterations at 0.5 s
@@ -172,7 +172,7 @@ def check_preempted_study(root: Path, uninterrupted: Path, output: str) -> None:
     assert sum(run["requeue_count"] for run in study["runs"]) == 1
     assert json.loads((recipe_dir / PREEMPTED / "summary.json").read_text())["requeue_count"] == 1
     same_run(recipe_dir / PREEMPTED, uninterrupted)
-    statuses, _ = study_status(recipe_dir)
+    statuses, _, _ = study_status(recipe_dir)
     assert [status.state for status in statuses] == ["finished"] * 4
     assert totals(statuses) == "4 runs: 4 finished, 0 running, 0 pending, 0 failed; 1 requeue"
     assert "region (seed 0)" in output and "(requeued 1 time)" in output  # --wait ends with the status lines
@@ -288,3 +288,40 @@ def test_a_slurm_study_survives_preemption_and_reports(slurm: None, tmp_path: Pa
     report_log = tmp_path / "results" / "study" / ".submitit" / f"{study['report_job_id']}_0_log.out"
     assert "report.md" in report_log.read_text()  # built by the dependent job, not by the submitter
     assert time.time() - started < STUDY_TIMEOUT_S
+
+
+def test_status_prints_aligned_columns_with_the_studys_own_jobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe_dir = fake_study(tmp_path)
+    write_study(recipe_dir, StudyManifest.model_validate({**manifest(recipe_dir), "report_job_id": str(NO_PID + 9)}))
+    assert cli.main(["status", str(recipe_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[1], lines[2:7]
+    assert header.split() == ["run", "state", "detail", "job", "requeues"]
+    for column in ("state", "detail", "job"):  # every row's cell starts where its header does
+        start = header.index(column)
+        assert all(row[start - 1] == " " and row[start] != " " for row in rows if row[start:].strip()), column
+    assert rows[-1].split()[:2] == ["report", "ended"] and str(NO_PID + 9) in rows[-1]
+
+
+def test_a_submission_keeps_its_results_folder_to_its_owner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fresh = tmp_path / "results" / "study"
+    submit.private_folder(fresh)
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    submit.private_folder(shared)
+    assert "others may write to" in capsys.readouterr().err and shared.stat().st_mode & 0o777 == 0o777
+
+
+def test_every_count_option_is_checked_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tiny_study(tmp_path)
+    for option, value in (("--max-parallel", "0"), ("--max-parallel", "-1"), ("--nodes", "0"), ("--time-min", "x")):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["submit", str(recipe), "--executor", "local", option, value])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"harness submit: error: argument {option}:"), err
+    assert not (tmp_path / "results").exists()

@@ -31,11 +31,11 @@ from typing import Any, Callable
 import datasets
 import filelock
 import numpy as np
-from tqdm import tqdm
 
 from harness.data.info import keyed_table
 from harness.data.real import LABEL_MAPS, decode_files, image_size
 from harness.process import usable_cores  # noqa: F401 - its one home; data, prepare and run import it from here
+from harness.progress import bar
 from harness.recipe import DataConfig
 from harness.results import DamagedFile, publish, set_aside
 
@@ -119,11 +119,12 @@ def _decode_all(folder: Path, rows: list[Row], offsets: list[int], sizes: list[t
     """Decode every row into `folder` with a progress bar; the first broken file stops it, named."""
     tasks = list(zip(rows, offsets, sizes))
     workers = min(workers, math.ceil(len(tasks) / _IMAGES_PER_WORKER))
-    with tqdm(total=len(tasks), desc=description, unit="image") as bar:
+    print(f"{description}: decoding {len(tasks)} images", file=sys.stderr, flush=True)
+    with bar(total=len(tasks), desc=description, unit="image") as progress:
         if workers <= 1:
             for task in tasks:
                 _decode_into(folder, *task)
-                bar.update()
+                progress.update()
             return
         # spawn: the caller may hold CUDA and threads, which forked children must not inherit
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
@@ -131,7 +132,7 @@ def _decode_all(folder: Path, rows: list[Row], offsets: list[int], sizes: list[t
             try:
                 for future in as_completed(futures):
                     future.result()
-                    bar.update()
+                    progress.update()
             except BaseException:
                 pool.shutdown(cancel_futures=True)
                 raise

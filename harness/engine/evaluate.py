@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from harness.contrast import region_entries, truth_sums
 from harness.data import DatasetInfo, base_factor
@@ -17,6 +16,7 @@ from harness.labels import IGNORE_INDEX
 from harness.metrics import confusion_matrix, iou_from_confusion
 from harness.models import SegOutput
 from harness.ops import resize_labels, upsample_to
+from harness.progress import bar
 from harness.recipe import EvalConfig
 
 QUALITATIVE_IMAGES = 4  # the paper's Fig. 4 shows four
@@ -168,7 +168,7 @@ def evaluate(
     model.eval()
     total = torch.zeros(num_classes, num_classes, dtype=torch.long, device=ctx.device)
     centers, center_labels = [], []
-    for batch_index, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_main_process)):
+    for batch_index, batch in enumerate(bar(loader, desc="eval", leave=False, enabled=accelerator.is_main_process)):
         if cfg.max_images is not None and batch_index * loader.total_batch_size >= cfg.max_images:
             break
         images, labels = ctx.model_input(batch["image"]), batch["label"].long()  # uint8 from the loader
