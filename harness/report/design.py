@@ -15,8 +15,8 @@ about as many when every Δ is 0 (2 % fewer) and 14 % fewer when every Δ is the
 1.07 x the fixed n. Pocock-type spending stops big effects sooner (63 % fewer at the committed studies) but needs a
 max_seeds up to 1.3 x the fixed n, so it takes 14 % more runs than the fixed design when nothing differs; the
 committed effects are 5-seed estimates and a study where nothing differs is no rare case, so the design that is
-never much worse than the fixed one was chosen. Looks every 5 seeds rather than 3 cost 1.5 points and leave 5 runs per variant to
-train in parallel between looks.
+never much worse than the fixed one was chosen. Looks every 5 seeds rather than 3 cost 1.5 points and leave 5 runs
+per variant to train in parallel between looks.
 """
 
 from __future__ import annotations
@@ -191,6 +191,7 @@ def pocock(fraction: float, alpha: float) -> float:
 
 
 SPENDING: dict[str, Callable[[float, float], float]] = {"obrien_fleming": obrien_fleming, "pocock": pocock}
+SPENDING_NAMES = {"obrien_fleming": "O'Brien-Fleming-type", "pocock": "Pocock-type"}  # in a report's words
 DEFAULT_SPENDING = "obrien_fleming"
 
 
@@ -355,6 +356,13 @@ def sequential_decisions(deltas: np.ndarray, design: SequentialDesign, margin: f
     upcoming = np.array([*design.looks, 0])[look]  # the look after the last one reached
     next_look = np.where(code == Decision.CONTINUE, upcoming, 0)
     return SequentialDecisions(code, seeds, look, mean, low, high, next_look)
+
+
+def readings_at_looks(deltas: np.ndarray, design: SequentialDesign, margin: float) -> list[SequentialDecisions]:
+    """The reading as it stood at each look of the design: look k's sees only the first n_k pairs, and a variant
+    decided earlier keeps its deciding look's reading (its `look` field says which)."""
+    deltas = np.asarray(deltas, dtype=float)
+    return [sequential_decisions(deltas[..., :n], design, margin) for n in design.looks]
 
 
 # ---------------------------------------------------------------------------------------------------------------
