@@ -64,6 +64,40 @@ PROBES = {
 }
 PROBE_ROUNDS = 20
 PROBE_MEMORY_KIND = "cuda_max_allocated"
+# A complete fixed study of five seeds (none failed), its mIoU = CE's + Δ per seed, one variant per verdict of the
+# fixed design's family of 2 x 5 claims at a margin of 0.5 pp: `gain` better and `loss` worse (adjusted p 4e-5),
+# `near` equivalent (adjusted TOST p 4e-4), `hint` suggestive (p 0.023 alone, 0.115 in the family) and `overlap`
+# inconclusive.
+FAMILY_BASE = [0.50, 0.52, 0.51, 0.53, 0.50]
+FAMILY_DELTAS = {
+    "gain": ("region", [0.05, 0.06, 0.055, 0.052, 0.058]),
+    "loss": ("pixel", [-0.05, -0.06, -0.055, -0.052, -0.058]),
+    "near": ("region", [0.001, -0.001, 0.0005, -0.0005, 0.0]),
+    "hint": ("region", [0.01, 0.002, 0.012, 0.008, 0.003]),
+    "overlap": ("region", [0.03, -0.03, 0.01, -0.02, 0.015]),
+}
+FAMILY_MIOU = {"ce": ("none", FAMILY_BASE)} | {
+    variant: (kind, [base + delta for base, delta in zip(FAMILY_BASE, deltas)])
+    for variant, (kind, deltas) in FAMILY_DELTAS.items()
+}
+COLLAPSE = "'background' predicted on 99.2% of the labelled pixels (it covers 61.0%)"
+# A sequential study: seeds 0-9 in order, looks after 5 and 10 (max_seeds 10), three variants against CE, as Δ per
+# seed over CE's runs (fewer values: fewer runs so far). `early` is better at the first look (its repeated CI
+# [+4.56, +5.52] pp) and stopped there; `waiting` is undecided at 5 seeds with 7 of its 10 in; `undecided` reached
+# max_seeds with its CI across 0 and the margin: inconclusive.
+SEQUENTIAL_SWEEP = {"design": "sequential", "max_seeds": 10, "looks": [5, 10]}
+SEQUENTIAL_BASE = [0.50, 0.52, 0.51, 0.53, 0.50, 0.51, 0.52, 0.50, 0.51, 0.52]
+SEQUENTIAL_DELTAS = {
+    "early": ("region", [0.05, 0.052, 0.049, 0.051, 0.05]),
+    "waiting": ("region", [0.02, -0.01, 0.015, -0.02, 0.01, 0.005, -0.015]),
+    "undecided": ("pixel", [0.03, -0.03, 0.02, -0.025, 0.01, -0.02, 0.03, -0.01, 0.02, -0.03]),
+}
+SEQUENTIAL_MIOU = {"ce": ("none", SEQUENTIAL_BASE)} | {
+    variant: (kind, [base + delta for base, delta in zip(SEQUENTIAL_BASE, deltas)])
+    for variant, (kind, deltas) in SEQUENTIAL_DELTAS.items()
+}
+# The quickstart's shape: CE and one contrast variant, one seed each, from random weights.
+ONE_SEED_MIOU = {"ce": ("none", [0.5163]), "region": ("region", [0.4392])}
 
 
 def summary(
@@ -194,21 +228,26 @@ def probe_fields(ratio: float, interval: tuple[float, float], seed: int) -> dict
 def build_seeded_results(
     root: Path, runs: dict[str, tuple[str, list[float | None]]] = SEEDED_MIOU, baseline: str | None = None,
     arrays: tuple[str, ...] = (), probes: dict[str, list[tuple[float, tuple[float, float]] | None]] | None = None,
+    fields: dict[str, dict[str, Any]] | None = None, collapsed: dict[tuple[str, int], str] | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> Path:
-    """results/seeded/<variant>/seed-<k>/ for every variant and seed in `runs` (mIoUs per seed), with
-    sweep.json naming `baseline`; finished runs of the variants in `arrays` save centers and samples, and
-    those `probes` gives a (ratio, interval) carry the cost probe's fields."""
+    """results/seeded/<variant>/seed-<k>/ for every variant and seed in `runs` (mIoUs per seed; a shorter list: the
+    later seeds not run), with sweep.json naming `baseline` and the seeds (`sweep` adds to it); finished runs of the
+    variants in `arrays` save centers and samples, those `probes` gives a (ratio, interval) carry the cost probe's
+    fields, `fields` adds to every summary of a variant, and `collapsed` marks (variant, seed) runs collapsed."""
     results_dir = root / "results" / SEEDED_RECIPE
     seeds = range(max(len(mious) for _, mious in runs.values()))
     for variant, (kind, mious) in runs.items():
         for seed, miou in zip(seeds, mious):
-            content = seeded_summary(variant, kind, seed, miou)
+            content = seeded_summary(variant, kind, seed, miou) | (fields or {}).get(variant, {})
             probe = (probes or {}).get(variant, [None] * len(mious))[seed]
             if probe is not None:
                 content.update(probe_fields(*probe, seed))
+            if (variant, seed) in (collapsed or {}):
+                content["collapsed"] = collapsed[variant, seed]
             write_variant(results_dir, variant, kind, content["bank_size"], content,
                           arrays=variant in arrays and miou is not None, seed=seed)
-    write_sweep(results_dir, SweepSpec(baseline=baseline, seeds=list(seeds)))
+    write_sweep(results_dir, SweepSpec(baseline=baseline, seeds=list(seeds), **(sweep or {})))
     return results_dir
 
 
@@ -223,8 +262,9 @@ def read_aggregate(report: Path) -> pd.DataFrame:
 
 
 def table_under(report: Path, heading: str) -> pd.DataFrame:
-    """The markdown table that follows `heading` in report.md, as string cells under its header."""
+    """The first markdown table after `heading` in report.md, as string cells under its header."""
     section = report.read_text().split(f"\n{heading}\n", 1)[1].splitlines()
-    lines = list(takewhile(lambda line: line.startswith("| "), dropwhile(lambda line: not line, section)))
+    lines = list(takewhile(lambda line: line.startswith("| "), dropwhile(lambda line: not line.startswith("| "),
+                                                                        section)))
     rows = [[cell.strip() for cell in line.strip()[1:-1].split("|")] for line in lines]
     return pd.DataFrame(rows[2:], columns=rows[0])

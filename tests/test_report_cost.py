@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgba
 from scipy import stats
 
 from harness.report import build_report, plots
-from harness.report.tables import aggregate_frame, extra_cost_text, results_frame, study_summaries
+from harness.report.tables import aggregate_frame, extra_cost_text, extra_memory_text, results_frame, study_summaries
 from tests.report_fixtures import (
     PROBE_MEMORY_KIND,
     PROBED_MIOU,
@@ -68,12 +69,15 @@ def test_results_csv_carries_each_runs_probe(probed_report: Path) -> None:
     assert runs.loc["ce", "cost_ratio"].isna().all() and runs.loc["legacy", "cost_ratio"].isna().all()
 
 
-def test_runs_table_labels_the_wall_clock_and_shows_the_ratio(probed_report: Path) -> None:
+def test_runs_table_names_the_median_step_and_shows_the_ratio(probed_report: Path) -> None:
     table = table_under(probed_report, "## Runs").set_index(["variant", "seed"])
-    assert "wall-clock s/iter" in table.columns and "s/iter" not in table.columns
+    assert "median s/iter" in table.columns and not [column for column in table.columns if "wall-clock" in column]
     assert table.loc[("costly", "1"), "cost ratio [95 % CI]"] == "1.24 [1.20, 1.27]"
     assert table.loc[("ce", "0"), "cost ratio [95 % CI]"] == "" == table.loc[("legacy", "0"), "cost ratio [95 % CI]"]
-    assert table.loc[("costly", "1"), "wall-clock s/iter"] == "0.193"
+    assert table.loc[("costly", "1"), "median s/iter"] == "0.193"
+    assert "median s/iter" in variants_table(probed_report).columns
+    text = probed_report.read_text()
+    assert "wall-clock s/iter" not in text and "Median s/iter is each run's median timed training step" in text
 
 
 def test_variant_cost_is_the_mean_ratio_with_a_t_interval_over_seeds(probed_report: Path) -> None:
@@ -154,6 +158,9 @@ def test_report_says_what_the_cost_numbers_are(probed_report: Path) -> None:
     assert "**Paired in-run** (the cost probe)" in text and "alternating ABBA on the same batches" in text
     assert "at steady state" in text and "here cpu, world size 1" in text and "over its 20 rounds" in text
     assert "minus the peak during CE's (GPU max allocated)." in text and "RSS moves" not in text
+    # beside the probe's contrast ms/step and the training's contrast ms/iter: why they differ
+    assert "the probe's is the whole training step with and without the term, backward and bank push included, " \
+        "paired; the training's times only the term's forward and bank push inside each step" in text
     caption = text.split("## Cost and benefit\n\n", 1)[1].split("\n", 1)[0]
     assert "Filled points: paired, in-run" in caption and "cpu, world size 1" in caption
     assert "horizontal whiskers: its 95 % CI" in caption
@@ -162,11 +169,15 @@ def test_report_says_what_the_cost_numbers_are(probed_report: Path) -> None:
 def captured_figure(monkeypatch: pytest.MonkeyPatch, report: Path) -> plots.plt.Figure:
     """The cost-benefit figure of `report`'s study, drawn again and kept open."""
     frame = results_frame(study_summaries(results_dir(report)))
-    aggregate = aggregate_frame(frame)
+    return drawn(monkeypatch, plots.cost_points(aggregate_frame(frame)))
+
+
+def drawn(monkeypatch: pytest.MonkeyPatch, points: pd.DataFrame) -> plots.plt.Figure:
+    """The cost-benefit figure of `points` (cost_points' frame), kept open."""
     kept = []
     monkeypatch.setattr(plots, "save", lambda fig, path: kept.append(fig))
-    plots.plot_cost_benefit(plots.cost_points(aggregate), plots.variant_colors(list(aggregate["variant"])),
-                            plots.Look("val", "validation", ""), report.parent / "unused.png")
+    plots.plot_cost_benefit(points, plots.variant_colors(list(points["variant"])), plots.Look("val", "validation", ""),
+                            Path("unused.png"))
     return kept[0]
 
 
@@ -175,7 +186,9 @@ def test_figure_draws_the_fallback_hollow_with_cost_whiskers(
 ) -> None:
     figure = captured_figure(monkeypatch, probed_report)
     time_panel = figure.axes[0]
-    points = {text.get_text(): container for text, container in zip(time_panel.texts, time_panel.containers)}
+    # a label is the variant's name, ' (≈ CE)' added where its saving is drawn at 0
+    points = {text.get_text().removesuffix(" (≈ CE)"): container
+              for text, container in zip(time_panel.texts, time_panel.containers)}
     assert set(points) == set(PROBED_MIOU) - {"ce"}
 
     def face(variant: str) -> tuple[float, ...]:
@@ -198,3 +211,83 @@ def test_study_without_any_probe_builds_with_the_marking(unprobed_report: Path) 
     assert read_results(unprobed_report)["cost_ratio"].isna().all()
     gain = read_aggregate(unprobed_report).loc["gain"]  # SEEDED_COST: region 0.19 + 0.003 seed over 0.16 + 0.003 seed
     assert gain["cost_ratio_mean"] == pytest.approx(np.mean([0.193 / 0.163, 0.196 / 0.166]))
+
+
+def test_probe_and_wall_clock_disagreeing_say_why(probed_report: Path) -> None:
+    """`free`'s probe reads ≈ CE while its runs' median s/iter sit 18 % above CE's (separate runs): the report names
+    it and says why the two differ; `costly`, whose runs' clocks fall inside its probe's interval, is not named."""
+    note = next(line for line in probed_report.read_text().splitlines() if line.startswith("**Probe and wall clock"))
+    row = read_aggregate(probed_report).loc["free"]
+    assert row["wall_clock_extra_pct"] > row["extra_cost_pct_ci95_high"]
+    assert "`free` (probe ≈ CE [" in note and "`costly`" not in note
+    assert "separate runs on a loaded machine" in note and "pairs both steps in one process" in note
+
+
+def test_a_missing_probe_gives_its_true_reason(tmp_path: Path) -> None:
+    """A run whose summary says the probe was switched off reads so; one whose summary has no such field (older than
+    it) reads 'summaries older than the probe'; the baseline, with no contrast term, is not listed."""
+    runs = {"ce": PROBED_MIOU["ce"], "off": PROBED_MIOU["costly"], "legacy": PROBED_MIOU["legacy"]}
+    fields = {"ce": {"cost_probe_skipped": "no contrast term"}, "off": {"cost_probe_skipped": "run.cost_probe: false"}}
+    report = build_report(build_seeded_results(tmp_path, runs, fields=fields), tmp_path / "reports")
+    note = next(line for line in report.read_text().splitlines() if line.startswith(f"**{NOT_PAIRED.capitalize()}"))
+    assert "`off`: switched off (run.cost_probe: false)" in note
+    assert "`legacy`: summaries older than the probe" in note and "`ce`" not in note
+
+
+def test_negative_extra_memory_reads_as_ce() -> None:
+    """No interval exists for extra memory: a negative one is noise, read ≈ CE."""
+    assert extra_memory_text(-0.04) == "≈ CE" and extra_memory_text(7.0) == "+7" and extra_memory_text(0.2) == "+0"
+
+
+def cost_frame(time: list[tuple[float, float, float]], memory_mib: list[float], delta_ci: bool = True) -> pd.DataFrame:
+    """cost_points' frame of variants a, b, ... with these extra times (%, low, high) and extra memories."""
+    count = len(time)
+    pct, low, high = (np.array(column, dtype=float) for column in zip(*time))
+    return pd.DataFrame({
+        "variant": [chr(ord("a") + index) for index in range(count)], "delta_mean": np.full(count, 0.01),
+        "delta_ci95_low": np.full(count, 0.005 if delta_ci else np.nan),
+        "delta_ci95_high": np.full(count, 0.015 if delta_ci else np.nan),
+        "extra_cost_pct": pct, "extra_cost_pct_ci95_low": low, "extra_cost_pct_ci95_high": high,
+        "extra_memory_mib": memory_mib, "cost_source": ["probe"] * count,
+    })
+
+
+def point_x(panel: plots.plt.Axes, variant: str) -> float:
+    """Where a variant's point lies on a panel's x axis, by its label."""
+    for text, container in zip(panel.texts, panel.containers):
+        if text.get_text().removesuffix(" (≈ CE)") == variant:
+            return float(container.lines[0].get_xdata()[0])
+    raise KeyError(variant)
+
+
+def test_unconfirmed_savings_are_drawn_at_zero_and_marked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """a: a saving inside an interval that holds 0 (time) and -3 MiB (memory, which has no interval): both at 0, both
+    labelled ≈ CE and ringed; b: a saving its interval confirms, drawn where it is; c: a cost, drawn where it is."""
+    figure = drawn(monkeypatch, cost_frame([(-2.0, -6.0, 1.5), (-5.0, -8.0, -2.0), (12.0, 9.0, 15.0)],
+                                           [-3.0, 4.0, 6.0]))
+    time, memory = figure.axes[:2]
+    assert point_x(time, "a") == 0.0 and point_x(time, "b") == -5.0 and point_x(time, "c") == 12.0
+    assert point_x(memory, "a") == 0.0 and point_x(memory, "b") == 4.0
+    labels = {text.get_text() for text in time.texts} | {text.get_text() for text in memory.texts}
+    assert {"a (≈ CE)", "b", "c"} <= labels and "b (≈ CE)" not in labels
+    rings = [[item for item in panel.collections if isinstance(item, PathCollection)] for panel in (time, memory)]
+    assert [len(ring) for ring in rings] == [1, 1] and rings[0][0].get_offsets()[0][0] == 0.0  # a's, at 0
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "≈ CE: a saving no interval shows, drawn at 0" in legend
+    plots.plt.close(figure)
+
+
+def test_memory_axis_spans_at_least_one_mib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One point at +0.04 MiB: the axis spans ±1 MiB, not ±0.04 around the point (noise drawn as a result)."""
+    figure = drawn(monkeypatch, cost_frame([(3.0, 1.0, 5.0)], [0.04]))
+    left, right = figure.axes[1].get_xlim()
+    assert left <= -1.0 and right >= 1.0
+    plots.plt.close(figure)
+
+
+def test_a_figure_without_intervals_names_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One seed per variant: no Δ interval, no time interval; no axis label promises a 95 % CI."""
+    figure = drawn(monkeypatch, cost_frame([(3.0, np.nan, np.nan)], [2.0], delta_ci=False))
+    labels = [figure.axes[0].get_ylabel(), figure.axes[0].get_xlabel()]
+    assert not [label for label in labels if "95 % CI" in label]
+    plots.plt.close(figure)

@@ -1,18 +1,18 @@
-"""Results folders -> a markdown report, tidy CSVs and seaborn plots.
+"""`harness report RESULTS_DIR [--out reports]`: a study's report.md, tables and figures.
 
-`python -m harness.report results/<recipe> [--out reports]` writes reports/<recipe>/: report.md,
-results.csv (one row per run), aggregate.csv (one row per variant: means over seeds and the paired
-comparison with the CE baseline), curves.csv and the plots.
+It writes reports/<recipe>/ (`python -m harness.report` runs the same): report.md, results.csv (one row per run),
+aggregate.csv (one row per variant: means over seeds, the paired comparison with the CE baseline and the study
+design's verdict), curves.csv and the plots.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import seaborn as sns
 
-from harness.command import EXIT_INCOMPLETE, EXIT_OK
+from harness.command import EXIT_INCOMPLETE, EXIT_OK, parser
+from harness.report.planning import planning_section
 from harness.report.plots import Look, figure_sections, make_plots
 from harness.report.study import Study, load_study
 from harness.report.tables import per_class_frame, report_markdown, split_words
@@ -41,9 +41,10 @@ def write_report(study: Study, reports_root: Path) -> Path:
     write_text(out / "curves.csv", study.curves.to_csv(index=False))
     look = look_of(study)
     with sns.axes_style("whitegrid"):  # a context, not set_theme: the engine's process keeps its style
-        made = make_plots(study.runs, study.aggregate, study.curves, study.results_dir, out, look)
+        made = make_plots(study, out, look)
     report = out / "report.md"
-    write_text(report, report_markdown(study, figure_sections(made, look), per_class_frame(study.summaries)))
+    planning = planning_section(study.runs, study.aggregate, study.sweep)
+    write_text(report, report_markdown(study, figure_sections(made, look), per_class_frame(study.summaries), planning))
     return report
 
 
@@ -54,13 +55,13 @@ def incompleteness(study: Study) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: python -m harness.report results/<recipe> [--out reports]; exit code 6 when the study is incomplete."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", type=Path, help="results/<recipe>, one sub-folder per variant (or seed)")
-    parser.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
-    args = parser.parse_args(argv)
+    """CLI: harness report results/<recipe> [--out reports]; exit code 6 when the study is incomplete."""
+    command = parser("report", __doc__)
+    command.add_argument("results_dir", type=Path, help="results/<recipe>, one sub-folder per variant (or seed)")
+    command.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
+    args = command.parse_args(argv)
     if not args.results_dir.is_dir():
-        parser.error(f"no such folder: {args.results_dir}")
+        command.error(f"no such folder: {args.results_dir}")
     study = load_study(args.results_dir)
     print(write_report(study, args.out))
     lacking = incompleteness(study)

@@ -1,10 +1,10 @@
-"""The report's figures (seaborn / matplotlib): mIoU, cost and benefit, bank size, throughput and memory,
-training curves, and the paper's t-SNE and qualitative figures."""
+"""The report's figures (seaborn / matplotlib): mIoU, cost and benefit, a sequential study's repeated intervals, bank
+size, throughput and memory, training curves, and the paper's t-SNE and qualitative figures."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import matplotlib
 
@@ -32,8 +32,13 @@ from harness.report.tables import (
 )
 from harness.results import VAL_CENTERS_FILE, VAL_SAMPLES_FILE, publish
 
+if TYPE_CHECKING:
+    from harness.report.study import Study
+
 TSNE_MIN_POINTS = 4
 TSNE_MAX_POINTS = 2000  # t-SNE cost grows fast with points: a subsample keeps a rebuild to about a minute
+# The extra-memory axis spans at least ±this many MiB: a narrower one would draw a few bytes' noise as a result.
+MEMORY_AXIS_MIB = 1.0
 CURVE_PANELS = {
     "loss": "total loss",
     "loss_ce": "CE loss",
@@ -55,9 +60,20 @@ PLOTS = {
         "The harness's answer in one picture. One point per contrast variant: its Δ mIoU over the CE baseline "
         "(mean over the seeds both finished, percentage points; vertical whiskers: Student-t 95 % CI, none for "
         "one seed) against its extra time per training step over CE (left, %; horizontal whiskers: its 95 % CI, "
-        "as in the variants table) and its extra memory (right, MiB). {sources} Above the line at Δ = 0 a "
-        "variant gains mIoU; right of the line at 0 it costs more, and a time whisker across that line means a "
-        "cost that cannot be told from CE's.",
+        "as in the variants table) and its extra memory (right, MiB). {sources} A point above the line at Δ = 0 "
+        "has a positive mean Δ, one right of the line at 0 a positive extra cost; which differences the study "
+        "keeps is its verdict's to say (variants table), and a time whisker across the line at 0 means a cost that "
+        "cannot be told from CE's. A saving no interval shows (extra time below 0 with an interval that "
+        "holds 0 or none, any extra memory below 0, for which there is no interval) is noise, not a result: such a "
+        "point is drawn at 0 inside a dashed ring and labelled ≈ CE, as the variants table reads it.",
+    ),
+    "sequential.png": (
+        "Sequential design: repeated confidence intervals",
+        "Each variant's repeated 95 % confidence interval (mean Δ mIoU over its first n seeds ± the look's "
+        "boundary) at every look it reached, against the seeds of that look; a variant's last interval is the one "
+        "that decided it (or the latest). Dotted lines: ±{margin} (`sweep.equivalence_margin`); dashed: Δ = 0. An "
+        "interval above 0 is better, below 0 worse, inside the dotted lines equivalent; the intervals are wider "
+        "than fixed-n t intervals because they hold at every look at once.",
     ),
     "miou_vs_bank.png": (
         "mIoU vs memory bank size",
@@ -169,9 +185,10 @@ def plot_miou(frame: pd.DataFrame, aggregate: pd.DataFrame, colors: dict[str, An
         else:
             ax.annotate(f"{value:.1f}", (position, value), xytext=(13, 0), textcoords="offset points",
                         va="center", fontsize=8)
+    has_ci = aggregate["miou_ci95_low"].notna().any()  # one seed per variant: no interval to name
     handles = [
         Line2D([], [], marker="o", ls="none", color="grey", alpha=0.75, label="a seed's run"),
-        Line2D([], [], marker="_", ms=14, mew=2, color="black", label="mean, 95 % CI"),
+        Line2D([], [], marker="_", ms=14, mew=2, color="black", label="mean, 95 % CI" if has_ci else "mean"),
     ]
     if aggregate["paper_miou"].notna().any():
         ax.scatter(x, aggregate["paper_miou"], marker="D", s=50, color="black", zorder=5)
@@ -269,43 +286,87 @@ def cost_sources_text(frame: pd.DataFrame, points: pd.DataFrame) -> str:
     return " ".join(sentences)
 
 
+def shown_at_zero(value: pd.Series, high: pd.Series) -> pd.Series:
+    """Where a cost below 0 has no interval that lies below 0: a saving nothing shows, drawn at 0 as ≈ CE."""
+    return (value < 0) & ~(high < 0)
+
+
 def plot_cost_benefit(points: pd.DataFrame, colors: dict[str, Any], look: Look, path: Path) -> None:
     """Δ mIoU (pp, 95 % CI whiskers) against extra time (%, 95 % CI whiskers) and extra memory, one point per
-    contrast variant; hollow where the cost is the wall clock's, not paired in-run."""
+    contrast variant; hollow where the cost is the wall clock's, not paired in-run; an unconfirmed saving at 0 in a
+    dashed ring, labelled ≈ CE."""
     delta, low, high = (points[column] * 100 for column in DELTA_COLUMNS)
     yerr = ci_whiskers(low, delta, high)
     cost, cost_low, cost_high = (points[column] for column in EXTRA_COST_COLUMNS)
-    xerr = {"extra_cost_pct": ci_whiskers(cost_low, cost, cost_high), "extra_memory_mib": None}
+    memory = points["extra_memory_mib"]
+    at_zero = {"extra_cost_pct": shown_at_zero(cost, cost_high),
+               "extra_memory_mib": shown_at_zero(memory, pd.Series(np.nan, index=memory.index))}
+    shown = {"extra_cost_pct": cost.mask(at_zero["extra_cost_pct"], 0.0),
+             "extra_memory_mib": memory.mask(at_zero["extra_memory_mib"], 0.0)}
+    xerr = {"extra_cost_pct": ci_whiskers(cost_low, shown["extra_cost_pct"], cost_high), "extra_memory_mib": None}
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True, layout="constrained")
+    time_ci = "; 95 % CI" if cost_low.notna().any() else ""
     panels = (
-        ("extra_cost_pct", "Extra time", "extra time per training step over CE (%; 95 % CI)"),
+        ("extra_cost_pct", "Extra time", f"extra time per training step over CE (%{time_ci})"),
         ("extra_memory_mib", "Extra memory", "extra memory over CE (MiB)"),
     )
     labels = {ax: [] for ax in axes}
     for ax, (column, title, xlabel) in zip(axes, panels):
-        for index, (variant, x, y, source) in enumerate(
-            zip(points["variant"], points[column], delta, points["cost_source"])
+        for index, (variant, x, y, source, zero) in enumerate(
+            zip(points["variant"], shown[column], delta, points["cost_source"], at_zero[column])
         ):
             whiskers = None if xerr[column] is None else xerr[column][:, index : index + 1]
             ax.errorbar(x, y, xerr=whiskers, yerr=yerr[:, index : index + 1], fmt="o", ms=7, capsize=4,
                         color=colors[variant], mfc="white" if source == WALL_CLOCK else colors[variant], mew=1.5)
-            labels[ax].append(ax.annotate(variant, (x, y), xytext=(7, 3), textcoords="offset points", fontsize=8,
-                                          color=colors[variant], fontweight="bold"))
+            if zero:
+                ax.scatter([x], [y], s=300, facecolors="none", edgecolors=colors[variant], linestyles="--", lw=1.2)
+            labels[ax].append(ax.annotate(variant + (" (≈ CE)" if zero else ""), (x, y), xytext=(9, 3),
+                                          textcoords="offset points", fontsize=8, color=colors[variant],
+                                          fontweight="bold"))
         ax.axhline(0, color="grey", lw=1, ls="--")
         ax.axvline(0, color="grey", lw=0.8, ls=":")
         ax.set(xlabel=xlabel, title=title)
-    axes[0].set_ylabel("Δ mIoU vs CE (pp; mean over seeds, 95 % CI)")
-    fig.suptitle(f"What each contrast variant gains, and what it costs{look.progress}")
-    shown = set(points["cost_source"])
+    left, right = axes[1].get_xlim()
+    axes[1].set_xlim(min(left, -MEMORY_AXIS_MIB), max(right, MEMORY_AXIS_MIB))
+    delta_ci = ", 95 % CI" if low.notna().any() else ""
+    axes[0].set_ylabel(f"Δ mIoU vs CE (pp; mean over seeds{delta_ci})")
+    fig.suptitle(f"Each contrast variant's Δ mIoU, and what it costs{look.progress}")
+    sources = set(points["cost_source"])
     handles = [
         Line2D([], [], marker="o", ls="none", color="grey", mfc=face, mew=1.5, label=label)
         for source, face, label in ((PROBE, "grey", "paired in-run"), (WALL_CLOCK, "white", NOT_PAIRED))
-        if source in shown
+        if source in sources
     ]
+    if any(zero.any() for zero in at_zero.values()):
+        handles.append(Line2D([], [], marker="o", ls="none", ms=14, mfc="none", mec="grey", mew=1.2,
+                              label="≈ CE: a saving no interval shows, drawn at 0"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), title="cost")
     fig.canvas.draw()  # the layout fixes where each label lands
     for panel_labels in labels.values():
         spread_labels(panel_labels)
+    save(fig, path)
+
+
+def plot_sequential(readings: pd.DataFrame, colors: dict[str, Any], margin: float, look: Look, path: Path) -> None:
+    """Each variant's repeated CI (pp) at every look it reached against that look's seeds, with ±margin and 0."""
+    variants = list(dict.fromkeys(readings["variant"]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    spread = 0.12 * (len(variants) - 1)  # variants side by side at a look, so no interval hides another
+    for offset, variant in zip(np.linspace(-spread, spread, len(variants)), variants):
+        rows = readings[readings["variant"] == variant]
+        mean, low, high = (rows[column] * 100 for column in ("delta_mean", "low", "high"))
+        ax.errorbar(rows["seeds"] + offset, mean, yerr=ci_whiskers(low, mean, high), fmt="o-", ms=6, capsize=4,
+                    color=colors[variant], label=variant)
+        last = rows.iloc[-1]
+        ax.annotate(last["decision"], (last["seeds"] + offset, last["high"] * 100), xytext=(0, 4),
+                    textcoords="offset points", ha="center", fontsize=8, color=colors[variant])
+    for bound in (-margin * 100, margin * 100):
+        ax.axhline(bound, color="grey", lw=1, ls=":")
+    ax.axhline(0, color="grey", lw=1, ls="--")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="seeds at the look (pairs with the baseline)", ylabel="Δ mIoU vs CE (pp), repeated 95 % CI",
+           title=f"Sequential design: repeated confidence intervals at each look{look.progress}")
+    ax.legend(title="variant", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save(fig, path)
 
 
@@ -490,10 +551,9 @@ def plot_qualitative(pair: tuple[Shown, Shown], look: Look, path: Path) -> dict[
 # ---------------------------------------------------------------- all of them
 
 
-def make_plots(
-    frame: pd.DataFrame, aggregate: pd.DataFrame, curves: pd.DataFrame, results_dir: Path, out: Path, look: Look
-) -> dict[str, dict[str, str]]:
-    """Draw every plot the data supports; file name -> the values its caption names."""
+def make_plots(study: Study, out: Path, look: Look) -> dict[str, dict[str, str]]:
+    """Draw every plot the study supports; file name -> the values its caption names."""
+    frame, aggregate, curves, results_dir = study.runs, study.aggregate, study.curves, study.results_dir
     colors = variant_colors(list(aggregate["variant"]))
     plot_miou(frame, aggregate, colors, look, out / "miou.png")
     plot_throughput_memory(aggregate, memory_label(frame), colors, look, out / "throughput_memory.png")
@@ -502,6 +562,10 @@ def make_plots(
     if len(points):
         plot_cost_benefit(points, colors, look, out / "cost_benefit.png")
         made["cost_benefit.png"] = {"sources": cost_sources_text(frame, points)}
+    if len(study.readings):
+        margin = study.sweep.equivalence_margin
+        plot_sequential(study.readings, colors, margin, look, out / "sequential.png")
+        made["sequential.png"] = {"margin": f"{margin * 100:.2f} pp"}
     if bank_points(aggregate)["bank_size"].nunique() >= 2:
         plot_miou_vs_bank(aggregate, look, out / "miou_vs_bank.png")
         made["miou_vs_bank.png"] = {}

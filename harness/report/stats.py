@@ -1,5 +1,6 @@
-"""Statistics of a study: Student-t intervals, the paired comparison with the baseline, Holm's adjustment,
-what the comparison can detect (noncentral-t power, exact sign-flip p), the verdict, and the contrast's cost."""
+"""Statistics of a study that decide nothing: Student-t intervals, what a comparison can detect (MDE, seeds for a
+target Δ, the SD's upper confidence limit), the exact sign-flip p, and the contrast's cost. Every decision is
+harness.report.design's."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-CONFIDENCE = 0.95
-ALPHA = 1 - CONFIDENCE  # two-sided
-# TOST at ALPHA: both one-sided tests reject exactly when the (1 - 2 ALPHA) interval lies inside the margin.
+from harness.report.design import ALPHA, POWER, fixed_seeds, t_power
+
+CONFIDENCE = 1 - ALPHA  # two-sided
+# TOST at ALPHA alone: both one-sided tests reject exactly when the (1 - 2 ALPHA) interval lies inside the margin.
 TOST_CONFIDENCE = 1 - 2 * ALPHA
-POWER = 0.8
-SEEDS_CAP = 1000  # seeds_for_target searches up to here; NaN beyond
+# A pilot's SD of Δ is itself uncertain: planning beside it at its 80 % upper confidence limit (chi-square).
+SD_UPPER_CONFIDENCE = 0.8
 SIGN_FLIP_MAX_PAIRS = 32  # two halves of 2^16 sign patterns each: exact, and a few MB
 # A signed sum that equals the observed one in exact arithmetic can differ from it by rounding, at most a few
 # machine epsilons of the sum of |Δ|; 100 of them (scipy's permutation_test allows as many) count it as a tie.
 TIE_TOLERANCE = 100 * np.finfo(float).eps
-INCONCLUSIVE = "inconclusive"
 # Where a variant's cost over CE comes from (aggregate.csv's cost_source).
 PROBE, WALL_CLOCK, REFERENCE = "probe", "wall_clock", "reference"
 
@@ -32,31 +33,33 @@ def t_interval(values: pd.Series, confidence: float = CONFIDENCE) -> tuple[float
     return values.mean() - half, values.mean() + half
 
 
-def t_power(effect: float, pairs: int | np.ndarray) -> float | np.ndarray:
-    """Power of the two-sided paired t-test at ALPHA against a true Δ of `effect` SDs of the differences."""
-    critical = stats.t.ppf(1 - ALPHA / 2, pairs - 1)
-    shift = effect * np.sqrt(pairs)  # the noncentrality of T = mean / (sd / sqrt(n))
-    # P(T < -c) as P(T' > c) with T' ~ nct(-shift): nct.cdf's far left tail turns NaN for few degrees of freedom
-    return stats.nct.sf(critical, pairs - 1, shift) + stats.nct.sf(critical, pairs - 1, -shift)
-
-
-def mde(sd_diff: float, pairs: int, power: float = POWER) -> float:
-    """The smallest true Δ the paired t-test detects with `power` over `pairs` pairs, in sd_diff's units."""
+def mde(sd_diff: float, pairs: int, variants: int = 1, power: float = POWER) -> float:
+    """The smallest true Δ the paired t-test at ALPHA / variants (the family's level, as design.fixed_seeds plans)
+    detects with `power` over `pairs` pairs, in sd_diff's units."""
     if pairs < 2 or not sd_diff > 0:
         return np.nan
+    alpha = ALPHA / variants
     high = 1.0
-    while t_power(high, pairs) < power:  # power grows with the effect towards 1: find a bracket
+    while t_power(high, pairs, alpha) < power:  # power grows with the effect towards 1: find a bracket
         high *= 2
-    return optimize.brentq(lambda effect: t_power(effect, pairs) - power, 0.0, high, xtol=1e-10) * sd_diff
+    return optimize.brentq(lambda effect: t_power(effect, pairs, alpha) - power, 0.0, high, xtol=1e-10) * sd_diff
 
 
-def seeds_for(target: float, sd_diff: float, power: float = POWER) -> float:
-    """The fewest pairs whose paired t-test detects a true Δ of `target` with `power`; NaN past SEEDS_CAP."""
+def seeds_for(target: float, sd_diff: float, variants: int = 1) -> float:
+    """design.fixed_seeds for a report's table: NaN without a spread or past SEEDS_CAP."""
     if not sd_diff > 0:
         return np.nan
-    counts = np.arange(2, SEEDS_CAP + 1)
-    enough = counts[t_power(target / sd_diff, counts) >= power]
-    return float(enough[0]) if len(enough) else np.nan
+    try:
+        return float(fixed_seeds(target, sd_diff, variants))
+    except ValueError:  # more than SEEDS_CAP seeds
+        return np.nan
+
+
+def sd_upper_limit(sd: float, pairs: int, confidence: float = SD_UPPER_CONFIDENCE) -> float:
+    """The one-sided upper confidence limit of an SD seen over `pairs` normal pairs: sd sqrt((n - 1) / chi2_{1 - c})."""
+    if pairs < 2:
+        return np.nan
+    return sd * np.sqrt((pairs - 1) / stats.chi2.ppf(1 - confidence, pairs - 1))
 
 
 def signed_sums(values: np.ndarray) -> np.ndarray:
@@ -86,22 +89,10 @@ def sign_flip_floor(pairs: int) -> float:
     return 2 / 2**pairs
 
 
-def paired_stats(ok: pd.DataFrame, is_baseline: bool, target_delta: float) -> dict[str, float]:
-    """Δ mIoU over the seeds both the variant and the baseline finished (mean, SD, CIs, tests, what it can
-    detect), and the extra time and memory paired the same way."""
-    pairs = ok.dropna(subset=["miou", "base_miou"])
-    deltas = pairs["miou"] - pairs["base_miou"]
-    count = 0 if is_baseline else len(pairs)  # the baseline paired with itself: Δ is 0, its CI degenerate
-    tested = deltas.iloc[:count]
-    low, high = t_interval(tested)
-    low90, high90 = t_interval(tested, TOST_CONFIDENCE)
-    sd = tested.std(ddof=1)
-    p_value = stats.ttest_rel(pairs["miou"], pairs["base_miou"]).pvalue if count >= 2 else np.nan
+def paired_costs(ok: pd.DataFrame) -> dict[str, float]:
+    """The extra median s/iter and training peak of a variant's finished runs over the baseline's run of the same
+    seed, averaged over the seeds."""
     return {
-        "n_pairs": count, "delta_mean": deltas.mean(), "delta_std": sd, "delta_ci95_low": low,
-        "delta_ci95_high": high, "delta_ci90_low": low90, "delta_ci90_high": high90, "p_value": p_value,
-        "p_sign_flip": p_sign_flip(tested.to_numpy()), "mde_80": mde(sd, count),
-        "seeds_for_target": seeds_for(target_delta, sd),
         "extra_s_per_iter": (ok["s_per_iter"] - ok["base_s_per_iter"]).mean(),
         "extra_train_memory_bytes": (ok["train_peak_memory_bytes"] - ok["base_train_peak_memory_bytes"]).mean(),
     }
@@ -109,18 +100,20 @@ def paired_stats(ok: pd.DataFrame, is_baseline: bool, target_delta: float) -> di
 
 def cost_stats(ok: pd.DataFrame, is_baseline: bool) -> dict[str, Any]:
     """The variant's cost over CE as a ratio of step times, mean over seeds with a 95 % CI: from the in-run probe of
-    the seeds that ran it, else (older runs) from each seed's wall-clock s/iter over the baseline's run of that seed.
+    the seeds that ran it, else (runs without one) from each seed's median s/iter over the baseline's run of that
+    seed; beside it always the latter as a share, the wall clock's extra time.
 
     Several seeds: a Student-t interval over their ratios; one probed seed: that run's own interval of its median;
     one seed by the wall clock: none, as two separate runs have no interval.
     """
     probed = ok.dropna(subset=["cost_ratio"])
+    clock = pd.Series(dtype=float) if is_baseline else (ok["s_per_iter"] / ok["base_s_per_iter"]).dropna()
     if len(probed) and not is_baseline:
         ratios, source = probed["cost_ratio"], PROBE
         own = (probed["cost_ratio_ci95_low"].iloc[0], probed["cost_ratio_ci95_high"].iloc[0])
         memory, kinds = probed["contrast_extra_memory_bytes"].mean(), probed["contrast_extra_memory_kind"]
     else:
-        ratios = pd.Series(dtype=float) if is_baseline else (ok["s_per_iter"] / ok["base_s_per_iter"]).dropna()
+        ratios = clock
         source = REFERENCE if is_baseline else WALL_CLOCK if len(ratios) else ""
         own, kinds = (np.nan, np.nan), ok["memory_kind"]
         memory = (ok["train_peak_memory_bytes"] - ok["base_train_peak_memory_bytes"]).mean() if len(ratios) else np.nan
@@ -129,32 +122,7 @@ def cost_stats(ok: pd.DataFrame, is_baseline: bool) -> dict[str, Any]:
         "cost_source": source, "cost_seeds": len(ratios), "cost_ratio_mean": ratios.mean(),
         "cost_ratio_ci95_low": low, "cost_ratio_ci95_high": high, "extra_cost_pct": (ratios.mean() - 1) * 100,
         "extra_cost_pct_ci95_low": (low - 1) * 100, "extra_cost_pct_ci95_high": (high - 1) * 100,
+        "wall_clock_extra_pct": (clock.mean() - 1) * 100,
         "contrast_ms_per_step_mean": probed["contrast_ms_per_step"].mean(), "extra_memory_bytes": memory,
         "extra_memory_kind": " / ".join(kinds.dropna().unique()) if len(ratios) else "",
     }
-
-
-def verdict(row: dict[str, Any], has_baseline: bool, margin: float) -> str:
-    """better / worse when the 95 % CI excludes 0, equivalent when the 90 % CI lies inside ±margin (TOST),
-    else INCONCLUSIVE; without a CI, why there is none."""
-    if row["is_baseline"] or not has_baseline:
-        return "baseline" if row["is_baseline"] else ""
-    if row["n_pairs"] < 2:
-        return {0: "no finished seed shared with the baseline", 1: "one seed: no CI"}[row["n_pairs"]]
-    if row["delta_ci95_low"] > 0:
-        return "better"
-    if row["delta_ci95_high"] < 0:
-        return "worse"
-    return "equivalent" if -margin < row["delta_ci90_low"] and row["delta_ci90_high"] < margin else INCONCLUSIVE
-
-
-def holm_adjusted(p_values: pd.Series) -> pd.Series:
-    """Holm's step-down adjustment of the variants' p-values (NaN stays NaN).
-
-    Every variant is tested against the same baseline runs, so with k variants one "better" at 5 %
-    turns up by chance far more often than 5 %; Holm keeps that family-wise rate at 5 %.
-    """
-    tested = p_values.dropna().sort_values()
-    factors = np.arange(len(tested), 0, -1)  # k for the smallest p, down to 1 for the largest
-    adjusted = np.minimum(1.0, np.maximum.accumulate(tested.to_numpy() * factors))
-    return pd.Series(adjusted, index=tested.index).reindex(p_values.index)

@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import pandas as pd
 
+from harness.report.decisions import look_readings
 from harness.report.tables import aggregate_frame, curves_frame, results_frame, split_of, study_summaries
 from harness.results import (
     DamagedFile,
@@ -40,6 +41,7 @@ class Study:
     summaries: list[dict[str, Any]]  # every run's summary as a mapping, run_folder added
     runs: pd.DataFrame  # one row per run (results.csv)
     aggregate: pd.DataFrame  # one row per variant (aggregate.csv)
+    readings: pd.DataFrame  # a sequential study's repeated CI of each variant at every look it reached
     curves: pd.DataFrame  # tidy training curves (curves.csv)
     expected: int  # runs the study expects
     missing: list[str]  # labels of expected runs without a finished, readable summary
@@ -66,9 +68,19 @@ class Study:
         """Whether every expected run finished and every file read."""
         return not self.missing and not self.damaged
 
+    @property
+    def unfinished(self) -> str:
+        """'' for a study whose every run is in, else 'k of n runs'."""
+        return unfinished_text(self.expected, self.missing)
+
     def progress(self) -> str:
         """'' for a complete study, else 'k of n runs finished'."""
-        return "" if not self.missing else f"{self.expected - len(self.missing)} of {self.expected} runs finished"
+        return f"{self.unfinished} finished" if self.missing else ""
+
+
+def unfinished_text(expected: int, missing: list[str]) -> str:
+    """'k of n runs' while runs are missing, else ''."""
+    return f"{expected - len(missing)} of {expected} runs" if missing else ""
 
 
 def readable(read: Callable[[Path], Read], results_dir: Path, damaged: list[DamagedFile], default: Read) -> Read:
@@ -86,9 +98,9 @@ def load_study(results_dir: str | Path) -> Study:
     sweep = readable(read_sweep, results_dir, damaged, SweepRecord())
     manifest = readable(read_study, results_dir, damaged, None)
     summaries = study_summaries(results_dir)
+    expected, missing = len(expected_runs(results_dir, manifest)), missing_runs(results_dir, manifest)
     runs = results_frame(summaries, sweep.baseline)
-    aggregate = aggregate_frame(runs, sweep.target_delta, sweep.equivalence_margin)
+    aggregate = aggregate_frame(runs, sweep, unfinished_text(expected, missing))
     curves, damaged_logs = curves_frame(results_dir, runs)
-    return Study(results_dir, sweep, manifest, summaries, runs, aggregate, curves,
-                 len(expected_runs(results_dir, manifest)), missing_runs(results_dir, manifest),
-                 damaged + damaged_logs)
+    return Study(results_dir, sweep, manifest, summaries, runs, aggregate, look_readings(runs, aggregate, sweep),
+                 curves, expected, missing, damaged + damaged_logs)

@@ -8,20 +8,17 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
+from harness.report.decisions import baseline_values, comparison_frame, is_sequential, sequential_design
+from harness.report.design import ALPHA, POWER, SPENDING_NAMES
 from harness.report.stats import (
-    ALPHA,
-    POWER,
     PROBE,
     REFERENCE,
-    SEEDS_CAP,
     TOST_CONFIDENCE,
     WALL_CLOCK,
     cost_stats,
-    holm_adjusted,
-    paired_stats,
+    paired_costs,
     sign_flip_floor,
     t_interval,
-    verdict,
 )
 from harness.results import (
     METRICS_FILE,
@@ -43,8 +40,8 @@ NON_SCALAR_FIELDS = {"per_class_iou", "class_names", "versions", "paper", "trace
 # [low, high] lists in summary.json, flattened as <field>_low and <field>_high.
 INTERVAL_FIELDS = {"cost_ratio_ci95"}
 MEMORY_KINDS = {"cuda_max_allocated": "GPU max allocated", "rss": "process RSS"}
-MULTI_SEED_STUDY = "recipes/digit_scenes_ablations.yaml"
-MULTI_SEED_REPORT = "reports/digit_scenes_ablations/"
+DEFAULT_SWEEP = SweepRecord()  # a study without sweep.json: fixed design, sweep's default target and margin
+HEADLINE_REPORT = "reports/digit_scenes_headline/report.md"  # where a one-seed report sends its reader
 # The numbers only a finished run has (blank for any other run): the contract's numeric metric fields, an interval
 # as its two ends. Older summaries lack some (the cost probe's, the training-only peak): their columns may be blank.
 RUN_METRICS = [
@@ -55,7 +52,8 @@ RUN_METRICS = [
 CONFIG_FIELDS = ["contrast_kind", "center_variant", "bank_size", "paper_miou"]
 # Run fields compared with the baseline's run of the same seed (Δ mIoU, extra time, extra memory).
 PAIRED_FIELDS = ("miou", "s_per_iter", "train_peak_memory_bytes")
-# Run fields averaged over a variant's finished seeds, as aggregate.csv's <field>_mean.
+# Run fields averaged over a variant's finished seeds, as aggregate.csv's <field>_mean (s_per_iter_mean: the mean
+# over seeds of each run's median step).
 MEAN_FIELDS = (
     "s_per_iter", "contrast_ms_per_iter", "train_peak_memory_bytes", "eval_peak_memory_bytes",
     "peak_memory_bytes", "train_images_per_s", "bank_fill", "train_hours",
@@ -65,6 +63,12 @@ MEAN_FIELDS = (
 def signed(value: float, digits: int = 2) -> str:
     """'+1.23'; a difference that rounds to zero prints as '+0.00', never '-0.00'."""
     return f"{round(value, digits) + 0.0:+.{digits}f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def extra_memory_text(mib: float) -> str:
+    """Extra memory over CE in MiB, '+5'; below 0 it reads '≈ CE': no interval shows a saving, and a contrast term
+    only adds memory, so a negative difference is the measure's noise."""
+    return "≈ CE" if mib < 0 else signed(mib, 0)
 
 
 # (header, results.csv column, cell formatter); formatted (numeric) columns are right-aligned.
@@ -83,7 +87,7 @@ TABLE_COLUMNS = (
     ("paper mIoU (%)", "paper_miou", "{:.1f}".format),
     ("paper row", "paper_ref", str),
     ("images/s", "train_images_per_s", "{:.1f}".format),
-    ("wall-clock s/iter", "s_per_iter", "{:.3f}".format),
+    ("median s/iter", "s_per_iter", "{:.3f}".format),
     ("cost ratio [95 % CI]", "cost_ratio_text", str),
     ("peak memory (MiB)", "peak_memory_mib", "{:.0f}".format),
     ("bank (MiB)", "bank_mib", "{:.2f}".format),
@@ -98,14 +102,8 @@ NOT_PAIRED = "wall clock, not paired in-run"  # marks a cost from separate runs'
 COST_COLUMNS = (
     ("contrast ms/iter", "contrast_ms_per_iter_mean", 1, "{:.1f}".format),
     ("train memory (MiB)", "train_peak_memory_bytes_mean", MIB, "{:.0f}".format),
-    ("extra memory (MiB)", "extra_memory_bytes", MIB, lambda value: signed(value, 0)),
+    ("extra memory (MiB)", "extra_memory_bytes", MIB, extra_memory_text),
     ("bank fill", "bank_fill_mean", 1, "{:.0%}".format),
-)
-# (header, plan_frame column, cell formatter) of the planning view's costs, in hours
-PLAN_HOURS = (
-    ("h per variant run", "variant_run_hours", "{:.3f}".format),
-    ("h per baseline run", "baseline_run_hours", "{:.3f}".format),
-    ("study hours", "study_hours", "{:.2f}".format),
 )
 DERIVED_COLUMNS = {
     "bank_size_text", "miou_pct", "delta_miou_pp", "peak_memory_mib", "bank_mib", "paper_ref", "status_text",
@@ -160,16 +158,6 @@ def bank_size_text(kind: str, size: float) -> str | None:
     return "train set" if kind == "region" else None
 
 
-def baseline_values(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """For each run, the baseline's `column` on the same seed; NaN where the baseline has no such run.
-
-    Summaries that predate the seed field (one run per variant) pair with each other: pandas merges
-    missing keys as equal.
-    """
-    base = frame.loc[frame["is_baseline"], ["seed", column]].drop_duplicates("seed")
-    return frame[["seed"]].merge(base, on="seed", how="left")[column].to_numpy()
-
-
 def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     """Columns in the units the report shows: %, percentage points, MiB."""
     frame["bank_size_text"] = [bank_size_text(*pair) for pair in zip(frame["contrast_kind"], frame["bank_size"])]
@@ -178,18 +166,24 @@ def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     frame["delta_miou_pp"] = (frame["miou"] - baseline_values(frame, "miou")) * 100
     frame["peak_memory_mib"] = frame["peak_memory_bytes"] / MIB
     frame["bank_mib"] = frame["bank_bytes"] / MIB
-    frame["train_hours"] = frame["s_per_iter"] * frame["iterations"] / HOUR  # the planning view's unit of cost
+    # the planning view's unit of cost: the mean step counts the stalls a run pays for; older runs have the median only
+    frame["train_hours"] = frame["s_per_iter_mean"].fillna(frame["s_per_iter"]) * frame["iterations"] / HOUR
     frame["paper_ref"] = [
         f"{table}: {row}" if pd.notna(miou) else None
         for table, row, miou in zip(frame["paper_table"], frame["paper_row"], frame["paper_miou"])
     ]
-    frame["status_text"] = [
-        f"{status}: {shorten(error)}" if shorten(error) else status
-        for status, error in zip(frame["status"], frame["error"])
-    ]
+    frame["status_text"] = list(map(status_text, frame["status"], frame["error"], frame["collapsed"]))
     frame["cost_ratio_text"] = list(map(ratio_text, frame["cost_ratio"], frame["cost_ratio_ci95_low"],
                                         frame["cost_ratio_ci95_high"]))
     return frame
+
+
+def status_text(status: str, error: Any, collapsed: Any) -> str:
+    """A run's status as the runs table shows it: 'failed: <error>', 'collapsed: <why>' for a finished run whose
+    predictions say it learned nothing, else the status."""
+    if shorten(collapsed):
+        return f"collapsed: {shorten(collapsed)}"
+    return f"{status}: {shorten(error)}" if shorten(error) else status
 
 
 def study_summaries(results_dir: Path) -> list[dict[str, Any]]:
@@ -206,7 +200,8 @@ def results_frame(summaries: list[dict[str, Any]], named_baseline: str | None = 
     runs blanked."""
     frame = pd.DataFrame([flat_scalars(summary) for summary in summaries])
     needed = [*RUN_METRICS, "seed", "run_folder", "error", "paper_table", "paper_row", "paper_miou", "memory_kind",
-              "iterations", "device", "contrast_extra_memory_kind"]
+              "iterations", "device", "contrast_extra_memory_kind", "collapsed", "cost_probe_skipped",
+              "s_per_iter_mean", "backbone_weights"]
     needed += [*CONFIG_FIELDS, *(column for _, column, _ in TABLE_COLUMNS if column not in DERIVED_COLUMNS)]
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *needed])))
     unfinished = frame["status"] != "ok"
@@ -216,37 +211,38 @@ def results_frame(summaries: list[dict[str, Any]], named_baseline: str | None = 
     return add_derived(frame.drop(columns="order").reset_index(drop=True), baseline)
 
 
-def variant_stats(runs: pd.DataFrame, has_baseline: bool, target_delta: float, margin: float) -> dict[str, Any]:
-    """aggregate.csv's numbers for one variant; `runs` carry base_<field>, the baseline's run of the same seed."""
+def variant_stats(runs: pd.DataFrame) -> dict[str, Any]:
+    """aggregate.csv's numbers of one variant's own runs; `runs` carry base_<field>, the baseline's run of the same
+    seed, for the costs."""
     ok = runs[runs["status"] == "ok"]
     miou_low, miou_high = t_interval(ok["miou"])
-    row = {
-        "is_baseline": bool(runs["is_baseline"].iloc[0]), "runs": status_counts(runs), "n_seeds": len(ok),
+    is_baseline = bool(runs["is_baseline"].iloc[0])
+    return {
+        "variant": runs["variant"].iloc[0], "is_baseline": is_baseline, "runs": status_counts(runs),
+        "n_seeds": len(ok), "collapsed_runs": int(ok["collapsed"].notna().sum()),
+        # a variant with no number says why: its runs' status, e.g. the failure
+        "status_texts": "; ".join(dict.fromkeys(runs["status_text"])),
         "miou_mean": ok["miou"].mean(), "miou_std": ok["miou"].std(ddof=1),
         "miou_ci95_low": miou_low, "miou_ci95_high": miou_high,
+        **paired_costs(ok), **cost_stats(ok, is_baseline),
+        **{f"{field}_mean": ok[field].mean() for field in MEAN_FIELDS},
     }
-    row.update(paired_stats(ok, row["is_baseline"], target_delta))
-    row.update(cost_stats(ok, row["is_baseline"]))
-    # a variant with no number says why: its runs' status, e.g. the failure
-    row["verdict"] = verdict(row, has_baseline, margin) if len(ok) else "; ".join(dict.fromkeys(runs["status_text"]))
-    return {**row, **{f"{field}_mean": ok[field].mean() for field in MEAN_FIELDS}}
 
 
-def aggregate_frame(
-    frame: pd.DataFrame, target_delta: float = SweepRecord().target_delta,
-    equivalence_margin: float = SweepRecord().equivalence_margin,
-) -> pd.DataFrame:
-    """One row per variant, in the runs' order: means over finished seeds and the paired comparison
-    with the baseline (mIoU, Δ, its SD, MDE and margin as fractions, like miou)."""
+def aggregate_frame(frame: pd.DataFrame, sweep: SweepRecord = DEFAULT_SWEEP, unfinished: str = "") -> pd.DataFrame:
+    """One row per variant, in the runs' order: means over finished seeds, the paired comparison with the baseline
+    (mIoU, Δ, its SD, MDE and margin as fractions, like miou) and the design's verdict (harness.report.decisions);
+    `unfinished` ('25 of 50 runs', '' when every run is in) makes a fixed study's verdicts interim."""
     runs = frame.assign(  # runs that predate the training-only peak: their overall peak is the closest measure
         train_peak_memory_bytes=frame["train_peak_memory_bytes"].fillna(frame["peak_memory_bytes"])
     )
     runs = runs.assign(**{f"base_{field}": baseline_values(runs, field) for field in PAIRED_FIELDS})
-    groups, has_baseline = runs.groupby("variant", sort=False), bool(frame["is_baseline"].any())
-    numbers = pd.DataFrame([
-        variant_stats(group, has_baseline, target_delta, equivalence_margin) for _, group in groups
-    ])
-    numbers.insert(numbers.columns.get_loc("p_value") + 1, "p_holm", holm_adjusted(numbers["p_value"]))
+    groups = runs.groupby("variant", sort=False)
+    own = pd.DataFrame([variant_stats(group) for _, group in groups])
+    compared = comparison_frame(runs, own, sweep, unfinished)
+    head = ["is_baseline", "runs", "n_seeds", "collapsed_runs", "miou_mean", "miou_std", "miou_ci95_low",
+            "miou_ci95_high"]
+    numbers = pd.concat([own[head], compared, own.drop(columns=["variant", "status_texts", *head])], axis=1)
     return pd.concat([groups[CONFIG_FIELDS].first().reset_index(), numbers], axis=1)
 
 
@@ -380,8 +376,15 @@ def p_text(p_value: float, digits: int = 3) -> str:
     return "<0.001" if p_value < 0.001 else f"{p_value:.{digits}f}"
 
 
+def family_shown(aggregate: pd.DataFrame) -> bool:
+    """Whether the fixed design's family adjusted any p-value of the study (none in a sequential, interim or
+    one-seed study)."""
+    return bool(aggregate["p_family"].notna().any())
+
+
 def variant_table(aggregate: pd.DataFrame) -> str:
-    """Per variant: mean ± std over seeds, Δ with its CI and p, the verdict, and the costs."""
+    """Per variant: mean ± std over seeds, Δ with its CI and p, the design's adjusted p where it has one, the
+    verdict, and the costs."""
     pct = {column: aggregate[column] * 100 for column in ("miou_mean", "miou_std", *DELTA_COLUMNS)}
     cells = {
         "variant": aggregate["variant"],
@@ -393,10 +396,12 @@ def variant_table(aggregate: pd.DataFrame) -> str:
         cells["paper mIoU (%)"] = aggregate["paper_miou"].map(lambda value: format_cell(value, "{:.1f}".format))
     cells["Δ mIoU vs CE (pp) [95 % CI]"] = list(map(delta_text, *(pct[column] for column in DELTA_COLUMNS)))
     cells["p"] = aggregate["p_value"].map(lambda value: format_cell(value, p_text))
-    cells["p (Holm)"] = aggregate["p_holm"].map(lambda value: format_cell(value, p_text))
+    if family_shown(aggregate):
+        cells["p (family)"] = aggregate["p_family"].map(lambda value: format_cell(value, p_text))
+        cells["TOST p (family)"] = aggregate["p_tost_family"].map(lambda value: format_cell(value, p_text))
     cells["p (sign-flip)"] = aggregate["p_sign_flip"].map(lambda value: format_cell(value, lambda p: p_text(p, 4)))
     cells["verdict"] = aggregate["verdict"]
-    cells["wall-clock s/iter"] = formatted(aggregate["s_per_iter_mean"], "{:.3f}".format)
+    cells["median s/iter"] = formatted(aggregate["s_per_iter_mean"], "{:.3f}".format)
     cells[EXTRA_COST_HEADER] = list(map(extra_cost_text, *(aggregate[column] for column in EXTRA_COST_COLUMNS)))
     cells["cost measured"] = list(map(cost_source_text, aggregate["cost_source"], aggregate["cost_seeds"],
                                       aggregate["n_seeds"]))
@@ -475,37 +480,91 @@ def sign_flip_text(aggregate: pd.DataFrame) -> str:
             + (f", above {ALPHA:.2f}: with this few seeds it is never significant at 5 %." if never else "."))
 
 
-def comparison_notes(frame: pd.DataFrame, aggregate: pd.DataFrame, margin: float) -> list[str]:
-    """What the variants table's numbers are, and, with one seed per variant, that they are an anecdote."""
-    notes = [
-        "mIoU is the mean ± sample standard deviation over a variant's finished seeds. Δ is its mIoU minus the "
-        "CE baseline's on the same seed, averaged over the seeds where both finished, in percentage points; "
-        "[95 % CI] is the two-sided Student-t interval over those n pairs (n − 1 degrees of freedom) and p the "
-        "paired t-test, both from two pairs on. The verdict is better or worse when the 95 % interval excludes "
-        f"0, equivalent when the {percent_text(TOST_CONFIDENCE)} interval lies inside ±{pp_text(margin)} "
-        "(`sweep.equivalence_margin`; two one-sided tests at 5 %, TOST), and inconclusive otherwise: the seeds "
-        "show neither a difference nor its absence. p (Holm) adjusts p for the number of variants tested "
-        "against the same baseline runs (Holm's step-down method): a verdict whose adjusted p is 0.05 or more "
-        "is a consistent sign, not a settled effect. p (sign-flip) is the exact paired permutation test: the "
-        "share of the 2^n sign patterns of the n differences whose mean lies at least as far from 0 as the "
-        f"observed one; it assumes no normal distribution.{sign_flip_text(aggregate)}",
+def decision_rule(aggregate: pd.DataFrame, sweep: SweepRecord, unfinished: str) -> str:
+    """How the verdict column was decided: the study's design, in the report's words."""
+    margin = pp_text(sweep.equivalence_margin)
+    if is_sequential(sweep):
+        return (
+            "**Verdict: the sequential design** (`sweep.design: sequential`, harness/report/design.py; see Sequential "
+            "design below). At each look a variant's repeated 95 % confidence interval decides: better where it lies "
+            f"above 0, worse where below, equivalent where inside ±{margin} (`sweep.equivalence_margin`); the first "
+            "look that decides, decides, a variant still undecided at max_seeds is inconclusive, and until its next "
+            "look a variant reads continue. This table's Δ [95 % CI] and p are the fixed-n t interval and test over "
+            "every finished pair, shown for reference only: no decision reads them."
+        )
+    if unfinished:
+        return (
+            f"**Verdict: interim ({unfinished}).** This study's design is fixed: it is read once, when every run is "
+            "in, so no verdict is given now, and its Δ, intervals and p-values may not be quoted as results."
+        )
+    rule = (
+        "**Verdict: the fixed design** (harness/report/design.py). Each variant brings two claims to one family: "
+        "that it differs from the baseline (p: the paired t-test of H0: Δ = 0) and that it is equivalent to it "
+        f"(TOST p: two one-sided t-tests of H0: |Δ| ≥ {margin}, `sweep.equivalence_margin`, the larger p). "
+    )
+    if family_shown(aggregate):
+        rule += (
+            "p (family) and TOST p (family) are those p-values adjusted over all 2V claims of the V variants tested "
+            "against the same baseline runs, by Holm's step-down method with Shaffer's restriction (a variant cannot "
+            "both equal the baseline and lie a margin from it, so at most V of the 2V null hypotheses hold at once: "
+            "the sorted p-values are multiplied by V for the first V + 1 steps, then by V − 1, ..., 1). They keep "
+            "the chance that any better, worse or equivalent claim of the study is wrong at 5 %. "
+        )
+    return rule + (
+        "The verdict is better or worse where p (family) < 0.05, else equivalent where TOST p (family) < 0.05, else "
+        "suggestive where the unadjusted 95 % interval excludes 0 (a sign the family does not keep: no claim), "
+        "else inconclusive: the seeds show neither a difference nor its absence. A variant with a collapsed run "
+        "(its predictions say it learned nothing) gets no verdict, nor does any where the baseline has one."
+    )
+
+
+def comparison_notes(frame: pd.DataFrame, aggregate: pd.DataFrame, sweep: SweepRecord, unfinished: str) -> list[str]:
+    """What the variants table's numbers are, and how its verdicts were decided."""
+    return [
+        (
+            "mIoU is the mean ± sample standard deviation over a variant's finished seeds. Δ is its mIoU minus the "
+            "CE baseline's on the same seed, averaged over the seeds where both finished, in percentage points; "
+            "[95 % CI] is the two-sided Student-t interval over those n pairs (n − 1 degrees of freedom) and p the "
+            "paired t-test, both from two pairs on and both unadjusted. p (sign-flip) is the exact paired "
+            "permutation test: the share of the 2^n sign patterns of the n differences whose mean lies at least as "
+            f"far from 0 as the observed one; it assumes no normal distribution.{sign_flip_text(aggregate)}"
+        ),
+        "",
+        decision_rule(aggregate, sweep, unfinished),
         *cost_notes(frame, aggregate),
     ]
-    if aggregate["n_seeds"].max() == 1:
-        notes += [
-            "",
-            f"**One seed: an anecdote, not a measurement.** Every variant here finished once ({seeds_text(frame)}), "
-            "so each Δ is a single paired difference with no confidence interval and no p-value, and it cannot "
-            f"be told apart from seed-to-seed noise. The multi-seed study (`{MULTI_SEED_STUDY}`, "
-            f"`{MULTI_SEED_REPORT}`) is where the confidence intervals are.",
-        ]
-    return notes
 
 
 def rounds_text(rounds: pd.Series) -> str:
     """'20 rounds' or '20-100 rounds' over the probed runs."""
     low, high = rounds.min(), rounds.max()
     return f"{low:.0f} rounds" if low == high else f"{low:.0f}-{high:.0f} rounds"
+
+
+def probe_absence_text(skipped: Any) -> str:
+    """Why a finished run with a contrast term has no cost probe, from its summary's cost_probe_skipped."""
+    if pd.isna(skipped):
+        return "summaries older than the probe"
+    return "switched off (run.cost_probe: false)" if skipped == "run.cost_probe: false" else str(skipped)
+
+
+def probe_absences(frame: pd.DataFrame, variants: pd.Series) -> str:
+    """'`a`, `b`: summaries older than the probe; `c`: switched off (...)' for the variants costed by the clock."""
+    runs = frame[frame["variant"].isin(variants) & (frame["status"] == "ok") & frame["cost_ratio"].isna()]
+    reasons = runs.assign(reason=runs["cost_probe_skipped"].map(probe_absence_text))
+    grouped = reasons.groupby("reason", sort=False)["variant"].unique()
+    return "; ".join(f"{', '.join(f'`{name}`' for name in names)}: {reason}" for reason, names in grouped.items())
+
+
+def clock_disagreements(aggregate: pd.DataFrame) -> str:
+    """The probed variants whose runs' median s/iter over CE's lies outside the probe's 95 % interval, as
+    '`a` (probe ≈ CE [-0.3, +2.6] %, runs +2.0 %)'; empty where none does."""
+    probe = aggregate[(aggregate["cost_source"] == PROBE) & aggregate["wall_clock_extra_pct"].notna()]
+    outside = probe[(probe["wall_clock_extra_pct"] < probe["extra_cost_pct_ci95_low"])
+                    | (probe["wall_clock_extra_pct"] > probe["extra_cost_pct_ci95_high"])]
+    probe_texts = map(extra_cost_text, *(outside[column] for column in EXTRA_COST_COLUMNS))
+    return ", ".join(f"`{variant}` (probe {probe} %, runs {signed(clock, 1)} %)"
+                     for variant, probe, clock in zip(outside["variant"], probe_texts, outside["wall_clock_extra_pct"]))
 
 
 def cost_notes(frame: pd.DataFrame, aggregate: pd.DataFrame) -> list[str]:
@@ -516,8 +575,9 @@ def cost_notes(frame: pd.DataFrame, aggregate: pd.DataFrame) -> list[str]:
         "(the baseline is the reference), averaged over its seeds, with the Student-t 95 % CI over the seeds' "
         "ratios from two seeds on. Where the interval contains 0 the cell reads ≈ CE: the cost cannot be told from "
         "CE's, whatever the sign of the mean. Without an interval a saving reads ≈ CE too, as a contrast term only "
-        "adds work. Cost measured says where the ratio comes from. Wall-clock s/iter is the mean of the runs' own "
-        f"training time per iteration; training memory is {train_memory_source(frame)}."
+        "adds work; so does a negative extra memory. Cost measured says where the ratio comes from. Median s/iter "
+        "is each run's median timed training step (a stall does not move it), averaged over the variant's seeds; "
+        f"training memory is {train_memory_source(frame)}."
     )]
     if PROBE in sources:
         runs = probed(frame)
@@ -531,21 +591,33 @@ def cost_notes(frame: pd.DataFrame, aggregate: pd.DataFrame) -> list[str]:
             "ms/step is the median difference of the two steps (≈ 0 where the extra time reads ≈ CE); extra memory "
             "is the peak during the variant's steps minus the peak during CE's "
             f"({memory_kinds_text(runs['contrast_extra_memory_kind'])}"
-            + ("; a process's RSS moves with more than the term, so small differences are noise)."
-               if (runs["contrast_extra_memory_kind"] == "rss").any() else ").")
+            + ("; a process's RSS moves with more than the term, so small differences are noise). "
+               if (runs["contrast_extra_memory_kind"] == "rss").any() else "). ")
+            + "Contrast ms/step and contrast ms/iter time different things: the probe's is the whole training step "
+            "with and without the term, backward and bank push included, paired; the training's times only the "
+            "term's forward and bank push inside each step."
         )]
+        disagreeing = clock_disagreements(aggregate)
+        if disagreeing:
+            notes += ["", (
+                f"**Probe and wall clock differ** for {disagreeing}: the runs' median s/iter over CE's runs of the "
+                "same seeds compare separate runs on a loaded machine, whose load at two times enters as much as the "
+                "term, while the probe pairs both steps in one process; its number is the term's."
+            )]
     if WALL_CLOCK in sources:
+        clocked = aggregate.loc[aggregate["cost_source"] == WALL_CLOCK, "variant"]
         notes += ["", (
-            f"**{NOT_PAIRED.capitalize()}:** these variants' summaries carry no cost probe (runs older than it), so "
-            "their ratio is each seed's wall-clock s/iter over the CE baseline's run of the same seed, and extra "
-            "memory the difference of the two runs' training peaks. Separate runs compare the machine's load at "
-            "two times as much as the contrast term: on a shared machine or a cluster these numbers say little."
+            f"**{NOT_PAIRED.capitalize()}:** no cost probe ({probe_absences(frame, clocked)}), so these variants' "
+            "ratio is each seed's median s/iter over the CE baseline's run of the same seed, and extra memory the "
+            "difference of the two runs' training peaks. Separate runs compare the machine's load at two times as "
+            "much as the contrast term: on a shared machine or a cluster these numbers say little."
         )]
     return notes
 
 
 def detection_section(aggregate: pd.DataFrame, margin: float) -> list[str]:
-    """What each comparison could have found: the SD of its differences, its 90 % CI and its MDE at 80 % power."""
+    """What each comparison could have found: the SD of its differences, its 90 % CI and TOST p, and its MDE at
+    80 % power at the family's level."""
     rows = aggregate[aggregate["delta_std"].notna()]
     if rows.empty:
         return []
@@ -555,50 +627,24 @@ def detection_section(aggregate: pd.DataFrame, margin: float) -> list[str]:
         "pairs": formatted(rows["n_pairs"], "{:.0f}".format),
         "SD of Δ (pp)": formatted(rows["delta_std"], "{:.2f}".format, 100),
         f"Δ (pp) [{percent_text(TOST_CONFIDENCE)} CI]": list(map(delta_text, *interval)),
+        "TOST p": rows["p_tost"].map(lambda value: format_cell(value, p_text)),
         f"MDE {percent_text(POWER)} (pp)": formatted(rows["mde_80"], "{:.2f}".format, 100),
         "verdict": rows["verdict"],
     }
+    if rows["p_tost"].isna().all():  # a sequential study: its equivalence is read from the repeated CI
+        del cells["TOST p"]
     table = markdown_table(pd.DataFrame(cells), set(cells) - {"variant", "verdict"})
+    variants = int((~aggregate["is_baseline"]).sum())
     return ["", "## What this study can detect", "", table, "", (
         f"SD of Δ is the sample standard deviation of a variant's n paired differences. MDE {percent_text(POWER)} "
-        f"is the smallest true Δ the paired t-test (two-sided, α = {ALPHA:.2f}) detects {percent_text(POWER)} of "
-        "the time with n pairs at that SD (noncentral t): a true effect smaller than it is missed more often than "
-        f"not, so an inconclusive verdict is no evidence of no effect. The {percent_text(TOST_CONFIDENCE)} CI is "
-        f"the one the equivalence test reads: inside ±{pp_text(margin)}, the variant is equivalent to the "
-        "baseline. Both use the SD seen here, itself uncertain with few seeds."
+        f"is the smallest true Δ a paired t-test at the family's level (two-sided α = {ALPHA:.2f} / {variants} "
+        f"variants, where the fixed design's family starts and where `harness plan` plans) detects "
+        f"{percent_text(POWER)} of the time with n pairs at that SD (noncentral t): a true effect smaller than it "
+        "is missed more often than not, so an inconclusive verdict is no evidence of no effect. The "
+        f"{percent_text(TOST_CONFIDENCE)} CI lies inside ±{pp_text(margin)} exactly where TOST alone passes (TOST "
+        "p < 0.05); the verdict equivalent needs more, as the fixed design reads TOST p within its family. Both use "
+        "the SD seen here, itself uncertain with few seeds."
     )]
-
-
-def plan_frame(aggregate: pd.DataFrame) -> pd.DataFrame:
-    """Per variant with an SD of Δ: the seeds its target Δ needs, and the training hours of a study with that
-    many seeds of the variant and of the baseline (each run: its variant's mean s/iter x iterations)."""
-    rows = aggregate[aggregate["delta_std"].notna()]  # a finite SD needs a baseline and two pairs
-    base_hours = aggregate.loc[aggregate["is_baseline"], "train_hours_mean"].max()
-    seeds = rows["seeds_for_target"]
-    return pd.DataFrame({
-        "variant": rows["variant"], "n_pairs": rows["n_pairs"], "delta_std": rows["delta_std"],
-        "seeds_for_target": seeds, "seeds_to_add": (seeds - rows["n_pairs"]).clip(lower=0),
-        "variant_run_hours": rows["train_hours_mean"], "baseline_run_hours": base_hours,
-        "study_hours": seeds * (rows["train_hours_mean"] + base_hours),
-    }).reset_index(drop=True)
-
-
-def seeds_needed_text(count: float, delta_std: float) -> str:
-    """Seeds for the target: blank without an SD, '>SEEDS_CAP' where the search stopped."""
-    return f">{SEEDS_CAP}" if pd.isna(count) and delta_std > 0 else format_cell(count, "{:.0f}".format)
-
-
-def plan_table(plan: pd.DataFrame, target_delta: float) -> str:
-    """The planning view as a markdown table, Δ in pp and costs in hours."""
-    seeds = list(map(seeds_needed_text, plan["seeds_for_target"], plan["delta_std"]))
-    cells = {
-        "variant": plan["variant"],
-        "SD of Δ (pp)": formatted(plan["delta_std"], "{:.2f}".format, 100),
-        f"seeds for Δ = {pp_text(target_delta)}": seeds,
-        "seeds to add": formatted(plan["seeds_to_add"], "{:.0f}".format),
-        **{header: formatted(plan[column], formatter) for header, column, formatter in PLAN_HOURS},
-    }
-    return markdown_table(pd.DataFrame(cells), set(cells) - {"variant"})
 
 
 def machine_text(frame: pd.DataFrame) -> str:
@@ -609,32 +655,102 @@ def machine_text(frame: pd.DataFrame) -> str:
     return f"{devices}, world size {sizes}"
 
 
-def planning_section(frame: pd.DataFrame, aggregate: pd.DataFrame, target_delta: float) -> list[str]:
-    """report.md's Planning section: this study as the pilot of the next one."""
-    plan = plan_frame(aggregate)
-    if plan.empty:
+def looks_text(looks: list[int] | tuple[int, ...]) -> str:
+    """'5, 10 and 15'."""
+    names = [str(n) for n in looks]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def sequential_cells(aggregate: pd.DataFrame) -> pd.DataFrame:
+    """The sequential section's table: per variant its decision, seeds, look, Δ, repeated CI beside the fixed-n t
+    interval over the same seeds, and why it stopped (or when it looks next)."""
+    rows = aggregate[~aggregate["is_baseline"]]
+    centre = (rows["look_ci95_low"] + rows["look_ci95_high"]) / 2 * 100
+    pct = {column: rows[column] * 100 for column in ("rci_low", "rci_high", "look_ci95_low", "look_ci95_high")}
+    return pd.DataFrame({
+        "variant": rows["variant"],
+        "verdict": rows["verdict"],
+        "seeds used": formatted(rows["seeds_used"], "{:.0f}".format),
+        "look": formatted(rows["look"], "{:.0f}".format),
+        "Δ (pp) [sequential 95 % CI]": list(map(delta_text, centre, pct["rci_low"], pct["rci_high"])),
+        "fixed-n t 95 % CI (pp), reference only": list(map(
+            lambda low, high: "" if pd.isna(low) else f"[{signed(low)}, {signed(high)}]",
+            pct["look_ci95_low"], pct["look_ci95_high"])),
+        "stopped because": [
+            stopped if isinstance(stopped, str) and stopped else
+            (f"next look at {upcoming:.0f} seeds" if upcoming > 0 else "")
+            for stopped, upcoming in zip(rows["stopped"], rows["next_look"].fillna(0))
+        ],
+    })
+
+
+def sequential_section(aggregate: pd.DataFrame, sweep: SweepRecord) -> list[str]:
+    """report.md's Sequential design section: each variant's repeated CI, the seeds it used, when and why it stopped."""
+    if not is_sequential(sweep) or not aggregate["is_baseline"].any() or aggregate["is_baseline"].all():
         return []
-    return ["", "## Planning", "", (
-        "This study as a pilot: per variant, the seeds (pairs with the baseline) its paired t-test needs to detect "
-        f"a true Δ of {pp_text(target_delta)} (`sweep.target_delta`) with {percent_text(POWER)} power, two-sided "
-        f"α = {ALPHA:.2f}, at the SD of Δ seen here (`harness plan RESULTS_DIR` prints the same table)."
-    ), "", plan_table(plan, target_delta), "", (
-        "Seeds to add: beyond the pairs already run. Study hours: the training time of a study with that many "
-        "seeds of the variant and as many of the baseline, each run costing its variant's mean s/iter × "
-        f"iterations here; wall-clock time on the machine these runs used ({machine_text(frame)}), evaluation "
-        "and start-up left out. The baseline's runs serve every variant, so a study of several variants costs "
-        f"less than the sum of the rows. The search for seeds stops at {SEEDS_CAP} (>{SEEDS_CAP})."
+    cells = sequential_cells(aggregate)
+    variants = len(cells)
+    plan = sequential_design(sweep, variants)
+    table = markdown_table(cells, {"seeds used", "look", "Δ (pp) [sequential 95 % CI]",
+                                   "fixed-n t 95 % CI (pp), reference only"})
+    return ["", "## Sequential design", "", (
+        f"Seeds in the order `sweep.seeds` lists them, looks after {looks_text(plan.looks)} seeds, at most "
+        f"{plan.max_seeds} per variant; a look at n seeds reads a variant's first n pairs with the baseline once all "
+        f"of them are in. Each of the {variants} variants gets α = {ALPHA:.2f} / {variants} (Bonferroni), spent over "
+        "its looks by "
+        f"{SPENDING_NAMES[plan.spending]} spending (Lan-DeMets), with Monte-Carlo t boundaries c_k."
+    ), "", table, "", (
+        "The sequential 95 % CI is the repeated confidence interval Δ ± c_k · SD / √n at the deciding look (else the "
+        "last look reached). It is wider than the fixed-n t interval over the same seeds beside it, because the "
+        "repeated intervals must hold the true Δ at every look at once, each variant's share of the 5 % spent over "
+        "its looks; the fixed-n interval holds only for a study read once at a planned n, so it is shown for "
+        "reference only. Stopped because: the interval above 0 (better), below 0 (worse), inside "
+        f"±{pp_text(sweep.equivalence_margin)} (equivalent), or max_seeds reached without a decision (inconclusive)."
     )]
 
 
-def report_markdown(study: Study, figures: list[str], per_class: pd.DataFrame) -> str:
-    """The whole report.md: header (the split scored, and what a partial study lacks), variants, what they can
-    detect, planning, runs, the figures, per-class IoU."""
+def random_weights(frame: pd.DataFrame) -> bool:
+    """Whether every finished run trained its backbone from random weights."""
+    weights = frame.loc[frame["status"] == "ok", "backbone_weights"]
+    return bool(len(weights)) and bool((weights == "random").all())
+
+
+def top_lines(study: Study) -> list[str]:
+    """What must be read before any number, right under the title: a one-seed study says nothing about the
+    method; an unfinished fixed study may not be quoted; a sequential one says how it is read."""
+    frame, aggregate = study.runs, study.aggregate
+    lines = []
+    if aggregate["n_seeds"].max() == 1:
+        origin = " from random weights" if random_weights(frame) else ""
+        lines += [(
+            f"**One seed{origin} says nothing about the method.** Every variant here finished once "
+            f"({seeds_text(frame)}): each Δ is a single paired difference with no interval, which cannot be told "
+            f"from seed-to-seed noise. The headline study's report answers the question: `{HEADLINE_REPORT}`."
+        ), ""]
+    if study.missing and is_sequential(study.sweep):
+        lines += [(
+            f"**Sequential study, {study.unfinished} in.** Its design says how to read it at any time: a variant "
+            "is decided at the first look whose repeated confidence interval decides, and reads continue until then."
+        ), ""]
+    elif study.missing:
+        lines += [(
+            f"**Interim: {study.unfinished} in. Nothing in this report may be quoted as a result until every run is "
+            "in.** Looking at a study before it ends is allowed only where its design says how (a sequential "
+            "design); this one is fixed, so no variant has a verdict and no sentence may quote its numbers."
+        ), ""]
+    return lines
+
+
+def report_markdown(study: Study, figures: list[str], per_class: pd.DataFrame, planning: list[str]) -> str:
+    """The whole report.md: what must be read first, the header (the split scored, and what a partial study
+    lacks), variants, the sequential design's reading, what they can detect, planning, runs, the figures,
+    per-class IoU."""
     frame, aggregate, sweep = study.runs, study.aggregate, study.sweep
     baseline, why = baseline_choice(frame, sweep.baseline)
     lines = [
         f"# Report: {study.name}, scored on the {study.split} split",
         "",
+        *top_lines(study),
         f"From `{relative_path(study.results_dir)}`: {len(frame)} runs of {len(aggregate)} variants "
         f"({status_counts(frame)}; {seeds_text(frame)}); every mIoU here is {split_words(study.split)} mIoU; "
         + (f"CE baseline: `{baseline}` ({why})." if baseline else
@@ -645,20 +761,23 @@ def report_markdown(study: Study, figures: list[str], per_class: pd.DataFrame) -
         "",
         variant_table(aggregate),
         "",
-        *comparison_notes(frame, aggregate, sweep.equivalence_margin),
+        *comparison_notes(frame, aggregate, sweep, study.unfinished),
+        *sequential_section(aggregate, sweep),
         *detection_section(aggregate, sweep.equivalence_margin),
-        *planning_section(frame, aggregate, sweep.target_delta),
+        *planning,
         "",
         "## Runs",
         "",
         comparison_table(frame),
         "",
         "One row per run. Δ mIoU is in percentage points against the CE baseline's run of the same seed; "
-        f"memory is in MiB (2^20 bytes; memory kind: {memory_label(frame)}). Wall-clock s/iter is the run's own "
-        "training time per iteration"
+        f"memory is in MiB (2^20 bytes; memory kind: {memory_label(frame)}). Median s/iter is the run's median "
+        "timed training step"
         + ("; cost ratio [95 % CI], in a run with a cost probe, its paired in-run ratio of the variant's step time "
            "to the CE step's, the median over the probe's rounds with a distribution-free 95 % interval."
-           if len(probed(frame)) else "."),
+           if len(probed(frame)) else ".")
+        + (" Status collapsed: the run finished, but its predictions say it learned nothing."
+           if frame["collapsed"].notna().any() else ""),
         *figures,
     ]
     if len(per_class.columns):
