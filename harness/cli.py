@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("harness.submit", "a study as scheduler jobs, one per run, and its report"),
     "status": ("harness.status", "where each run of a study stands, one line a run, then the totals"),
     "report": ("harness.report.build", "a study's report.md, tables and figures"),
-    "plan": ("harness.report.plan", "a finished study as the pilot of the next one"),
+    "plan": ("harness.report.plan", "a study as the pilot of the next one"),
     "evaluate": ("harness.evaluate", "evaluate a finished run's model again, or export its predictions"),
     "prepare": ("harness.prepare", "decode a recipe's real dataset once into its prepared stores"),
     "banks": ("benchmarks.bank_profile", "the banks' memory profile, predicted and measured"),

@@ -219,8 +219,8 @@ class ControllerJob(Checkpointable):
 
 def seeds_wanted(sweep: SweepSpec, recipe_dir: Path, variants: list[str]) -> dict[str, int]:
     """How many of the sweep's seeds (in its order) each variant needs now: an undecided variant those of its next
-    look, a decided one none more, one the design cannot read yet (no finished pair) its first look's; the baseline
-    as many as any variant needs."""
+    look (aggregate.csv's next_look, 0 once decided), a decided one none more, one the design cannot read yet (no
+    finished pair) its first look's; the baseline as many as any variant needs."""
     from harness.report.study import load_study  # pandas: the controller's alone
 
     try:
@@ -232,7 +232,7 @@ def seeds_wanted(sweep: SweepSpec, recipe_dir: Path, variants: list[str]) -> dic
         if name == sweep.baseline:
             continue
         row = aggregate.loc[name] if aggregate is not None and name in aggregate.index else None
-        if row is not None and row["next_look"] > 0:  # NaN compares false
+        if row is not None and row["next_look"] > 0:  # 0 once decided; NaN (no reading) compares false
             wanted[name] = int(row["next_look"])
         elif row is not None and isinstance(row["stopped"], str) and row["stopped"]:  # decided, or at max_seeds
             wanted[name] = 0

@@ -8,9 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report.study import Study
-from harness.report.tables import machine_text, relative_path
-
-HEADLINE_REPORT = "reports/digit_scenes_headline/report.md"
+from harness.report.tables import HEADLINE_REPORT, machine_text, relative_path
 
 
 def number(value: float, template: str) -> str:
@@ -24,8 +22,10 @@ def variant_line(row: pd.Series, baseline: str | None, width: int) -> str:
     line = f"  {row['variant']:<{width}} {number(row['miou_mean'] * 100, '{:6.2f}')} % ({seeds})"
     if row["is_baseline"] or baseline is None:
         return line + ("   baseline" if row["is_baseline"] else "")
-    interval = ("" if pd.isna(row["delta_ci95_low"]) else
-                f" [{row['delta_ci95_low'] * 100:+.2f}, {row['delta_ci95_high'] * 100:+.2f}]")
+    # the interval the verdict read: a sequential study's repeated CI, else the fixed-n t interval
+    low, high = (row["rci_low"], row["rci_high"]) if pd.notna(row.get("rci_low")) else (
+        row["delta_ci95_low"], row["delta_ci95_high"])
+    interval = "" if pd.isna(low) else f" [{low * 100:+.2f}, {high * 100:+.2f}]"
     cost = ("" if pd.isna(row["cost_ratio_mean"]) else
             f"   step time x{row['cost_ratio_mean']:.3f}" + ("" if pd.isna(row["cost_ratio_ci95_low"]) else
                                                          f" [{row['cost_ratio_ci95_low']:.3f}, "

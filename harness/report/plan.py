@@ -1,4 +1,4 @@
-"""`harness plan RESULTS_DIR [--design fixed|sequential]`: a finished study as the pilot of the next one.
+"""`harness plan RESULTS_DIR [--design fixed|sequential]`: a study as the pilot of the next one.
 
 Fixed: per variant, the seeds a paired t-test at the family's level (α / V) needs to detect the study's target Δ with
 80 % power, at the pilot's SD of Δ and at that SD's 80 % upper confidence limit, and the training hours of a study of
