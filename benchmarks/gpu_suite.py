@@ -16,10 +16,11 @@ comes with its spread over repeats (quartiles and n).
   generated on the device once (a few distinct batches, cycled). Rows: a bare PyTorch loop, the
   harness Trainer with CE, + RegionContrast (full 19 x 2975 bank), + in-batch (bank 0), + ContrastiveSeg
   pixel queues (19 x 5000 each, full), and CE and RegionContrast again with run.compile: true (what
-  run.compile: auto gives on a GPU). Rows alternate in rounds, a block of steps each, the order
-  reversed every other round, so that a load change hits all of them alike; a ratio is the median
-  over rounds of the two rows' block medians. Step times come from SpanTimer (CUDA events on a GPU),
-  read after the timed loop.
+  run.compile: auto gives on a GPU). Rows alternate with the cost probe's paired timer
+  (harness.engine.probe.alternate): each round steps every row twice on one batch, in mirrored order
+  (bare, CE, region, ..., region, CE, bare), so that a load change hits all of them alike; a ratio is
+  the median over rounds of the two rows' per-round sums. Step times come from SpanTimer (CUDA events
+  on a GPU), read after the timed loop.
 - evaluation: images/s of whole-image, slide (769 / 513) and multi-scale (0.5-1.75) + flip slide
   prediction of 1024x2048 images, with eval.batch_windows windows per forward and with one.
 - profile: one RegionContrast step under torch.profiler, the top kernels by device time.
@@ -75,15 +76,15 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import GEOMETRIES, TAU, batch_queries, dense_bank_loss, fill_bank  # noqa: E402
+from harness import results  # noqa: E402
 from harness.contrast import RegionBank, region_contrast_loss  # noqa: E402
-from harness.engine import build, make_context, prepare  # noqa: E402
+from harness.engine import build, make_context, prepare, probe  # noqa: E402
 from harness.engine.evaluate import predict  # noqa: E402
 from harness.labels import IGNORE_INDEX  # noqa: E402
 from harness.measure import PeakMemory, SpanTimer, device_name  # noqa: E402
 from harness.models import SegmentationModel, build_model  # noqa: E402
 from harness.ops import IMAGENET, normalize  # noqa: E402
 from harness.recipe import EvalConfig, Recipe  # noqa: E402
-from harness import results  # noqa: E402
 from harness.results import METRICS_FILE, SUMMARY_FILE, read_metrics, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,9 +118,8 @@ class Scale:
     smoke_env: tuple[tuple[str, str], ...] = ()  # environment variables of the smoke run
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     batches: int = 4  # distinct batches, cycled
-    warmup: int = 5  # steps per row before the rounds (timed, not kept)
-    rounds: int = 6
-    block: int = 4  # timed steps per row and round
+    warmup: int = 5  # steps per row before the rounds (not timed)
+    rounds: int = 12  # timed rounds, each two steps of every row (harness.engine.probe.alternate)
     eq4_warmup: int = 3
     eq4_repeats: int = 10
     compiled_rows: tuple[str, ...] = ("ce_compiled", "region_compiled")  # training rows with run.compile: true
@@ -136,7 +136,7 @@ class Scale:
 
 FULL = Scale(
     "resnet50", CITYSCAPES.crop, 8, 256, CITYSCAPES.train_images, 5000, ADE20K.train_images, 8192, "launch/gpu.yaml",
-    ("optim.iterations=50", "run.checkpoint_interval=20", "eval.interval=25"), rounds=10,
+    ("optim.iterations=50", "run.checkpoint_interval=20", "eval.interval=25"), rounds=20,
 )
 # A shared 2-core CPU: one thread (a second mostly waits at barriers), a resnet10t at 64x64. The smoke
 # run loads its 32 px scenes in the training process (a loader worker would compete for the 2 cores),
@@ -147,7 +147,7 @@ TINY = Scale(
     ("optim.iterations=12", "run.checkpoint_interval=4", "eval.interval=6", "data.digit_scenes.train_images=32",
      "data.digit_scenes.val_images=8", "data.digit_scenes.image_size=32", "data.crop_size=32",
      "model.backbone=resnet10t", "data.num_workers=0", "run.cost_probe=false"),  # 88 probe steps after 12
-    smoke_env=(("OMP_WAIT_POLICY", "PASSIVE"),), threads=1, rounds=12, block=2, eq4_warmup=1, eq4_repeats=3,
+    smoke_env=(("OMP_WAIT_POLICY", "PASSIVE"),), threads=1, rounds=12, eq4_warmup=1, eq4_repeats=3,
     compiled_rows=(), image_size=(64, 128), eval_window=(48, 32), eval_scales=(0.5, 1.0, 1.5),
     sweep_batches=(2, 4, 6), sweep_steps=2, loader_images=8, loader_workers=1, loader_iterations=8,
 )
@@ -264,12 +264,12 @@ class Row:
     name: str
     label: str
     step: Step | None  # None once it failed
-    timer: SpanTimer
     contrast_timer: SpanTimer | None = None
     bank_fill: float | None = None
     resident_bytes: int = 0  # what building and warming it left allocated (model, optimizer state, bank)
-    extra_bytes: int = 0  # the most any timed block allocated above what was in use before it
+    extra_bytes: int = 0  # the most any timed step allocated above what was in use before the rounds
     error: str | None = None
+    seconds: list[float] = dataclasses.field(default_factory=list)  # its timed steps, two a round
 
 
 def seeded_model(recipe: Recipe, device: torch.device) -> SegmentationModel:
@@ -302,7 +302,7 @@ def bare_row(label: str, recipe: Recipe, device: torch.device, scale: Scale) -> 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return Row("bare", label, step, SpanTimer(device, scale.warmup))
+    return Row("bare", label, step)
 
 
 def harness_row(name: str, label: str, recipe: Recipe, device: torch.device, scale: Scale) -> Row:
@@ -319,15 +319,7 @@ def harness_row(name: str, label: str, recipe: Recipe, device: torch.device, sca
         if fill != 1.0:
             raise RuntimeError(f"the {name} bank is only {fill:.3f} full after filling")
     trainer.contrast_timer.warmup = scale.warmup
-    return Row(name, label, trainer.step, SpanTimer(device, scale.warmup),
-               trainer.contrast_timer if trainer.contrast is not None else None, fill)
-
-
-def timed_step(row: Row, batches: list[Batch], iteration: int) -> None:
-    """One step of `row` on the iteration's batch (every row sees the same sequence), inside its timer."""
-    row.timer.start()
-    row.step(batches[iteration % len(batches)], iteration)
-    row.timer.stop()
+    return Row(name, label, trainer.step, trainer.contrast_timer if trainer.contrast is not None else None, fill)
 
 
 def warm_row(build: Callable[[], Row], batches: list[Batch], scale: Scale, device: torch.device) -> Row:
@@ -335,50 +327,44 @@ def warm_row(build: Callable[[], Row], batches: list[Batch], scale: Scale, devic
     before = in_use(device)
     row = build()
     for iteration in range(scale.warmup):
-        timed_step(row, batches, iteration)
+        row.step(batches[iteration % len(batches)], iteration)
     sync(device)
     row.resident_bytes = in_use(device) - before
     return row
 
 
-def run_block(row: Row, batches: list[Batch], first: int, count: int, device: torch.device) -> int:
-    """`count` timed steps of one row; the peak bytes they allocated above what was in use before."""
-    sync(device)  # the previous row's work stays out of this block
-    before = in_use(device)
-    with PeakMemory(device) as memory:
-        for iteration in range(first, first + count):
-            timed_step(row, batches, iteration)
-    sync(device)
-    return memory.peak_bytes - before
+def paired_step(row: Row) -> probe.Step:
+    """The row's step on a round's one batch; a failure is recorded and the row drops out, the others go on."""
+    def step(micro_batches: list[Batch], iteration: int) -> None:
+        if row.step is None:
+            return
+        try:
+            row.step(micro_batches[0], iteration)
+        except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
+            row.error, row.step = f"timed rounds: {error_text(error)}", None
+            print(f"  row {row.name} failed: {row.error}", flush=True)
+    return step
 
 
 def run_rounds(rows: list[Row], batches: list[Batch], scale: Scale, device: torch.device) -> None:
-    """Every live row's block in each round, in order, then reversed in the next; a failing row drops out.
-
-    Reversing keeps neighbours (bare and CE, CE and region) adjacent and cancels a steady drift.
-    """
-    for round_index in range(scale.rounds):
-        live = [row for row in rows if row.step is not None]
-        first = scale.warmup + round_index * scale.block
-        for row in live if round_index % 2 == 0 else live[::-1]:
-            try:
-                row.extra_bytes = max(row.extra_bytes, run_block(row, batches, first, scale.block, device))
-            except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
-                row.error, row.step = f"timed round {round_index}: {error_text(error)}", None
-                print(f"  row {row.name} failed: {row.error}", flush=True)
+    """Every live row's step, paired in mirrored order on each round's batch (harness.engine.probe.alternate): each
+    row's step times and the most a step allocated above what all rows held before the rounds."""
+    live = [row for row in rows if row.step is not None]
+    sync(device)
+    floor = in_use(device)
+    shared = ([batches[round_index % len(batches)]] for round_index in range(scale.rounds))
+    clock, memory = probe.alternate({row.name: paired_step(row) for row in live}, shared, scale.rounds,
+                                    scale.warmup, device)
+    for row in live:
+        row.seconds = clock.seconds(row.name)
+        row.extra_bytes = max(0, memory.phases[row.name] - floor)
 
 
-def block_medians(row: Row, block: int) -> list[float]:
-    """The median step of each round's block."""
-    spans = row.timer.seconds
-    return [statistics.median(spans[start:start + block]) for start in range(0, len(spans), block)]
-
-
-def paired_ratios(row: Row, reference: Row | None, block: int) -> list[float] | None:
-    """Per round, row's block median over reference's (None without a reference)."""
+def paired_ratios(row: Row, reference: Row | None) -> list[float] | None:
+    """Per round, row's steps over reference's (None without a reference)."""
     if reference is None or reference.error is not None:
         return None
-    return [own / base for own, base in zip(block_medians(row, block), block_medians(reference, block))]
+    return probe.round_ratios(row.seconds, reference.seconds)
 
 
 def spread(values: list[float] | None) -> dict[str, Any] | None:
@@ -421,7 +407,7 @@ def row_result(row: Row, rows: dict[str, Row], scale: Scale, flops: int | None, 
     """A row's numbers (its timers flushed): medians, throughput, MFU, memory, contrast time, paired ratios."""
     if row.error is not None:
         return {"label": row.label, "error": row.error}
-    seconds = row.timer.median()
+    seconds = statistics.median(row.seconds)
     contrast = 1000 * row.contrast_timer.median() if row.contrast_timer is not None else None
     rate = flops / seconds if flops else None
     eager = row.name.removesuffix(COMPILED)
@@ -430,11 +416,11 @@ def row_result(row: Row, rows: dict[str, Row], scale: Scale, flops: int | None, 
         "label": row.label, "s_per_iter": seconds, "images_per_s": scale.batch / seconds,
         "tflops_per_s": rate / 1e12 if rate else None, "mfu": rate / peak if rate and peak else None,
         "peak_memory_bytes": row.resident_bytes + one_batch + row.extra_bytes, "contrast_ms": contrast,
-        "ratio_to_bare": spread(paired_ratios(row, rows.get("bare"), scale.block) if harness else None),
-        "ratio_to_ce": spread(paired_ratios(row, rows.get("ce"), scale.block) if contrasted else None),
-        "ratio_to_eager": spread(paired_ratios(row, rows.get(eager), scale.block) if compiled else None),
-        "bank_fill": row.bank_fill, "timed_steps": len(row.timer.seconds), "warmup_steps": scale.warmup,
-        "steps": row.timer.seconds,
+        "ratio_to_bare": spread(paired_ratios(row, rows.get("bare")) if harness else None),
+        "ratio_to_ce": spread(paired_ratios(row, rows.get("ce")) if contrasted else None),
+        "ratio_to_eager": spread(paired_ratios(row, rows.get(eager)) if compiled else None),
+        "bank_fill": row.bank_fill, "timed_steps": len(row.seconds), "warmup_steps": scale.warmup,
+        "steps": row.seconds,
     }
 
 
@@ -462,15 +448,13 @@ def training_section(scale: Scale, device: torch.device, report: dict[str, Any])
         try:
             rows[name] = warm_row(build, batches, scale, device)
         except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
-            rows[name] = Row(name, label, None, SpanTimer(device), error=f"build/warm-up: {error_text(error)}")
+            rows[name] = Row(name, label, None, error=f"build/warm-up: {error_text(error)}")
             print(f"  row {name} failed: {rows[name].error}\n{traceback.format_exc()}", flush=True)
-    print(f"  timing {scale.rounds} rounds x {scale.block} steps per row", flush=True)
+    print(f"  timing {scale.rounds} rounds x {probe.STEPS_PER_ROUND} steps per row", flush=True)
     run_rounds(list(rows.values()), batches, scale, device)
     for row in rows.values():
-        if row.error is None:  # a failed row may hold a span it never closed
-            row.timer.flush()
-            if row.contrast_timer is not None:
-                row.contrast_timer.flush()
+        if row.error is None and row.contrast_timer is not None:  # a failed row may hold a span it never closed
+            row.contrast_timer.flush()
     matmul = report["sections"].get("matmul", {})
     peak, peak_source = peak_rate(device, matmul)
     one_batch = batch_bytes(batches[0])
@@ -512,7 +496,8 @@ def training_table(result: dict[str, Any]) -> list[str]:
         f"synthetic labels: {result['classes_per_image']:.1f} classes per image, "
         f"{100 * result['ignored_fraction']:.1f}% ignored; peak memory = the row's resident state + one batch "
         f"({result['batch_bytes'] / MB:.0f} MB) + the most its timed steps allocated above that",
-        "ratios: the median over rounds of the two rows' block medians (quartiles over the rounds, n rounds); "
+        "ratios: the median over rounds of the two rows' steps in the round, paired in mirrored order "
+        "(quartiles over the rounds, n rounds); "
         "vs eager: a run.compile row against its eager namesake",
     ]
     return lines
@@ -652,13 +637,16 @@ def sweep_point(scale: Scale, device: torch.device) -> dict[str, Any]:
     label, contrast = row_settings(scale)["region"]
     generator = torch.Generator(device).manual_seed(5)
     batches = [synthetic_batch(scale.batch, scale.crop, generator) for _ in range(2)]
+    timer = SpanTimer(device, scale.warmup)
     with PeakMemory(device) as memory:
         row = harness_row("region", label, suite_recipe(scale, contrast), device, scale)
         for iteration in range(scale.warmup + scale.sweep_steps):
-            timed_step(row, batches, iteration)
+            timer.start()
+            row.step(batches[iteration % len(batches)], iteration)
+            timer.stop()
         sync(device)
-    row.timer.flush()
-    seconds = row.timer.seconds
+    timer.flush()
+    seconds = timer.seconds
     return {"s_per_iter": statistics.median(seconds), "images_per_s": scale.batch / statistics.median(seconds),
             "peak_bytes": peak_reserved(device, memory), "steps": seconds}
 

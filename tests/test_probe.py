@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from accelerate import Accelerator
 from scipy import stats
 
 from harness import run
 from harness.engine import endless, probe, set_up
+from harness.engine.step import Trainer
 from harness.engine.terms import CONTRAST_KINDS, TermInputs
 from harness.recipe import validate
 from tests.test_run import tiny_recipe, write
@@ -54,8 +56,19 @@ def test_the_median_interval_covers_as_a_binomial_says(count: int) -> None:
 def test_paired_cost_pairs_each_round() -> None:
     a = [2.0, 2.0, 3.0, 3.0]  # two rounds of the variant's steps
     b = [1.0, 1.0, 1.0, 1.0]
-    ratio, interval, difference_ms = probe.paired_cost(a, b, rounds=2)
+    ratio, interval, difference_ms = probe.paired_cost(a, b)
     assert ratio == 2.5 and interval == (2.0, 3.0) and difference_ms == 1500.0
+    assert probe.round_ratios([1.0, 3.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]) == [2.0, 1.0]
+
+
+def test_sides_alternate_in_mirrored_order_on_each_rounds_batches() -> None:
+    seen = []
+    steps = {side: (lambda micro, iteration, side=side: seen.append((side, micro[0], iteration))) for side in "XYZ"}
+    clock, memory = probe.alternate(steps, iter([["first"], ["second"]]), 2, 7, torch.device("cpu"))
+    assert [side for side, _, _ in seen] == list("XYZZYX") * 2
+    assert [batch for _, batch, _ in seen] == ["first"] * 6 + ["second"] * 6 and {it for _, _, it in seen} == {7}
+    assert all(len(clock.seconds(side)) == 2 * probe.STEPS_PER_ROUND for side in "XYZ")
+    assert set(memory.phases) == {"between", "X", "Y", "Z"}
 
 
 class NoOpTerm:
@@ -77,19 +90,19 @@ def no_op_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_probe_steps_alternate_abba_on_shared_batches(no_op_setup, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    step = probe.StepClock.step
+    step = Trainer.step
 
-    def recording(self: probe.StepClock, side: str, trainer, micro_batches: list, iteration: int) -> None:
-        seen.append((side, trainer.contrast is not None, int(micro_batches[0]["index"].sum())))
-        step(self, side, trainer, micro_batches, iteration)
+    def recording(self: Trainer, batch: dict, iteration: int) -> dict:
+        seen.append((self.contrast is not None, int(batch["index"].sum())))
+        return step(self, batch, iteration)
 
-    monkeypatch.setattr(probe.StepClock, "step", recording)
+    monkeypatch.setattr(Trainer, "step", recording)
     setup = no_op_setup
     probe.measure_cost(setup, endless(setup.train_loader, setup.train_set, 0), rounds=3)
-    assert "".join(side for side, _, _ in seen) == probe.ORDER * (probe.WARMUP_ROUNDS + 3)
-    assert all(has_contrast == (side == "A") for side, has_contrast, _ in seen)
+    sides = "".join("A" if has_contrast else "B" for has_contrast, _ in seen)
+    assert sides == probe.ORDER * (probe.WARMUP_ROUNDS + 3)
     rounds = [seen[start:start + 4] for start in range(0, len(seen), 4)]
-    assert all(len({batch for _, _, batch in each}) == 1 for each in rounds)  # one batch per round
+    assert all(len({batch for _, batch in each}) == 1 for each in rounds)  # one batch per round
 
 
 @pytest.mark.slow

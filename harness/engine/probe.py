@@ -9,12 +9,16 @@ the cost is their median with a distribution-free 95 % interval. Steps are timed
 devices (CUDA events on a GPU), the slowest rank's step counting. Afterwards the run's state
 (model, optimizer, bank, loop state, RNG streams) is reloaded from the final checkpoint: the
 probe leaves no trace in the run's evaluation, weights or bank.
+
+The paired step timer is this module's, and the benchmarks use it too (contrast_overhead, gpu_suite):
+`alternate` steps any number of sides on one round's shared batches in mirrored order (A B ... B A,
+ABBA for two), and `round_ratios` pairs a side's steps with a reference side's round by round.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +32,20 @@ from harness.engine.terms import Batch
 PROBE_SHARE = 0.02  # of the run's optimizer steps the probe's rounds may add, 4 steps a round ...
 MIN_ROUNDS, MAX_ROUNDS = 20, 100  # ... but never fewer rounds than an interval needs, nor more than it gains from
 WARMUP_ROUNDS = 2  # untimed: the CE-only path's first steps allocate and warm caches
-ORDER = "ABBA"  # A: the variant's step; B: the same step with the contrast term off
+SIDES = ("A", "B")  # A: the variant's step; B: the same step with the contrast term off
 CONFIDENCE = 0.95
+# One optimizer step of a side on a round's micro-batches, at an iteration.
+Step = Callable[[list[Batch], int], object]
+
+
+def mirrored(sides: list[str]) -> list[str]:
+    """One round's order: every side, then the same in reverse (ABBA for two), so drift within a round hits every
+    side alike; each side steps twice a round."""
+    return [*sides, *reversed(sides)]
+
+
+ORDER = "".join(mirrored(list(SIDES)))
+STEPS_PER_ROUND = 2  # of each side, in mirrored order
 
 
 def probe_rounds(iterations: int) -> int:
@@ -67,37 +83,64 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
     return ordered[rank - 1], ordered[count - rank]
 
 
-def paired_cost(variant: list[float], baseline: list[float], rounds: int) -> tuple[float, tuple[float, float], float]:
-    """From per-step seconds in ABBA order: the median ratio, its interval and the median difference in ms."""
-    ratios, differences = [], []
-    for round_index in range(rounds):
-        a = sum(variant[2 * round_index:2 * round_index + 2])
-        b = sum(baseline[2 * round_index:2 * round_index + 2])
-        ratios.append(a / b)
-        differences.append(1000 * (a - b) / 2)
+def round_sums(seconds: list[float]) -> list[float]:
+    """Per round, a side's steps summed (mirrored order: two a round)."""
+    return [sum(seconds[start:start + STEPS_PER_ROUND]) for start in range(0, len(seconds), STEPS_PER_ROUND)]
+
+
+def round_ratios(seconds: list[float], reference: list[float]) -> list[float]:
+    """Per round, a side's steps over the reference side's."""
+    return [own / base for own, base in zip(round_sums(seconds), round_sums(reference))]
+
+
+def paired_cost(variant: list[float], baseline: list[float]) -> tuple[float, tuple[float, float], float]:
+    """From per-step seconds in ABBA order: the median ratio, its interval and the median difference per step in ms."""
+    ratios = round_ratios(variant, baseline)
+    differences = [1000 * (own - base) / STEPS_PER_ROUND for own, base in zip(round_sums(variant), round_sums(baseline))]
     return statistics.median(ratios), median_interval(ratios), statistics.median(differences)
 
 
 class StepClock:
-    """Seconds and peak memory of whole training steps, per side (A or B), with no host sync until read."""
+    """Seconds and peak memory of whole optimizer steps, per side, with no host sync until read."""
 
     def __init__(self, device: torch.device, memory: measure.PeakMemory) -> None:
-        self.timers = {side: measure.SpanTimer(device) for side in "AB"}
-        self.memory = memory
+        self.device, self.memory = device, memory
+        self.timers: dict[str, measure.SpanTimer] = {}
 
-    def step(self, side: str, trainer: Trainer, micro_batches: list[Batch], iteration: int) -> None:
-        """One optimizer step of `trainer` on `micro_batches`, timed and its peak memory charged to `side`."""
+    def step(self, side: str, step: Step, micro_batches: list[Batch], iteration: int) -> None:
+        """One step of `side` on `micro_batches`, timed and its peak memory charged to `side`."""
+        timer = self.timers.setdefault(side, measure.SpanTimer(self.device))
         self.memory.mark("between")  # the step's peak starts from what is in use now
-        self.timers[side].start()
-        for batch in micro_batches:
-            trainer.step(batch, iteration)
-        self.timers[side].stop()
+        timer.start()
+        step(micro_batches, iteration)
+        timer.stop()
         self.memory.mark(side)
 
     def seconds(self, side: str) -> list[float]:
         """Every timed step of `side`, in order (one host sync)."""
         self.timers[side].flush()
         return self.timers[side].seconds
+
+
+def alternate(steps: dict[str, Step], batches: Iterator[list[Batch]], rounds: int, iteration: int,
+              device: torch.device) -> tuple[StepClock, measure.PeakMemory]:
+    """`rounds` rounds of every side's step, each round on one shared set of micro-batches in mirrored order."""
+    order = mirrored(list(steps))
+    with measure.PeakMemory(device) as memory:
+        clock = StepClock(device, memory)
+        for _ in range(rounds):
+            micro_batches = next(batches)
+            for side in order:
+                clock.step(side, steps[side], micro_batches, iteration)
+    return clock, memory
+
+
+def trainer_step(trainer: Trainer) -> Step:
+    """A Trainer's optimizer step: its micro-batches in turn."""
+    def step(micro_batches: list[Batch], iteration: int) -> None:
+        for batch in micro_batches:
+            trainer.step(batch, iteration)
+    return step
 
 
 def across_ranks(setup: Setup, values: list[float]) -> list[float]:
@@ -111,22 +154,19 @@ def run_rounds(setup: Setup, batches: Iterator[Batch], rounds: int) -> tuple[Ste
     ctx, trainer = setup.ctx, setup.trainer
     sides = {"A": Trainer(ctx, trainer.model, trainer.optimizer, trainer.contrast),
              "B": Trainer(ctx, trainer.model, trainer.optimizer, None)}
-    iteration = ctx.recipe.optim.iterations  # past loss.contrast.warmup_iters: the contrast is on
-    with measure.PeakMemory(ctx.device) as memory:
-        clock = StepClock(ctx.device, memory)
-        for _ in range(rounds):
-            micro_batches = [next(batches) for _ in range(ctx.recipe.optim.grad_accum_steps)]
-            for side in ORDER:
-                clock.step(side, sides[side], micro_batches, iteration)
-    return clock, memory
+    accumulated = ctx.recipe.optim.grad_accum_steps
+    shared = ([next(batches) for _ in range(accumulated)] for _ in range(rounds))
+    # At the run's last iteration: past loss.contrast.warmup_iters, the contrast is on.
+    return alternate({side: trainer_step(each) for side, each in sides.items()}, shared, rounds,
+                     ctx.recipe.optim.iterations, ctx.device)
 
 
 def measure_cost(setup: Setup, batches: Iterator[Batch], rounds: int) -> Cost:
     """The paired cost of `rounds` timed ABBA rounds, after WARMUP_ROUNDS untimed ones."""
     run_rounds(setup, batches, WARMUP_ROUNDS)
     clock, memory = run_rounds(setup, batches, rounds)
-    a_seconds, b_seconds = (across_ranks(setup, clock.seconds(side)) for side in "AB")
-    ratio, interval, difference_ms = paired_cost(a_seconds, b_seconds, rounds)
+    a_seconds, b_seconds = (across_ranks(setup, clock.seconds(side)) for side in SIDES)
+    ratio, interval, difference_ms = paired_cost(a_seconds, b_seconds)
     a_peak, b_peak = across_ranks(setup, [memory.phases["A"], memory.phases["B"]])
     return Cost(ratio, interval, rounds, difference_ms, int(a_peak - b_peak), memory.kind)
 
