@@ -15,11 +15,12 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -191,7 +192,29 @@ class PixelBankConfig(Strict):
     max_views: int = Field(100, ge=1)
 
 
+def _a_settings_block(value: Any) -> dict[str, Any]:
+    """A key of loss.contrast that is not declared below must be a contrast kind's settings block: a mapping."""
+    if not isinstance(value, dict):
+        raise ValueError("unknown key; besides its declared keys, loss.contrast holds only contrast kinds' settings "
+                         "blocks (mappings, e.g. prototype: {momentum: 0.99})")
+    return value
+
+
 class ContrastConfig(Strict):
+    """loss.contrast: the kind, the keys every kind shares, RegionContrast's and the pixel queues' keys (where they
+    have always been), and any other kind's settings block, loss.contrast.<kind>: {...}.
+
+    A kind's settings model lives with the kind, in the engine's registry (harness/engine/terms), which this
+    module cannot import. So a block is kept here as the mapping it is, and the engine's check
+    (harness.engine.terms.check_contrast, which run.check_variants calls before anything is written) validates
+    it with its kind's model, naming the dotted key, and refuses a block no registered kind owns. An undeclared
+    key whose value is not a mapping is refused here, as an unknown key anywhere else is. Blocks appear in a
+    recipe's dump, and so in its fingerprint, only where a recipe gives one: recipes without one keep theirs.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Annotated[dict[str, Any], BeforeValidator(_a_settings_block)]]
+
     # An entry of the engine's registry of contrast kinds (harness/engine/terms): none, region, pixel,
     # all_pixel, or one an installed package declares; checked against the registry before a run starts.
     kind: str = "none"
@@ -201,7 +224,8 @@ class ContrastConfig(Strict):
     # None: one slot per training image, as in the paper; 0: in-batch contrast only.
     bank_size: int | None = Field(None, ge=0)
     feature: Literal["head", "backbone"] = "head"
-    # replicated: every rank holds the whole bank; sharded: 1/world_size of each class queue per rank.
+    # replicated: every rank holds the whole bank; sharded: 1/world_size of each class queue per rank, for a kind
+    # whose bank shards (the engine's check refuses it for any other).
     bank_layout: Literal["replicated", "sharded"] = "replicated"
     pixel: PixelBankConfig = PixelBankConfig()
     # Bank slots the loss reads at a time (None: sized from a memory budget); any value gives the
@@ -212,12 +236,6 @@ class ContrastConfig(Strict):
     # CE only before this iteration (ContrastiveSeg uses 5000); the bank fills meanwhile, so the
     # contrast starts against a full bank rather than an empty one.
     warmup_iters: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _sharding_needs_a_region_bank(self) -> "ContrastConfig":
-        if self.bank_layout == "sharded" and self.kind != "region":
-            raise ValueError("bank_layout 'sharded' applies to kind 'region' only")
-        return self
 
 
 class LossConfig(Strict):

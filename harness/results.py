@@ -55,7 +55,7 @@ import yaml
 from PIL import Image
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.recipe import Recipe, RecipeError, SweepSpec, validate
+from harness.recipe import Recipe, RecipeError, SweepSpec, fingerprint, validate
 
 SWEEP_FILE = "sweep.json"
 SEED_PREFIX = "seed-"
@@ -214,8 +214,10 @@ class RunSummary(Record):
     head: str | None = None
     output_stride: int | None = None
     contrast_kind: str | None = None
-    center_variant: str | None = None
-    bank_size: int | None = None  # resolved to a number in a finished run's summary
+    # what its contrast kind adds (its spec's summary fields; a kind of a package may add others, kept as extras)
+    center_variant: str | None = None  # RegionContrast's Eq. 2 / Eq. 3 variant
+    bank_size: int | None = None  # a bank's slots per class: resolved to a number in a finished run's summary
+    contrast_settings: dict[str, Any] | None = None  # the kind's settings block as resolved, e.g. {"momentum": 0.99}
     paper: dict[str, Any] | None = None
     iterations: int | None = None
     eval_split: Literal["val", "test"] = "val"  # the split `miou` was scored on
@@ -514,19 +516,21 @@ def read_sweep(results_dir: Path) -> SweepRecord:
 # ---------------------------------------------------------------- what a variant is
 
 
-def variant_fields(name: str, recipe: Recipe) -> dict[str, Any]:
-    """The summary fields that describe what a variant is (the same for a finished or a failed run)."""
-    contrast = recipe.loss.contrast
+def variant_fields(name: str, recipe: Recipe, kind_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary fields that describe what a variant is (the same for a finished or a failed run): the recipe's,
+    its fingerprint (every summary's, from here), and `kind_fields`, what its contrast kind adds (the engine asks the
+    kind's spec: harness.engine.terms.contrast_summary). Without them, for a run read from its recipe alone (no
+    summary yet; this module cannot ask the registry), the recipe's loss.contrast.bank_size stands in."""
     return {
         "schema_version": SCHEMA_VERSION, "recipe": recipe.run.name, "variant": name, "seed": recipe.run.seed,
         "backbone": recipe.model.backbone, "head": recipe.model.head,
         "output_stride": recipe.model.output_stride,
-        "contrast_kind": contrast.kind,
-        "center_variant": contrast.variant if contrast.kind == "region" else None,
-        "bank_size": contrast.bank_size if contrast.kind != "none" else None,
+        "contrast_kind": recipe.loss.contrast.kind,
         "paper": recipe.paper.model_dump() if recipe.paper else None,
         "iterations": recipe.optim.iterations,
         "eval_split": recipe.eval.split,  # the split `miou` was scored on
+        "fingerprint": fingerprint(recipe),
+        **({"bank_size": recipe.loss.contrast.bank_size} if kind_fields is None else kind_fields),
     }
 
 

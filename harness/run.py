@@ -102,8 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_variants(variants: list[Variant]) -> None:
-    """Everything that can be known wrong before training: model names and strides, contrast kinds, data roots."""
-    from harness.engine.terms import check_contrast_kind
+    """Everything that can be known wrong before training: model names and strides, contrast kinds and their
+    settings blocks, data roots."""
+    from harness.engine.terms import check_contrast
     from harness.engine.trackers import check_trackers
     from harness.models import validate_model_config
 
@@ -115,7 +116,7 @@ def check_variants(variants: list[Variant]) -> None:
             if variant.recipe.model not in validated:  # the seeds of a variant share one model
                 validate_model_config(variant.recipe.model)
                 validated.add(variant.recipe.model)
-            check_contrast_kind(variant.recipe.loss.contrast.kind)
+            check_contrast(variant.recipe.loss.contrast)
             if variant.recipe.run.trackers not in checked:  # a network check costs seconds: once per set
                 check_trackers(variant.recipe.run.trackers)
                 checked.add(variant.recipe.run.trackers)

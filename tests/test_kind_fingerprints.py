@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.engine.terms import check_contrast
 from harness.recipe import fingerprint, load, validate
 from harness.results import run_label
 from tests.conftest import REPO
@@ -23,10 +24,12 @@ EXPECTED = json.loads((Path(__file__).with_suffix(".json")).read_text())
 
 
 @pytest.mark.parametrize("recipe", sorted(EXPECTED["recipes"]))
-def test_a_committed_recipe_keeps_its_fingerprints(recipe: str) -> None:
+def test_a_committed_recipe_keeps_its_fingerprints_and_passes_the_kinds_check(recipe: str) -> None:
     variants = load(REPO / recipe)
     assert {run_label(variant.name, variant.seed): fingerprint(variant.recipe) for variant in variants} == (
         EXPECTED["recipes"][recipe])
+    for variant in variants:
+        check_contrast(variant.recipe.loss.contrast)
 
 
 def recorded(recipe_file: Path) -> str | None:

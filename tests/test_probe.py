@@ -14,24 +14,30 @@ from scipy import stats
 from harness import run
 from harness.engine import endless, probe, set_up
 from harness.engine.step import Trainer
-from harness.engine.terms import CONTRAST_KINDS, TermInputs
+from harness.engine.terms import CONTRAST_KINDS, ContrastKind, TermInputs
 from harness.recipe import validate
+from tests.test_contrast_kinds import KINDS
 from tests.test_run import tiny_recipe, write
 
 
-def finished(tmp_path: Path, name: str, **run_section: object) -> dict:
-    """The summary of a tiny RegionContrast run named `name`, 6 iterations long."""
-    tree = tiny_recipe(tmp_path, optim={"iterations": 6}, loss={"contrast": {"kind": "region"}},
+def finished(tmp_path: Path, kind: str, name: str, **run_section: object) -> dict:
+    """The summary of a tiny run of contrast kind `kind` (its defaults) named `name`, 6 iterations long."""
+    tree = tiny_recipe(tmp_path, optim={"iterations": 6}, loss={"contrast": {"kind": kind}},
                        run={"name": name, "deterministic": True, "cost_probe": True, **run_section})
     assert run.main([str(write(tmp_path, tree)), "--no-report"]) == 0
     return json.loads((tmp_path / "results" / name / "default" / "summary.json").read_text())
 
 
-def test_the_probe_leaves_no_trace_and_reports_a_paired_cost(tmp_path: Path) -> None:
-    probed, unprobed = finished(tmp_path, "probed"), finished(tmp_path, "unprobed", cost_probe=False)
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_probe_leaves_no_trace_and_reports_a_paired_cost(tmp_path: Path, kind: str) -> None:
+    probed, unprobed = finished(tmp_path, kind, "probed"), finished(tmp_path, kind, "unprobed", cost_probe=False)
     for key in ("miou", "per_class_iou", "bank_digest", "model_sha256"):
-        assert probed[key] == unprobed[key], key
+        assert probed.get(key) == unprobed.get(key), key
     assert "cost_ratio" not in unprobed
+    if probed.get("cost_probe_skipped") == "no contrast term":
+        assert "cost_ratio" not in probed and probed["bank_bytes"] == 0
+        return
+    assert probed.get("bank_digest") is not None or probed["bank_bytes"] == 0
     low, high = probed["cost_ratio_ci95"]
     assert probed["cost_probe_rounds"] == probe.MIN_ROUNDS and 0 < low <= probed["cost_ratio"] <= high
     assert probed["contrast_extra_memory_kind"] == "rss" and isinstance(probed["contrast_extra_memory_bytes"], int)
@@ -83,7 +89,7 @@ class NoOpTerm:
 @pytest.fixture
 def no_op_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A prepared tiny run whose contrast kind is a registered no-op."""
-    monkeypatch.setitem(CONTRAST_KINDS, "noop", lambda inputs: NoOpTerm())
+    monkeypatch.setitem(CONTRAST_KINDS, "noop", ContrastKind(lambda inputs: NoOpTerm()))
     tree = tiny_recipe(tmp_path, loss={"contrast": {"kind": "noop"}}, data={"num_workers": 0})
     return set_up(Accelerator(cpu=True), validate(tree))
 
@@ -117,7 +123,7 @@ def test_a_no_op_contrast_costs_nothing_within_the_interval(no_op_setup) -> None
 
 def test_term_inputs_reach_a_registered_kind(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     received = []
-    monkeypatch.setitem(CONTRAST_KINDS, "noop", lambda inputs: received.append(inputs) or NoOpTerm())
+    monkeypatch.setitem(CONTRAST_KINDS, "noop", ContrastKind(lambda inputs: received.append(inputs) or NoOpTerm()))
     set_up(Accelerator(cpu=True), validate(tiny_recipe(tmp_path, loss={"contrast": {"kind": "noop"}},
                                                        data={"num_workers": 0})))
     (inputs,) = received

@@ -7,7 +7,8 @@ every rank pushes, so replicated banks stay bitwise identical across ranks.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +22,19 @@ POINTER_BYTES = torch.int64.itemsize
 
 
 class Bank(Protocol):
-    """What the engine needs of any bank; `push` differs by kind and is called by its contrast term."""
+    """What the engine needs of any kind's bank: an nn.Module of buffers with these members. Its `push` differs by
+    kind, and only its contrast term calls it, with what every rank gathered (so replicated banks stay identical).
+
+    The engine moves it to the run's device (`to`), never through accelerator.prepare (DDP would broadcast it,
+    DeepSpeed cast it); checkpoints it (`state_dict` / `load_state_dict`: a replicated bank once, through
+    Accelerate, a sharded one per rank) and checks it finite before every save; proves after training that every
+    rank holds the bank it should (`agreement_state`, digested and compared across ranks); and records its
+    `fill` while training and its `nbytes` in the summary. Whether a kind's bank can shard is its spec's
+    (harness.engine.terms.ContrastKind.shards); `replicated` says which layout this one has.
+    """
 
     # True: every rank holds the same state (checkpointed once); False: each rank holds its own shard.
     replicated: bool
-
-    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
-        """This rank's slots as keys [K,C], class labels [K] and valid [K]."""
 
     def nbytes(self) -> int:
         """Bytes of this rank's storage, as the bank's cost function predicts."""
@@ -36,10 +43,16 @@ class Bank(Protocol):
         """The fraction of this rank's slots that hold a key (a 0-dim tensor, no host sync)."""
 
     def agreement_state(self) -> dict[str, Tensor]:
-        """The tensors that must be bitwise equal on every rank."""
+        """The tensors that must be bitwise equal on every rank (a replicated bank: all of them)."""
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Everything a resume needs (nn.Module's)."""
+        """Everything a resume needs (nn.Module's: its buffers)."""
+
+    def load_state_dict(self, state_dict: Mapping[str, Tensor]) -> Any:
+        """Put a checkpoint's state back into its own buffers, on their device (nn.Module's)."""
+
+    def to(self, device: torch.device) -> "Bank":
+        """The bank on `device` (nn.Module's)."""
 
 
 def buffer_bytes(module: nn.Module) -> int:

@@ -34,7 +34,7 @@ from harness.engine.summary import (
     run_info,
     throughput_and_memory,
 )
-from harness.engine.terms import region_bank_size
+from harness.engine.terms import contrast_summary
 from harness.engine.trackers import start_trackers, tracked
 from harness.metrics import collapse
 from harness.recipe import EvalConfig, OptimConfig, Variant
@@ -270,11 +270,10 @@ def summarize(
     setup: Setup, variant: Variant, final: Evaluation, steady: SteadyState, memory: measure.PeakMemory
 ) -> dict[str, Any]:
     """summary.json of a finished run (see harness/results.py)."""
-    recipe, trainer = variant.recipe, setup.trainer
-    accelerator, contrast_cfg = trainer.accelerator, recipe.loss.contrast
-    bank_size = region_bank_size(contrast_cfg, len(setup.train_set)) if contrast_cfg.kind == "region" else None
+    recipe, trainer, accelerator = variant.recipe, setup.trainer, setup.trainer.accelerator
+    described = variant_fields(variant.name, recipe, contrast_summary(recipe.loss.contrast, len(setup.train_set)))
     return {
-        **variant_fields(variant.name, recipe), "status": "ok", "error": None,
+        **described, "status": "ok", "error": None,
         "miou": final.miou, "per_class_iou": final.per_class.tolist(), "class_names": list(setup.info.class_names),
         "collapsed": collapse(final.confusion, list(setup.info.class_names)),
         **throughput_and_memory(accelerator, recipe, steady.steps.median(), trainer.contrast_timer.median(), memory),
@@ -282,7 +281,6 @@ def summarize(
         "bank_fill": steady.bank_fill(),
         "params": measure.count_parameters(accelerator.unwrap_model(trainer.model)),
         "flops_per_image": setup.training.flops_per_image, "backbone_weights": setup.training.weights,
-        **bank_fields(accelerator, trainer.bank, bank_size),
-        "fingerprint": setup.ctx.fingerprint, **run_info(accelerator),
+        **bank_fields(accelerator, trainer.bank), **run_info(accelerator),
         "finished_at": finished_at(),
     }

@@ -165,8 +165,6 @@ def build(ctx: RunContext, num_classes: int, train_images: int) -> Training:
     with accelerator.main_process_first():  # the main process pretrains the digits stand-in; the others read it
         model_cfg = resolve_weights(recipe)
     model = build_model(model_cfg, num_classes)
-    # Only a contrast on the backbone's features reads them: no other step pays for their fp32 copy.
-    model.keep_backbone_features = recipe.loss.contrast.kind != "none" and recipe.loss.contrast.feature == "backbone"
     if recipe.model.sync_bn and ctx.world_size > 1:
         model = synchronised_batch_norms(model)
     if ctx.input_dtype != torch.float32:
@@ -181,6 +179,8 @@ def build(ctx: RunContext, num_classes: int, train_images: int) -> Training:
     progress = Progress(torch.Generator(ctx.device).manual_seed(recipe.run.seed))
     dim, stride = contrast_feature_geometry(recipe.loss.contrast, model)
     contrast = build_term(TermInputs(ctx, num_classes, train_images, dim, stride, progress.generator))
+    # Only a contrast on the backbone's features reads them: no other step pays for their fp32 copy.
+    model.keep_backbone_features = contrast is not None and recipe.loss.contrast.feature == "backbone"
     optimizer = build_optimizer(model, recipe.optim)
     return Training(model, optimizer, contrast, progress, weights_origin(model_cfg), flops)
 

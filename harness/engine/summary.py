@@ -16,7 +16,8 @@ from accelerate import Accelerator
 from harness import measure
 from harness.contrast import Bank
 from harness.engine.control import Interrupted
-from harness.recipe import Recipe, Variant, fingerprint
+from harness.engine.terms import contrast_summary
+from harness.recipe import Recipe, Variant
 from harness.results import variant_fields
 
 DIGEST_CHUNK_BYTES = 64 * 2**20  # host memory a digest holds at once, whatever the bank's size
@@ -111,33 +112,35 @@ def throughput_and_memory(
     }
 
 
-def bank_fields(accelerator: Accelerator, bank: Bank | None, bank_size: int | None) -> dict[str, Any]:
-    """Bank bytes, its resolved size, and proof that every rank holds the bank it should."""
+def bank_fields(accelerator: Accelerator, bank: Bank | None) -> dict[str, Any]:
+    """Bank bytes, and proof that every rank holds the bank it should."""
     if bank is None:
         return {"bank_bytes": 0}
     digest = state_digest(bank.state_dict())  # per rank for a sharded bank
     shared = digest if bank.replicated else state_digest(bank.agreement_state())
-    fields = {"bank_bytes": bank.nbytes(), "bank_digest": digest,
-              "bank_identical_across_ranks": identical_on_all_ranks(accelerator, shared)}
-    if bank_size is not None:
-        fields["bank_size"] = bank_size  # "one slot per training image" resolved to a number
-    return fields
+    return {"bank_bytes": bank.nbytes(), "bank_digest": digest,
+            "bank_identical_across_ranks": identical_on_all_ranks(accelerator, shared)}
+
+
+def described(variant: Variant) -> dict[str, Any]:
+    """What a variant that did not finish is: its recipe's fields and its contrast kind's (its training set unknown)."""
+    return variant_fields(variant.name, variant.recipe, contrast_summary(variant.recipe.loss.contrast, None))
 
 
 def failed_summary(accelerator: Accelerator, variant: Variant, error: BaseException) -> dict[str, Any]:
     """The summary of a variant that did not finish, with its error and traceback."""
     return {
-        **variant_fields(variant.name, variant.recipe), "status": "failed",
+        **described(variant), "status": "failed",
         "error": f"{type(error).__name__}: {error}",
         "traceback": "".join(traceback.format_exception(error)),
-        "fingerprint": fingerprint(variant.recipe), **run_info(accelerator), "finished_at": finished_at(),
+        **run_info(accelerator), "finished_at": finished_at(),
     }
 
 
 def interrupted_summary(accelerator: Accelerator, variant: Variant, stop: Interrupted) -> dict[str, Any]:
     """The summary of a variant stopped on a signal: its checkpoint holds `stop.iteration`; --resume continues it."""
     return {
-        **variant_fields(variant.name, variant.recipe), "status": "interrupted", "error": None,
+        **described(variant), "status": "interrupted", "error": None,
         "iteration": stop.iteration, "signal": stop.signal_name,
-        "fingerprint": fingerprint(variant.recipe), **run_info(accelerator), "finished_at": finished_at(),
+        **run_info(accelerator), "finished_at": finished_at(),
     }

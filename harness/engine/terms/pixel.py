@@ -30,7 +30,7 @@ class PixelTerm:
     def __call__(self, output: SegOutput, batch: Batch, with_loss: bool = True, push: bool = True) -> torch.Tensor | None:
         features, logits = embedding(self.cfg, output, self.inputs.ctx.align_corners)
         small_labels = resize_labels(batch["label"], tuple(features.shape[-2:]))
-        pixel, loss = self.cfg.pixel, None
+        pixel, loss = self.inputs.settings, None
         if with_loss:
             loss = contrast.pixel_contrast_loss(
                 features, small_labels, logits.argmax(1), self.bank, self.cfg.tau,
@@ -56,9 +56,9 @@ class AllPixelTerm(PixelTerm):
 
 def pixel_term(inputs: TermInputs) -> ContrastTerm:
     """ContrastiveSeg's pixel and segment queues."""
-    cfg = inputs.cfg
-    bank = contrast.PixelBank(inputs.num_classes, cfg.pixel.memory_size, inputs.feature_dim,
-                              cfg.pixel.pixel_update_freq, getattr(torch, cfg.bank_dtype))
+    pixel = inputs.settings
+    bank = contrast.PixelBank(inputs.num_classes, pixel.memory_size, inputs.feature_dim, pixel.pixel_update_freq,
+                              getattr(torch, inputs.cfg.bank_dtype))
     return PixelTerm(inputs, bank.to(inputs.ctx.device))
 
 

@@ -8,6 +8,7 @@ identical. The loss reads the bank before this step's push: a query never meets 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -78,6 +79,13 @@ class RegionTerm:
 def region_bank_size(cfg: ContrastConfig, train_images: int) -> int:
     """Slots per class of a region bank; unset means one per training image, as in the paper."""
     return train_images if cfg.bank_size is None else cfg.bank_size
+
+
+def region_summary(cfg: ContrastConfig, train_images: int | None) -> dict[str, Any]:
+    """The center variant and the bank's slots per class: resolved to a number once the run knows its training set
+    (before that, null means one slot per training image)."""
+    size = cfg.bank_size if train_images is None else region_bank_size(cfg, train_images)
+    return {"center_variant": cfg.variant, "bank_size": size}
 
 
 def region_term(inputs: TermInputs) -> ContrastTerm:
