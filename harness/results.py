@@ -494,17 +494,18 @@ def metrics_line(record: MetricsRecord) -> str:
     return json.dumps(without_nan(record.model_dump(mode="json", exclude_unset=True))) + "\n"
 
 
-def write_sweep(recipe_dir: Path, sweep: SweepSpec) -> None:
+def write_sweep(recipe_dir: Path, sweep: SweepSpec) -> str | None:
     """What the report must know of the sweep beyond its runs: the baseline, the seeds, the design, target Δ and
-    margin. A damaged sweep.json is set aside, not overwritten."""
-    path = Path(recipe_dir) / SWEEP_FILE
+    margin. A damaged sweep.json is set aside, not overwritten: then a line saying so (None otherwise)."""
+    path, said = Path(recipe_dir) / SWEEP_FILE, None
     fields = {name: getattr(sweep, name) for name in SweepRecord.model_fields if hasattr(sweep, name)}
     if path.exists():
         try:
             read_sweep(recipe_dir)
-        except DamagedFile:
-            set_aside(path)
+        except DamagedFile as damage:
+            said = f"{damage}: set aside as {set_aside(path).name}, written again from the recipe"
     write_json(path, SweepRecord(**fields).to_json())
+    return said
 
 
 def read_sweep(results_dir: Path) -> SweepRecord:

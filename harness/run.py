@@ -267,6 +267,12 @@ def record_end(accelerator: Accelerator, out_dir: Path, summary: dict) -> None:
         print(f"error: could not write {out_dir / SUMMARY_FILE} ({error}); the sweep goes on", file=sys.stderr)
 
 
+def say(line: str | None) -> None:
+    """Print a line where there is one (to stderr: what was wrong and what was done about it)."""
+    if line:
+        print(line, file=sys.stderr)
+
+
 def failure(folder: Path) -> str:
     """A failed run's error as its summary records it (the first line)."""
     try:
@@ -308,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in variants:
         label = run_label(variant.name, variant.seed)
         folders[label] = out_dir = run_dir(recipe_dir, variant.name, variant.seed)
-        codes[label] = run_variant(state, variant, out_dir, args, lambda: write_sweep(recipe_dir, sweep))
+        codes[label] = run_variant(state, variant, out_dir, args, lambda: say(write_sweep(recipe_dir, sweep)))
         if codes[label] == EXIT_INTERRUPTED:
             break  # a stop request ends the sweep, not only the run
     refused_only = set(codes.values()) <= {EXIT_BUSY, EXIT_BAD_INPUT}  # a refused launch writes nothing at all

@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--until-decided needs sweep.design: sequential (with its looks)"), file=sys.stderr)
         return EXIT_BAD_INPUT
     private_folder(recipe_dir)
-    write_sweep(recipe_dir, sweep)
+    run.say(write_sweep(recipe_dir, sweep))
     with study_lock(recipe_dir):  # a second submission waits here, then finds these runs held
         if args.until_decided:
             submitted = submit_controller(args, recipe_dir, reports_dir, run_cfg.name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report.study import Study
-from harness.report.tables import HEADLINE_REPORT, machine_text, relative_path
+from harness.report.tables import EXTRA_COST_COLUMNS, HEADLINE_REPORT, extra_cost_text, machine_text, relative_path
 
 
 def number(value: float, template: str) -> str:
@@ -26,10 +26,8 @@ def variant_line(row: pd.Series, baseline: str | None, width: int) -> str:
     low, high = (row["rci_low"], row["rci_high"]) if pd.notna(row.get("rci_low")) else (
         row["delta_ci95_low"], row["delta_ci95_high"])
     interval = "" if pd.isna(low) else f" [{low * 100:+.2f}, {high * 100:+.2f}]"
-    cost = ("" if pd.isna(row["cost_ratio_mean"]) else
-            f"   step time x{row['cost_ratio_mean']:.3f}" + ("" if pd.isna(row["cost_ratio_ci95_low"]) else
-                                                         f" [{row['cost_ratio_ci95_low']:.3f}, "
-                                                         f"{row['cost_ratio_ci95_high']:.3f}]"))
+    extra = extra_cost_text(*(row[column] for column in EXTRA_COST_COLUMNS))  # the report's words: ≈ CE, no CI
+    cost = f"   extra time (%) {extra}" if extra else ""
     return (f"{line}   Δ {number(row['delta_mean'] * 100, '{:+.2f}')} pp{interval} vs {baseline}"
             f"   {row['verdict']}{cost}")
 
