@@ -46,25 +46,27 @@ ALLOWED_EXITS = {EXIT_OK, EXIT_FAILED_VARIANT, EXIT_BAD_INPUT, EXIT_DAMAGED,
 
 
 class Target(NamedTuple):
-    """A file of the study (relative to results/<recipe>/) and the commands that read it."""
+    """A file of a study (relative to results/<recipe>/), the commands that read it, and which study: the
+    finished one, or the one whose region seed 1 was stopped mid-run (for the files only a resume reads)."""
 
     path: str
     commands: tuple[str, ...]
+    study: str = "finished"
 
 
 TARGETS = (
     Target("ce/seed-0/summary.json", ("run", "submit", "status", "report", "plan", "evaluate")),
     Target("study.json", ("submit", "status", "report", "plan")),
     Target("sweep.json", ("run", "submit", "status", "report", "plan")),
-    Target(f"{INTERRUPTED}/metrics.jsonl", ("run", "status", "report")),
     Target("ce/seed-0/recipe.yaml", ("run", "evaluate")),
-    Target(f"{INTERRUPTED}/recipe.yaml", ("run", "report")),
-    Target(f"{INTERRUPTED}/checkpoint/manifest.json", ("run",)),
-    Target(f"{INTERRUPTED}/checkpoint/optimizer.bin", ("run",)),
-    Target(f"{INTERRUPTED}/checkpoint/model.safetensors", ("run",)),
     Target("ce/seed-0/model.safetensors", ("evaluate",)),
+    Target(f"{INTERRUPTED}/metrics.jsonl", ("run", "status", "report"), "interrupted"),
+    Target(f"{INTERRUPTED}/recipe.yaml", ("run", "report"), "interrupted"),
+    Target(f"{INTERRUPTED}/checkpoint/manifest.json", ("run",), "interrupted"),
+    Target(f"{INTERRUPTED}/checkpoint/optimizer.bin", ("run",), "interrupted"),
+    Target(f"{INTERRUPTED}/checkpoint/model.safetensors", ("run",), "interrupted"),
 )
-CELLS = [(target.path, command, how) for target in TARGETS for command in target.commands for how in DAMAGES]
+CELLS = [(target, command, how) for target in TARGETS for command in target.commands for how in DAMAGES]
 # Damages that leave a file meaning something (a byte flipped inside a number or a name, a torn last log line)
 # cannot be noticed by any reader; every other damage must be named by the commands that read the file.
 UNNOTICEABLE = {"flipped_byte", "truncated@metrics.jsonl", "empty@metrics.jsonl", "missing@metrics.jsonl",
@@ -88,26 +90,33 @@ def write_recipe_file(root: Path, tree: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A study as a local submission leaves it: three runs finished, region seed 1 stopped by a signal with its
-    checkpoint, study.json naming jobs long gone. Its files' hashes are checked unchanged at the end."""
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Two studies as a local submission leaves them: in "interrupted" three runs finished and region seed 1
+    stopped by a signal with its checkpoint; in "finished" that run resumed to its end. study.json names jobs
+    long gone. Their files' hashes are checked unchanged at the end."""
     root = tmp_path_factory.mktemp("pristine")
-    recipe = write_recipe_file(root, tree_of(root))
+    stopped = root / "interrupted"
+    stopped.mkdir()
+    recipe = write_recipe_file(stopped, tree_of(stopped))
     for only, seed in (("ce", "0"), ("ce", "1"), ("region", "0")):
         assert run.main([str(recipe), "--no-report", "--only", only, "--seed", seed]) == 0
     with pytest.MonkeyPatch.context() as patch:
         signal_at(patch, 2)
         assert run.main([str(recipe), "--no-report", "--only", "region", "--seed", "1"]) == EXIT_INTERRUPTED
-    study = root / "results" / RECIPE
-    for arrays in study.glob("*/seed-*/*.npz"):  # the report's t-SNE and qualitative panels: not what is tested
+    for arrays in (stopped / "results").glob("*/*/seed-*/*.npz"):  # the report's t-SNE and qualitative panels
         arrays.unlink()
-    runs = [StudyRun(variant=variant, seed=seed, folder=f"{variant}/seed-{seed}", job_id=str(NO_PID + index),
-                     state="requeued" if f"{variant}/seed-{seed}" == INTERRUPTED else "finished")
-            for index, (variant, seed) in enumerate([("ce", 0), ("ce", 1), ("region", 0), ("region", 1)])]
-    write_study(study, StudyManifest(recipe=str(recipe), executor="local", jobs_dir=".submitit", runs=runs))
-    before = hashes(root)
-    yield root
-    assert hashes(root) == before, "a cell wrote through to the pristine study"
+    finished = cell_copy(stopped, root / "finished").parent
+    assert run.main([str(finished / "recipe.yaml"), "--no-report", "--resume"]) == 0
+    for study, requeued in ((stopped, {INTERRUPTED}), (finished, set())):
+        runs = [StudyRun(variant=variant, seed=seed, folder=f"{variant}/seed-{seed}", job_id=str(NO_PID + index),
+                         state="requeued" if f"{variant}/seed-{seed}" in requeued else "finished")
+                for index, (variant, seed) in enumerate([("ce", 0), ("ce", 1), ("region", 0), ("region", 1)])]
+        write_study(study / "results" / RECIPE, StudyManifest(recipe=str(study / "recipe.yaml"), executor="local",
+                                                             jobs_dir=".submitit", runs=runs))
+    studies = {"interrupted": stopped, "finished": finished}
+    before = {name: hashes(study) for name, study in studies.items()}
+    yield studies
+    assert {name: hashes(study) for name, study in studies.items()} == before, "a cell wrote through to a pristine study"
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -194,19 +203,20 @@ def noticeable(target: str, how: str) -> bool:
     return how not in UNNOTICEABLE and f"{how}@{name}" not in UNNOTICEABLE
 
 
-@pytest.mark.parametrize(("target", "command", "how"), CELLS, ids=[f"{t}-{c}-{h}" for t, c, h in CELLS])
+@pytest.mark.parametrize(("cell", "command", "how"), CELLS, ids=[f"{t.path}-{c}-{h}" for t, c, h in CELLS])
 def test_a_damaged_file_costs_one_named_line_and_nothing_else(
-    pristine: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, command: str, how: str
+    pristine: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], cell: Target, command: str,
+    how: str,
 ) -> None:
-    recipe = cell_copy(pristine, tmp_path)
+    target, resumes = cell.path, cell.study == "interrupted" and command in ("run", "submit")
+    recipe = cell_copy(pristine[cell.study], tmp_path)
     study = tmp_path / "results" / RECIPE
     damaged = study / target
     damage(damaged, how)
     left = damaged.read_bytes() if damaged.exists() else None
     damaged_run = target.rsplit("/", 1)[0] if target.count("/") >= 1 else None
     untouched = [folder for folder in ("ce/seed-0", "ce/seed-1", "region/seed-0", INTERRUPTED)
-                 if not (damaged_run or "").startswith(folder) and not (folder == INTERRUPTED and command in
-                                                                         ("run", "submit"))]
+                 if not (damaged_run or "").startswith(folder) and not (folder == INTERRUPTED and resumes)]
     before = {folder: hashes(study / folder) for folder in untouched}
     capsys.readouterr()
     code = timed_main(argv(command, recipe, study, target))
