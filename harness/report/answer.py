@@ -55,6 +55,7 @@ def answer_lines(study: Study, report: Path | None, reference: Study | None = No
     lines = [f"answer: {study.split} mIoU of {study.name}, {progress}"]
     width = max(len(name) for name in aggregate["variant"])
     lines += [variant_line(row, baseline, width) for _, row in aggregate.iterrows()]
+    lines += [f"  {line}" for line in study.lacking() if line.startswith("unreadable")]
     if aggregate["n_seeds"].max() <= 1:
         lines.append(f"  one seed: each Δ is a single paired difference with no interval, which cannot be told from "
                      f"seed-to-seed noise; {HEADLINE_REPORT} is a ten-seed study")

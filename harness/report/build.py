@@ -48,12 +48,6 @@ def write_report(study: Study, reports_root: Path) -> Path:
     return report
 
 
-def incompleteness(study: Study) -> list[str]:
-    """What a report of `study` lacks, a line each: runs not finished, runs and files that could not be read."""
-    lines = [f"{study.progress()}; missing: {', '.join(study.missing)}"] if study.missing else []
-    return lines + [f"unreadable: {problem}" for problem in [*study.unreadable, *map(str, study.damaged)]]
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: harness report results/<recipe> [--out reports]; exit code 6 when the study is incomplete."""
     command = parser("report", __doc__)
@@ -64,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         command.error(f"no such folder: {args.results_dir}")
     study = load_study(args.results_dir)
     print(write_report(study, args.out))
-    lacking = incompleteness(study)
+    lacking = study.lacking()
     for line in lacking:
         print(line)
     return EXIT_INCOMPLETE if lacking else EXIT_OK

@@ -77,6 +77,11 @@ class Study:
         """'' for a complete study, else 'k of n runs finished'."""
         return f"{self.unfinished} finished" if self.missing else ""
 
+    def lacking(self) -> list[str]:
+        """What a report of the study lacks, a line each: runs not finished, runs and files that could not be read."""
+        lines = [f"{self.progress()}; missing: {', '.join(self.missing)}"] if self.missing else []
+        return lines + [f"unreadable: {problem}" for problem in [*self.unreadable, *map(str, self.damaged)]]
+
 
 def unfinished_text(expected: int, missing: list[str]) -> str:
     """'k of n runs' while runs are missing, else ''."""
