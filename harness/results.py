@@ -444,9 +444,13 @@ def write_png(path: Path, array: np.ndarray) -> None:
     publish(path, lambda scratch: Image.fromarray(array).save(scratch, format="PNG"))
 
 
-def write_recipe(out_dir: Path, recipe: Recipe) -> None:
-    """The exact recipe a variant runs with, as YAML."""
-    write_text(out_dir / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+def write_recipe(out_dir: Path, recipe: Recipe) -> Path | None:
+    """The exact recipe a variant runs with, as YAML. An earlier recipe.yaml with other bytes (damaged, or written
+    by an older schema) is set aside first, never overwritten: its new path, or None."""
+    path, text = Path(out_dir) / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    kept = set_aside(path, "replaced") if path.is_file() and path.read_bytes() != text.encode() else None
+    write_text(path, text)
+    return kept
 
 
 class MetricsLog:

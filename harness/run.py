@@ -48,6 +48,7 @@ from harness.recipe import (  # noqa: E402
     with_batch_plan,
 )
 from harness.results import (  # noqa: E402
+    RECIPE_FILE,
     SUMMARY_FILE,
     DamagedFile,
     read_summary,
@@ -225,9 +226,11 @@ def claim(lock: FolderLock, variant: Variant, out_dir: Path, args: argparse.Name
                  if damage.path.parent == out_dir]  # a damaged checkpoint part is the resume's to judge
         if overwrite:
             notes.append(f"run {label}: the finished run was set aside in {set_run_aside(out_dir)}")
+        kept = write_recipe(out_dir, variant.recipe)
+        if kept is not None:
+            notes.append(f"{out_dir / RECIPE_FILE}: held other bytes than this recipe's: kept as {kept.name}")
         for note in notes:
             print(note, file=sys.stderr)
-        write_recipe(out_dir, variant.recipe)
         return EXIT_OK, ""
     lock.release()
     return code, message
