@@ -55,7 +55,7 @@ import yaml
 from PIL import Image
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.recipe import Recipe, RecipeError, SweepSpec, fingerprint, validate
+from harness.recipe import Recipe, RecipeError, SweepSpec, fingerprint, fingerprinted, validate
 
 SWEEP_FILE = "sweep.json"
 SEED_PREFIX = "seed-"
@@ -447,10 +447,19 @@ def write_png(path: Path, array: np.ndarray) -> None:
 def write_recipe(out_dir: Path, recipe: Recipe) -> Path | None:
     """The exact recipe a variant runs with, as YAML. An earlier recipe.yaml with other bytes (damaged, or written
     by an older schema) is set aside first, never overwritten: its new path, or None."""
-    path, text = Path(out_dir) / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-    kept = set_aside(path, "replaced") if path.is_file() and path.read_bytes() != text.encode() else None
+    path, tree = Path(out_dir) / RECIPE_FILE, recipe.model_dump(mode="json")
+    text = yaml.safe_dump(tree, sort_keys=False)
+    kept = set_aside(path, "replaced") if path.is_file() and not same_recipe(path, tree) else None
     write_text(path, text)
     return kept
+
+
+def same_recipe(path: Path, tree: dict[str, Any]) -> bool:
+    """Whether a recipe.yaml holds the recipe `tree` computes with (where a run writes may differ: a moved folder)."""
+    try:
+        return fingerprinted(read_yaml(path)) == fingerprinted(tree)
+    except DamagedFile:
+        return False
 
 
 class MetricsLog:
@@ -503,12 +512,15 @@ def write_sweep(recipe_dir: Path, sweep: SweepSpec) -> str | None:
     margin. A damaged sweep.json is set aside, not overwritten: then a line saying so (None otherwise)."""
     path, said = Path(recipe_dir) / SWEEP_FILE, None
     fields = {name: getattr(sweep, name) for name in SweepRecord.model_fields if hasattr(sweep, name)}
+    record = SweepRecord(**fields).to_json()
     if path.exists():
         try:
-            read_sweep(recipe_dir)
+            same = read_json(path) == record
         except DamagedFile as damage:
-            said = f"{damage}: set aside as {set_aside(path).name}, written again from the recipe"
-    write_json(path, SweepRecord(**fields).to_json())
+            said, same = f"{damage}: set aside as {set_aside(path).name}, written again from the recipe", True
+        if not same:  # another sweep's, or bytes a reader would take for one: kept, never overwritten
+            said = f"{path}: held another sweep record: kept as {set_aside(path, 'replaced').name}"
+    write_json(path, record)
     return said
 
 
@@ -553,7 +565,10 @@ def write_summary(folder: Path, summary: dict[str, Any]) -> RunSummary:
 def read_metrics(path: Path, lenient: bool = False) -> list[MetricsRecord]:
     """The records of a metrics.jsonl. A torn last line (a run killed mid-write: no newline after it, not JSON) is
     skipped; any other line that is not a record raises DamagedFile naming it, unless `lenient` (which skips it)."""
-    text = read_text(path) if Path(path).stat().st_size else ""
+    if lenient:  # what can be read of a damaged log: undecodable bytes become lines that are skipped
+        text = Path(path).read_bytes().decode(errors="replace")
+    else:
+        text = read_text(path) if Path(path).stat().st_size else ""
     lines = text.splitlines()
     records = []
     for number, line in enumerate(lines, start=1):

@@ -193,8 +193,8 @@ def decision_lines(results_dir: Path) -> list[str]:
     """A sequential study's decisions so far, a line per variant; none for a fixed design."""
     try:
         sequential = read_sweep(results_dir).design == "sequential"
-    except DamagedFile:
-        return []
+    except DamagedFile as damage:
+        return [f"unreadable: {damage}"]
     if not sequential or not run_folders(results_dir):
         return []
     from harness.report.study import load_study  # pandas, for sequential studies only
