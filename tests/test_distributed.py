@@ -22,6 +22,7 @@ from harness.results import file_sha256
 from harness.saved import load_model_file
 from tests.conftest import CPU_ENV, REPO, RUN, check, free_port, torchrun
 from tests.distributed_worker import global_in_batch_inputs
+from tests.test_contrast_kinds import KIND_ENV, kind_variants
 
 pytestmark = pytest.mark.distributed
 
@@ -122,16 +123,21 @@ def test_distributed_evaluation_counts_each_image_once(two_ranks: list[dict], tm
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_train_a_recipe(tmp_path: Path) -> None:
+def test_torchrun_two_ranks_train_every_kind_to_identical_banks(tmp_path: Path) -> None:
+    """One sweep over the whole registry (the entry points' kinds too, and each shardable kind sharded)."""
     recipe = tiny_recipe(tmp_path)
+    tree = yaml.safe_load(recipe.read_text())
+    tree["sweep"] = {"variants": kind_variants()}
+    recipe.write_text(yaml.safe_dump(tree))
     check(subprocess.run(torchrun(RUN, str(recipe), "--no-report"),
-                         env=CPU_ENV, capture_output=True, text=True, timeout=600))
-    result = summary(tmp_path)
-    assert result["status"] == "ok" and result["world_size"] == 2
-    assert result["distributed_type"] == "MULTI_CPU"
-    assert result["bank_identical_across_ranks"] is True
-    assert [rank["rank"] for rank in result["per_rank"]] == [0, 1]
-    assert result["train_images_per_s"] == pytest.approx(4 / result["s_per_iter"])
+                         env=KIND_ENV, capture_output=True, text=True, timeout=1200))
+    for variant in kind_variants():
+        result = summary(tmp_path, variant)
+        assert result["status"] == "ok" and result["world_size"] == 2, variant
+        assert result["distributed_type"] == "MULTI_CPU"
+        assert result.get("bank_identical_across_ranks") is (True if result["bank_bytes"] else None), variant
+        assert [rank["rank"] for rank in result["per_rank"]] == [0, 1]
+        assert result["train_images_per_s"] == pytest.approx(4 / result["s_per_iter"])
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ def finished(tmp_path: Path, kind: str, name: str, **run_section: object) -> dic
     return json.loads((tmp_path / "results" / name / "default" / "summary.json").read_text())
 
 
+@pytest.mark.slow  # two runs per kind, one with the probe's 88 steps
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_probe_leaves_no_trace_and_reports_a_paired_cost(tmp_path: Path, kind: str) -> None:
     probed, unprobed = finished(tmp_path, kind, "probed"), finished(tmp_path, kind, "unprobed", cost_probe=False)

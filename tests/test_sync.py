@@ -16,9 +16,9 @@ import torch
 from accelerate import Accelerator
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.common import fill_bank
 from harness.recipe import Recipe
 from tests.conftest import seeded, trainer_for
+from tests.test_contrast_kinds import KINDS
 
 aten = torch.ops.aten
 SYNCING = {
@@ -27,7 +27,8 @@ SYNCING = {
     aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor,
 }
 MASKED = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
-NUM_CLASSES, TRAIN_IMAGES, SIDE = 4, 6, 32
+NUM_CLASSES, TRAIN_IMAGES, SIDE = 4, 4, 32
+WARM_STEPS = 2  # a region bank of TRAIN_IMAGES slots is full after 2 pushes of 2 images holding every class
 
 
 class SyncRecorder(TorchDispatchMode):
@@ -60,7 +61,7 @@ def recipe(contrast: dict) -> Recipe:
 
 
 def syncs_of_a_step(accelerator: Accelerator, contrast: dict, drop_padding: bool = False) -> Counter[str]:
-    """The syncing ops of one training step (after one unrecorded step that fills lazy state).
+    """The syncing ops of one training step, after WARM_STEPS unrecorded ones that fill lazy state and the bank.
 
     A region term drops its padding queries only on a CPU, where nothing waits; drop_padding False
     runs the path a GPU runs.
@@ -68,29 +69,30 @@ def syncs_of_a_step(accelerator: Accelerator, contrast: dict, drop_padding: bool
     trainer = trainer_for(accelerator, recipe(contrast), NUM_CLASSES, TRAIN_IMAGES)
     if hasattr(trainer.contrast, "drop_padding"):
         trainer.contrast.drop_padding = drop_padding
-    if trainer.bank is not None:
-        fill_bank(trainer.bank, NUM_CLASSES, seeded(1))  # steady state: a full bank
     generator = seeded(2)
     batch = {
         "image": torch.randint(0, 256, (2, 3, SIDE, SIDE), generator=generator, dtype=torch.uint8),
         "label": torch.randint(0, NUM_CLASSES, (2, SIDE, SIDE), generator=generator),
         "index": torch.tensor([0, 1]),
     }
-    trainer.step(batch, iteration=0)
+    for iteration in range(WARM_STEPS):
+        trainer.step(batch, iteration=iteration)
     with SyncRecorder() as recorder:
-        trainer.step(batch, iteration=1)
+        trainer.step(batch, iteration=WARM_STEPS)
     return recorder.ops
 
 
-@pytest.mark.parametrize("contrast", [
-    {"kind": "none"},
-    {"kind": "region", "bank_size": 5},
-    {"kind": "region", "bank_size": 0},
-    {"kind": "region", "bank_size": 5, "bank_layout": "sharded"},
-    {"kind": "region", "bank_size": 5, "bank_dtype": "bfloat16"},
-    {"kind": "pixel", "pixel": {"memory_size": 5}},
-    {"kind": "all_pixel"},
-], ids=["ce", "region_full_bank", "in_batch", "sharded_one_rank", "region_bf16_bank", "pixel_queues", "all_pixel"])
+# Every registered kind with its defaults (the entry points' included: tests/test_contrast_kinds.py), and the
+# region bank's other layouts and storage, and pixel queues small enough to be full.
+SETTINGS = {name: {"kind": name} for name in KINDS} | {
+    "in_batch": {"kind": "region", "bank_size": 0},
+    "sharded_one_rank": {"kind": "region", "bank_size": 5, "bank_layout": "sharded"},
+    "region_bf16_bank": {"kind": "region", "bank_size": 5, "bank_dtype": "bfloat16"},
+    "pixel_full_queues": {"kind": "pixel", "pixel": {"memory_size": 5}},
+}
+
+
+@pytest.mark.parametrize("contrast", SETTINGS.values(), ids=SETTINGS.keys())
 def test_no_sync_in_a_step(accelerator: Accelerator, contrast: dict) -> None:
     assert syncs_of_a_step(accelerator, contrast) == Counter()
 
