@@ -201,6 +201,8 @@ def decision_lines(results_dir: Path) -> list[str]:
 
     aggregate = load_study(results_dir).aggregate
     rows = aggregate[~aggregate["is_baseline"]]
+    if rows.empty:  # no variant but the baseline has a folder yet
+        return []
     width = max(len(name) for name in rows["variant"])
     return ["decisions (sequential design):", *(f"  {name:<{width}}  {verdict}"
                                                 for name, verdict in zip(rows["variant"], rows["verdict"]))]

@@ -21,6 +21,7 @@ from tests.report_fixtures import (
     FAMILY_DELTAS,
     FAMILY_MIOU,
     ONE_SEED_MIOU,
+    SEEDED_MIOU,
     build_seeded_results,
     read_aggregate,
     read_results,
@@ -184,3 +185,16 @@ def test_deltas_pair_by_seed_and_skip_unfinished_runs() -> None:
     })
     np.testing.assert_allclose(paired_deltas(runs, ["a"]), [[0.02, 0.05]])
     np.testing.assert_allclose(paired_deltas(runs, ["a"], [2, 1, 0]), [[0.05, np.nan, 0.02]])
+
+
+def test_runs_from_different_backbone_weights_are_flagged_first(tmp_path: Path) -> None:
+    weights = {"ce": "file:digits.safetensors sha256:98e5976b74131e12",
+               "gain": "file:digits.safetensors sha256:0123456789abcdef"}
+    fields = {variant: {"backbone_weights": value} for variant, value in weights.items()}
+    report = build_report(build_seeded_results(tmp_path, {name: SEEDED_MIOU[name] for name in weights},
+                                               fields=fields), tmp_path / "reports")
+    header = report.read_text().split("## Variants")[0]
+    assert "**The runs started from 2 different backbone weights**" in header and "98e5976b74131e12" in header
+    same = tmp_path / "same"
+    report = build_report(build_seeded_results(same, {name: SEEDED_MIOU[name] for name in weights}), same / "reports")
+    assert "different backbone weights" not in report.read_text()

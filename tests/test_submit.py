@@ -325,3 +325,18 @@ def test_every_count_option_is_checked_in_one_line(tmp_path: Path, capsys: pytes
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(f"harness submit: error: argument {option}:"), err
     assert not (tmp_path / "results").exists()
+
+
+def test_status_of_a_sequential_study_names_each_variants_decision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.report_fixtures import SEQUENTIAL_MIOU, SEQUENTIAL_SWEEP, build_seeded_results
+
+    results_dir = build_seeded_results(tmp_path, SEQUENTIAL_MIOU, sweep=SEQUENTIAL_SWEEP)
+    assert cli.main(["status", str(results_dir)]) == 0
+    decisions = capsys.readouterr().out.split("decisions (sequential design):\n")[1].splitlines()
+    assert [line.split()[0] for line in decisions] == ["early", "undecided", "waiting"]
+    assert "better" in decisions[0] and "continue (next look at 10 seeds" in decisions[2]
+    only_baseline = tmp_path / "only_baseline"
+    build_seeded_results(only_baseline, {"ce": SEQUENTIAL_MIOU["ce"]}, sweep=SEQUENTIAL_SWEEP)
+    assert cli.main(["status", str(next(only_baseline.glob("results/*")))]) == 0  # no variant folder yet: no line

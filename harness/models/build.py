@@ -18,6 +18,7 @@ from harness.models.weights import (
     pretrained_file,
 )
 from harness.recipe import ModelConfig, RecipeError
+from harness.results import file_sha256
 
 
 class SegOutput(NamedTuple):
@@ -153,8 +154,8 @@ def validate_model_config(cfg: ModelConfig) -> None:
 
 def weights_origin(cfg: ModelConfig) -> str:
     """Where the backbone's weights come from, for the summary: random, a timm tag, or a local file."""
-    if cfg.weights is not None:
-        return f"file:{cfg.weights.name}"
+    if cfg.weights is not None:  # a file's name need not say what it holds (a stand-in pretrained on another machine)
+        return f"file:{cfg.weights.name} sha256:{file_sha256(cfg.weights)[:16]}"
     if cfg.pretrained:
         pretrained_cfg = timm.models.get_pretrained_cfg(cfg.backbone)
         return f"timm:{cfg.backbone.split('.')[0]}.{pretrained_cfg.tag}" if pretrained_cfg else f"timm:{cfg.backbone}"

@@ -802,4 +802,9 @@ def lacking_lines(study: Study) -> list[str]:
     if unreadable:
         lines += ["**Unreadable, left out of every number** (moved aside and rerun by `harness submit`):", "",
                   *(f"- {problem}" for problem in unreadable), ""]
+    weights = study.runs.loc[study.runs["status"] == "ok", "backbone_weights"].dropna().unique()
+    if len(weights) > 1:
+        lines += [f"**The runs started from {len(weights)} different backbone weights** ({', '.join(map(str, weights))})"
+                  ": a seed's Δ compares like with like only where its variant and baseline runs share theirs, and "
+                  "mIoU across runs mixes the weights' own difference in.", ""]
     return lines
