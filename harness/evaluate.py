@@ -23,7 +23,7 @@ from harness.process import share_the_machine
 
 share_the_machine()  # before anything loads torch: its OpenMP reads the environment once, as it loads
 
-from harness.command import EXIT_BAD_INPUT, EXIT_DAMAGED, guarded
+from harness.command import EXIT_BAD_INPUT, EXIT_DAMAGED, guarded  # noqa: E402
 from harness.command import parser as command_parser  # noqa: E402
 from harness.recipe import EvalConfig, Recipe, RecipeError, parse_override, set_dotted, validate  # noqa: E402
 from harness.results import (  # noqa: E402

@@ -12,9 +12,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from harness import evaluate, run
+from harness.command import EXIT_DAMAGED
 from harness.data.real import LAYOUTS, SUBMISSION_MAPS, decode_files, index_images
 from harness.engine.evaluate import predict
-from harness.command import EXIT_DAMAGED
 from harness.models import build_model
 from harness.ops import IMAGENET, normalize
 from harness.recipe import Recipe, validate

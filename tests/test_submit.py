@@ -33,6 +33,7 @@ from harness.results import (
 from harness.status import study_status, totals
 from tests.conftest import CPU_ENV, REPO, RUN, check, torchrun
 
+
 def manifest(recipe_dir: Path) -> dict:
     """study.json as the harness reads it, as a mapping."""
     return read_study(recipe_dir).to_json()

@@ -204,13 +204,14 @@ def plot_miou(frame: pd.DataFrame, aggregate: pd.DataFrame, colors: dict[str, An
 
 
 def bank_points(aggregate: pd.DataFrame) -> pd.DataFrame:
-    """RegionContrast variants with a finished seed and a known bank size (0 = in-batch only).
+    """Region-center variants (their summaries name a center variant) with a finished seed and a known bank size
+    (0 = in-batch only).
 
     Only the center variant most of them share: Table 3 varies the bank alone, and a line through
     other centers (Eq. 2 at the same bank size, say) would join points that differ in two ways.
     """
     region = aggregate[
-        (aggregate["contrast_kind"] == "region") & (aggregate["n_seeds"] > 0) & aggregate["bank_size"].notna()
+        aggregate["center_variant"].notna() & (aggregate["n_seeds"] > 0) & aggregate["bank_size"].notna()
     ]
     if region.empty:
         return region
@@ -425,10 +426,10 @@ def first_run_with(frame: pd.DataFrame, variant: str, results_dir: Path, filenam
 def region_partner(
     frame: pd.DataFrame, aggregate: pd.DataFrame, results_dir: Path, filename: str
 ) -> tuple[Shown, Shown] | None:
-    """(CE baseline, best RegionContrast variant by mean mIoU), each its first finished run with `filename`."""
+    """(CE baseline, best region-center variant by mean mIoU), each its first finished run with `filename`."""
     baseline = aggregate.loc[aggregate["is_baseline"], "variant"]
     base = first_run_with(frame, baseline.iloc[0], results_dir, filename) if len(baseline) else None
-    region = aggregate[aggregate["contrast_kind"] == "region"].sort_values("miou_mean", ascending=False)
+    region = aggregate[aggregate["center_variant"].notna()].sort_values("miou_mean", ascending=False)
     shown = (first_run_with(frame, variant, results_dir, filename) for variant in region["variant"])
     partner = next((run for run in shown if run is not None), None)
     return None if base is None or partner is None else (base, partner)

@@ -151,16 +151,15 @@ def shorten(text: Any, limit: int = ERROR_CHARS) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def bank_size_text(kind: str, size: float) -> str | None:
-    """Bank size as the table shows it; a null region bank size means one slot per training image."""
-    if pd.notna(size):
-        return f"{size:.0f}"
-    return "train set" if kind == "region" else None
+def bank_size_text(size: float) -> str | None:
+    """Bank size as the table shows it: slots per class, as the kind's spec resolved them in a finished run's
+    summary; blank where no summary says (a run without a bank, or not finished)."""
+    return f"{size:.0f}" if pd.notna(size) else None
 
 
 def add_derived(frame: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     """Columns in the units the report shows: %, percentage points, MiB."""
-    frame["bank_size_text"] = [bank_size_text(*pair) for pair in zip(frame["contrast_kind"], frame["bank_size"])]
+    frame["bank_size_text"] = [bank_size_text(size) for size in frame["bank_size"]]
     frame["miou_pct"] = frame["miou"] * 100
     frame["is_baseline"] = frame["variant"] == baseline
     frame["delta_miou_pp"] = (frame["miou"] - baseline_values(frame, "miou")) * 100
