@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from harness import measure
 from harness.engine.checkpoint import (
@@ -37,6 +35,7 @@ from harness.engine.summary import (
 from harness.engine.terms import contrast_summary
 from harness.engine.trackers import start_trackers, tracked
 from harness.metrics import collapse
+from harness.progress import bar, on_terminal
 from harness.recipe import EvalConfig, OptimConfig, Variant
 from harness.results import (
     VAL_CENTERS_FILE,
@@ -208,10 +207,8 @@ def train(
     total = recipe.optim.iterations
     watch = NonFiniteWatch(accelerator.device, start)
     batches = endless(setup.train_loader, setup.train_set, start * recipe.optim.grad_accum_steps)
-    interactive = sys.stderr.isatty()
-    progress_bar = tqdm(total=total, initial=start, desc=variant.name,
-                        disable=not (accelerator.is_main_process and interactive))
-    plain = PlainProgress(variant.name, total, start, accelerator.is_main_process and not interactive)
+    progress_bar = bar(total=total, initial=start, desc=variant.name, enabled=accelerator.is_main_process)
+    plain = PlainProgress(variant.name, total, start, accelerator.is_main_process and not on_terminal())
     for iteration in range(start, total):
         steady.steps.start()
         lr = poly_lr(recipe.optim, iteration)
