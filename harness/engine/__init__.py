@@ -10,7 +10,8 @@ centers and pushes the same entries in the same order.
                    image statistics and pad colour, align_corners, world size)
     setup.py       make_accelerator; set_up = build (model, optimizer, contrast term) then prepare; loaders
     step.py        Trainer: one training step (forward, losses, backward, optimizer)
-    terms/         the registry of contrast kinds, each kind's loss and push (the gathers)
+    terms/         the registry of contrast kinds (one ContrastKind spec each: settings, term, bank, summary
+                   fields; built-in and entry-point kinds alike), each kind's loss and push (the gathers)
     loop.py        train_variant: the loop, logging, interim evaluation, checkpoints, the summary
     evaluate.py    whole / slide / multi-scale + flip prediction, mIoU, region centers, qualitative samples
     checkpoint.py  save / latest / resume, per-rank bank files; model.safetensors: save

@@ -25,7 +25,7 @@ class RunContext:
     statistics: ImageStatistics  # what the backbone's pretraining normalised images by
     align_corners: bool  # how logits upsample onto pixels (model.align_corners): losses, contrast, evaluation
     compile: bool  # torch.compile the model: run.compile, "auto" resolved for this launch
-    fingerprint: str  # of the recipe (harness.recipe.fingerprint): in every checkpoint and summary
+    fingerprint: str  # of the recipe (harness.recipe.fingerprint, its one home): in every checkpoint's manifest
 
     @property
     def pad_colour(self) -> tuple[int, int, int]:
@@ -56,7 +56,7 @@ def _compiles(accelerator: Accelerator, recipe: Recipe) -> bool:
 
 
 def make_context(accelerator: Accelerator, recipe: Recipe) -> RunContext:
-    """The run's context: everything derived from `recipe` and the launch, computed here and only here."""
+    """The run's context: everything derived from `recipe` and the launch, computed once per run, here."""
     return RunContext(
         accelerator=accelerator, recipe=recipe, device=accelerator.device, world_size=accelerator.num_processes,
         input_dtype=_input_dtype(accelerator), statistics=image_statistics(recipe.model.backbone),
