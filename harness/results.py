@@ -55,7 +55,7 @@ import yaml
 from PIL import Image
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.recipe import Recipe, RecipeError, SweepSpec, fingerprint, fingerprinted, validate
+from harness.recipe import ContrastConfig, Recipe, RecipeError, SweepSpec, fingerprint, fingerprinted, validate
 
 SWEEP_FILE = "sweep.json"
 SEED_PREFIX = "seed-"
@@ -549,6 +549,11 @@ def variant_fields(name: str, recipe: Recipe, kind_fields: dict[str, Any] | None
         "fingerprint": fingerprint(recipe),
         **({"bank_size": recipe.loss.contrast.bank_size} if kind_fields is None else kind_fields),
     }
+
+
+def contrast_free(kind: str | None) -> bool:
+    """Whether a run's contrast kind is the recipe's default, no contrast term at all (a report's baseline)."""
+    return kind == ContrastConfig().kind
 
 
 def write_summary(folder: Path, summary: dict[str, Any]) -> RunSummary:

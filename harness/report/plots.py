@@ -261,7 +261,7 @@ def plot_throughput_memory(
 def cost_points(aggregate: pd.DataFrame) -> pd.DataFrame:
     """Contrast variants with a Δ against the baseline, and their extra memory in MiB."""
     points = aggregate[
-        (aggregate["contrast_kind"] != "none") & ~aggregate["is_baseline"] & aggregate["delta_mean"].notna()
+        ~aggregate["is_baseline"] & aggregate["delta_mean"].notna()
     ]
     return points.assign(extra_memory_mib=points["extra_memory_bytes"] / MIB)
 

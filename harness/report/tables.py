@@ -24,6 +24,7 @@ from harness.results import (
     METRICS_FILE,
     DamagedFile,
     SweepRecord,
+    contrast_free,
     finished_only_fields,
     read_metrics,
     study_runs,
@@ -133,7 +134,7 @@ def baseline_choice(frame: pd.DataFrame, named: str | None) -> tuple[str | None,
     variant, else the contrast-free one called 'ce'; None (and the reason) when none qualifies."""
     if named in set(frame["variant"]):
         return named, "named by `sweep.baseline`"
-    candidates = sorted(set(frame.loc[frame["contrast_kind"] == "none", "variant"]))
+    candidates = sorted(set(frame.loc[frame["contrast_kind"].map(contrast_free), "variant"]))
     if len(candidates) == 1:
         return candidates[0], "the only contrast-free variant"
     if "ce" in candidates:
