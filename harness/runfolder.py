@@ -47,7 +47,8 @@ class FolderLock:
     """The run folder's lock, held by one launch (its main process) while it writes the folder.
 
     An OS lock (flock) on <folder>/.lock: released when the process ends however it ends, so a killed job never
-    leaves the folder locked. .lock.json says who holds it. Both files go when the lock is released: the lock
+    leaves the folder locked; a forked child (a DataLoader worker, which may outlive a killed launch by seconds)
+    closes its copy of the descriptor as it starts, so only the launch holds it. .lock.json says who holds it. Both files go when the lock is released: the lock
     file is removed while still held, and a launch that locked a file since removed tries the new one, so two
     launches never hold the folder at once.
     """
@@ -56,6 +57,13 @@ class FolderLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self.fd: int | None = None
+        os.register_at_fork(after_in_child=self.leave_to_parent)
+
+    def leave_to_parent(self) -> None:
+        """In a forked child: close the inherited descriptor (the lock stays the parent's)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def acquire(self) -> None:
         """Take the lock at once, or raise FolderBusy naming who holds it."""

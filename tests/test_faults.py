@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -289,6 +290,36 @@ def test_a_released_folder_keeps_no_lock_file_and_one_holder_at_a_time(tmp_path:
     finally:
         second.release()
         os.close(stale)
+
+
+# A launch that forks a long-lived child (as a DataLoader worker is) and is then killed.
+KILLED_HOLDER = """
+import multiprocessing, os, signal, sys, time
+from harness.runfolder import FolderLock
+
+FolderLock(sys.argv[1]).acquire()
+child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+child.start()
+print(child.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_launchs_forked_children_do_not_hold_its_folder(tmp_path: Path) -> None:
+    """A SIGKILLed launch's DataLoader workers live on for seconds; its folder is free at once all the same."""
+    folder, out = tmp_path / "run", tmp_path / "holder.out"
+    with out.open("w") as stdout:  # a file, not a pipe: the orphan keeps its copy of the launch's stdout open
+        holder = subprocess.run([sys.executable, "-c", KILLED_HOLDER, str(folder)], env=CPU_ENV, stdout=stdout,
+                                stderr=subprocess.STDOUT, timeout=120)
+    assert holder.returncode == -signal.SIGKILL, out.read_text()
+    child = psutil.Process(int(out.read_text().split()[0]))
+    try:
+        assert child.is_running()  # the orphan still lives...
+        lock = FolderLock(folder)
+        lock.acquire()  # ...and the folder is the next launch's
+        lock.release()
+    finally:
+        child.kill()
 
 
 # ---------------------------------------------------------------- failure paths keep what exists
