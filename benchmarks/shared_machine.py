@@ -20,13 +20,14 @@ Run: python -m benchmarks.shared_machine [--iterations 60] [--rounds 3] [--unset
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from harness.results import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "quickstart.yaml"
@@ -65,7 +66,7 @@ def seconds_per_iteration(setting: str, iterations: int, folder: Path) -> float:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the {setting} run failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return json.loads((out / "quickstart" / "ce" / "summary.json").read_text())["s_per_iter"]
+    return read_summary(out / "quickstart" / "ce").s_per_iter
 
 
 def busy_process() -> subprocess.Popen:
