@@ -1,6 +1,6 @@
 """A newcomer's first hour, from a clean clone of the committed tree: the README's quickstart (at a few
-iterations) leaves `git status` clean, ends with each variant's mIoU beside the committed reference run's, and
-every command's help names it."""
+iterations) leaves `git status` clean, ends with each variant's mIoU and the committed reference run it is not
+compared with (another recipe: tests/test_answer.py has the comparison), and every command's help names it."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def test_the_quickstart_leaves_the_tree_clean_and_ends_with_its_answer(clone: Pa
     tail = done.stdout.strip().splitlines()[-12:]
     for variant in ("ce", "region"):
         assert any(re.match(rf"\s+{variant}\s+\d+\.\d\d % \(1 seed\)", line) for line in tail), tail
-        assert any(re.match(rf"\s+{variant}: yours \d+\.\d\d %, reference \d+\.\d\d %", line) for line in tail), tail
+        # a few iterations are not the reference's recipe: the answer names the reference and compares nothing
+        assert f"  {variant}: trained with another recipe than the reference's (its fingerprint differs): " \
+               "not compared" in tail, tail
     assert tail[-1] == "report: reports/quickstart/report.md"
     assert (clone / "reports" / "quickstart" / "report.md").is_file()
 

@@ -35,11 +35,20 @@ def variant_line(row: pd.Series, baseline: str | None, width: int) -> str:
 def reference_lines(study: Study, reference: Study) -> list[str]:
     """Each variant's mIoU beside a committed reference run's of the same recipe, and why the two may differ."""
     theirs = reference.aggregate.set_index("variant")["miou_mean"]
+    # a variant trained with other settings (say, fewer iterations) is not the reference's run: no number beside it
+    recipes = {side: dict(zip(runs["variant"], runs["fingerprint"])) for side, runs in
+               (("mine", study.runs), ("theirs", reference.runs))}
     lines = [f"reference: {relative_path(reference.results_dir)} (committed; {machine_text(reference.runs)})"]
     for variant, mine in zip(study.aggregate["variant"], study.aggregate["miou_mean"]):
-        other = theirs.get(variant, float("nan"))
-        lines.append(f"  {variant}: yours {number(mine * 100, '{:.2f}')} %, reference {number(other * 100, '{:.2f}')} %"
-                     f" ({number((mine - other) * 100, '{:+.2f}')} pp)")
+        if variant not in recipes["theirs"]:
+            lines.append(f"  {variant}: the reference has no such variant")
+        elif recipes["mine"].get(variant) != recipes["theirs"][variant]:
+            lines.append(f"  {variant}: trained with another recipe than the reference's (its fingerprint differs): "
+                         "not compared")
+        else:
+            other = theirs[variant]
+            lines.append(f"  {variant}: yours {number(mine * 100, '{:.2f}')} %, reference "
+                         f"{number(other * 100, '{:.2f}')} % ({number((mine - other) * 100, '{:+.2f}')} pp)")
     lines.append("  one seed each: another machine's CPU kernels, thread count and library versions sum in another "
                  "order, so the same recipe and seed land apart by about the spread between seeds (points, not "
                  "hundredths; BENCHMARKS.md, Quickstart); only a multi-seed study says anything about the method")
